@@ -1,0 +1,35 @@
+# Two entry points for a fresh Linux machine with Python 3.11 (see README.md):
+#   make play   set up .venv and run the main job on the bundled defaults
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: play test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# A CPU build of torch where this machine has one on disk, so that the install below does
+	# not pull a multi-GB CUDA build; elsewhere pip picks torch as pyproject.toml allows.
+	$(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch 2.13.0 not available; continuing"
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	touch $(STAMP)
+
+# Until the game exists, the main job is ingestion of the bundled sample replays.
+play: $(STAMP)
+	$(BIN)/playmodel parse assets/sample_replays --out runs/sample_dataset
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/parse.py
+
+clean-venv:
+	rm -rf $(VENV)

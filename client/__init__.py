@@ -1,0 +1,1 @@
+"""The pygame client (not built yet). Never imports torch."""

@@ -1,0 +1,37 @@
+"""Melee's id maps (stages, characters), loaded from `assets/melee_ids.json`.
+
+Slippi stores stages by their external id, characters by an external (character-select) id in
+the game start block and by an internal (in-game) id in every post-frame; see the JSON's
+`_about` for sources.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+@functools.cache
+def _ids() -> dict:
+    with open(ASSETS_DIR / "melee_ids.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def stage_name(stage_id: int) -> str:
+    return _ids()["stages"].get(str(stage_id), f"UNKNOWN_STAGE_{stage_id}")
+
+
+def legal_stages() -> frozenset[int]:
+    """The six tournament-legal stages: FD, Battlefield, Dream Land, FoD, Stadium, Yoshi's."""
+    return frozenset(_ids()["legal_stages"])
+
+
+def character_name_external(character_id: int) -> str:
+    return _ids()["characters_external"].get(str(character_id), f"UNKNOWN_{character_id}")
+
+
+def character_name_internal(character_id: int) -> str:
+    return _ids()["characters_internal"].get(str(character_id), f"UNKNOWN_{character_id}")
