@@ -1,0 +1,96 @@
+"""FrameEncoder: (previous frame, this frame's controllers) -> one d_model vector per position.
+
+Reads only the fields listed in `model.frame_spec` (a test holds it to that). Floats are
+normalised with the field's scale from `model.game_state`; categoricals go through one shared
+embedding table (each field owns a block of rows) so that a frame costs one lookup per group
+rather than one per field, which matters for the 60 Hz single-frame step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model import frame_spec as fs
+from model import game_state as gs
+from model.config import ModelConfig
+
+
+class FrameEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        # Player categoricals (both players share rows: the same action means the same
+        # thing for either port) plus the stage.
+        self.player_categoricals = fs.PLAYER_CATEGORICAL_INPUTS
+        offsets, total = _offsets([fs.vocab_of(n) for n in self.player_categoricals])
+        self.register_buffer("player_offsets", offsets, persistent=False)
+        self.player_embedding = nn.Embedding(total, config.embed_dim)
+        self.stage_embedding = nn.Embedding(gs.STAGE_VOCAB, config.embed_dim)
+        offsets, total = _offsets([fs.vocab_of(n) for n in fs.ITEM_CATEGORICAL_INPUTS])
+        self.register_buffer("item_offsets", offsets, persistent=False)
+        self.item_embedding = nn.Embedding(total, config.item_embed_dim)
+
+        scales = [fs.PLAYER_FIELD[n].scale for n in fs.PLAYER_FLOAT_INPUTS]
+        self.register_buffer("player_scales", torch.tensor(scales), persistent=False)
+        item_scales = [1.0] + [fs.ITEM_FIELD[n].scale for n in fs.ITEM_FLOAT_INPUTS[1:]]
+        self.register_buffer("item_scales", torch.tensor(item_scales), persistent=False)
+        bits = torch.tensor(list(fs.BUTTON_BITS.values()), dtype=torch.long)
+        self.register_buffer("button_bits", bits, persistent=False)
+
+        per_player = (
+            len(fs.PLAYER_FLOAT_INPUTS)
+            + len(fs.PLAYER_BINARY_INPUTS)
+            + len(self.player_categoricals) * config.embed_dim
+            + len(fs.CONTROLLER_FLOAT_INPUTS)
+            + len(fs.BUTTON_BITS)
+        )
+        per_item = (
+            len(fs.ITEM_FLOAT_INPUTS) + len(fs.ITEM_CATEGORICAL_INPUTS) * config.item_embed_dim
+        )
+        self.n_features = 2 * per_player + config.embed_dim + gs.ITEM_SLOTS * per_item
+        self.proj = nn.Linear(self.n_features, config.d_model)
+
+    @staticmethod
+    def input_fields() -> list[str]:
+        """Every frame column the encoder reads (player fields without their prefix)."""
+        names = list(fs.PLAYER_FLOAT_INPUTS + fs.PLAYER_BINARY_INPUTS)
+        names += fs.PLAYER_CATEGORICAL_INPUTS + fs.CONTROLLER_FLOAT_INPUTS + ("buttons", "stage")
+        names += [f"item_{n}" for n in fs.ITEM_FLOAT_INPUTS + fs.ITEM_CATEGORICAL_INPUTS]
+        return names
+
+    def forward(self, prev: dict[str, Tensor], controls: dict[str, Tensor]) -> Tensor:
+        """prev: the state of frame t-1; controls: both players' controllers at frame t.
+        Shapes (*lead) per scalar, (*lead, ITEM_SLOTS) per item field -> (*lead, d_model)."""
+        parts = []
+        for p in gs.PLAYERS:
+            floats = torch.stack([prev[f"{p}_{n}"].float() for n in fs.PLAYER_FLOAT_INPUTS], -1)
+            age = fs.PLAYER_FLOAT_INPUTS.index("state_age")
+            floats[..., age].clamp_(max=fs.STATE_AGE_CAP)
+            parts.append(floats / self.player_scales)  # (*lead, n_float)
+            parts.append((prev[f"{p}_facing"] > 0).float().unsqueeze(-1))
+            parts.append(prev[f"{p}_airborne"].float().unsqueeze(-1))
+            classes = torch.stack(
+                [fs.to_class(n, prev[f"{p}_{n}"]) for n in self.player_categoricals], -1
+            )  # (*lead, n_cat)
+            parts.append(self.player_embedding(classes + self.player_offsets).flatten(-2))
+            sticks = [controls[f"{p}_{n}"].float() for n in fs.CONTROLLER_FLOAT_INPUTS]
+            parts.append(torch.stack(sticks, -1))
+            buttons = controls[f"{p}_buttons"].long().unsqueeze(-1)
+            parts.append(((buttons & self.button_bits) != 0).float())  # (*lead, n_buttons)
+        parts.append(self.stage_embedding(fs.to_class("stage", prev["stage"])))
+
+        item_floats = torch.stack([prev[f"item_{n}"].float() for n in fs.ITEM_FLOAT_INPUTS], -1)
+        item_floats = item_floats / self.item_scales  # (*lead, slots, n_float)
+        item_classes = torch.stack(
+            [fs.to_class(n, prev[f"item_{n}"]) for n in fs.ITEM_CATEGORICAL_INPUTS], -1
+        )  # (*lead, slots, n_cat)
+        item_embedded = self.item_embedding(item_classes + self.item_offsets).flatten(-2)
+        parts.append(torch.cat([item_floats, item_embedded], -1).flatten(-2))
+
+        return self.proj(torch.cat(parts, -1))  # (*lead, d_model)
+
+
+def _offsets(vocabs: list[int]) -> tuple[Tensor, int]:
+    starts = torch.tensor([0, *vocabs[:-1]]).cumsum(0)
+    return starts, sum(vocabs)

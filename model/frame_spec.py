@@ -1,0 +1,189 @@
+"""How the world model reads and predicts each field of `model.game_state`.
+
+A frame, for the model, is a dict of tensors keyed by dataset column names (`p1_x`,
+`p2_action`, `stage`, ...) holding game units, shape (B,) or (B, T); item fields are dense,
+`item_<name>` of shape (B, ITEM_SLOTS) or (B, T, ITEM_SLOTS), with `item_exists` as the mask
+(see `game_state.dense_items`).
+
+Every field the encoder reads has exactly one of these roles (a test checks it):
+- a head that predicts it (`PLAYER_HEADS`, `ITEM_HEADS`),
+- a rule (`state_age`: +1 while the action stays the same, else 0),
+- a constant of the game (`character`, `stage`),
+- an external input (the controllers).
+
+Timing convention (Slippi): the pre-frame event of frame t carries the controller state the
+game reads for frame t, and the post-frame event carries the state after frame t's update. So
+the model's input at position t is the post-frame state of t-1 plus both controllers of t, and
+its target is the post-frame state of t. `tests/test_frame_spec.py` checks this on real
+replays: a jump pressed while standing shows up as the jump-squat action in the same frame.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model import game_state as gs
+
+
+class Head(enum.Enum):
+    DELTA = "delta"  # regress (value_t - value_{t-1}) / scale
+    VALUE = "value"  # regress value_t / scale
+    BINARY = "binary"  # one logit
+    CATEGORICAL = "categorical"  # vocab logits
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    name: str  # head name, also the field it predicts unless `target` says otherwise
+    kind: Head
+    scale: float = 1.0  # for DELTA / VALUE
+    vocab: int = 1  # for CATEGORICAL
+    doc: str = ""
+
+
+# Scales make a typical per-frame change about 1 (positions move up to ~3 units a frame,
+# percents jump by up to ~20 on a hit, velocities change by fractions of a unit).
+PLAYER_HEADS: tuple[HeadSpec, ...] = (
+    HeadSpec("x", Head.DELTA, scale=2.0),
+    HeadSpec("y", Head.DELTA, scale=2.0),
+    HeadSpec("percent", Head.DELTA, scale=5.0),
+    HeadSpec("shield", Head.DELTA, scale=1.0),
+    HeadSpec("vel_self_x_air", Head.DELTA, scale=0.5),
+    HeadSpec("vel_self_y", Head.DELTA, scale=0.5),
+    HeadSpec("vel_knockback_x", Head.DELTA, scale=0.5),
+    HeadSpec("vel_knockback_y", Head.DELTA, scale=0.5),
+    HeadSpec("vel_self_x_ground", Head.DELTA, scale=0.5),
+    HeadSpec("hitlag", Head.VALUE, scale=10.0),
+    HeadSpec("stocks", Head.VALUE, scale=4.0, doc="the rules, not this head, decide stocks"),
+    HeadSpec("combo_count", Head.VALUE, scale=10.0),
+    HeadSpec("hitstun", Head.VALUE, scale=30.0),
+    HeadSpec("facing", Head.BINARY, doc="1 = facing right"),
+    HeadSpec("on_ground", Head.BINARY, doc="predicts airborne == 0"),
+    HeadSpec("invulnerable", Head.BINARY, doc="hurtbox_state != 0; auxiliary, see hurtbox"),
+    HeadSpec("action", Head.CATEGORICAL, vocab=gs.ACTION_VOCAB),
+    HeadSpec("jumps", Head.CATEGORICAL, vocab=gs.JUMPS_VOCAB),
+    HeadSpec("l_cancel", Head.CATEGORICAL, vocab=3),
+    HeadSpec("hurtbox_state", Head.CATEGORICAL, vocab=3),
+    HeadSpec("ground", Head.CATEGORICAL, vocab=gs.GROUND_VOCAB),
+    HeadSpec("last_attack_landed", Head.CATEGORICAL, vocab=gs.LAST_ATTACK_VOCAB),
+)
+
+ITEM_HEADS: tuple[HeadSpec, ...] = (
+    HeadSpec("exists", Head.BINARY),
+    HeadSpec("type", Head.CATEGORICAL, vocab=gs.ITEM_TYPE_VOCAB),
+    HeadSpec("state", Head.CATEGORICAL, vocab=16),
+    HeadSpec("owner", Head.CATEGORICAL, vocab=3, doc="class 0 none, 1 p1, 2 p2"),
+    HeadSpec("x", Head.VALUE, scale=100.0),
+    HeadSpec("y", Head.VALUE, scale=100.0),
+    HeadSpec("vel_x", Head.VALUE, scale=3.0),
+    HeadSpec("vel_y", Head.VALUE, scale=3.0),
+    HeadSpec("timer", Head.VALUE, scale=100.0),
+)
+
+# The player field each binary head is computed from.
+BINARY_HEAD_SOURCE = {"facing": "facing", "on_ground": "airborne", "invulnerable": "hurtbox_state"}
+
+RULE_FIELDS = ("state_age",)
+CONSTANT_FIELDS = ("character", "stage")
+EXTERNAL_FIELDS = tuple(f.name for f in gs.CONTROLLER_FIELDS)
+
+# Encoder inputs, by player field name, grouped by how they are encoded.
+PLAYER_FLOAT_INPUTS = (
+    "x",
+    "y",
+    "state_age",
+    "percent",
+    "shield",
+    "stocks",
+    "combo_count",
+    "hitlag",
+    "hitstun",
+    "vel_self_x_air",
+    "vel_self_y",
+    "vel_knockback_x",
+    "vel_knockback_y",
+    "vel_self_x_ground",
+)
+PLAYER_BINARY_INPUTS = ("facing", "airborne")
+PLAYER_CATEGORICAL_INPUTS = (
+    "action",
+    "jumps",
+    "l_cancel",
+    "hurtbox_state",
+    "ground",
+    "last_attack_landed",
+    "character",
+)
+CONTROLLER_FLOAT_INPUTS = (
+    "joystick_x",
+    "joystick_y",
+    "cstick_x",
+    "cstick_y",
+    "trigger",
+    "trigger_l",
+    "trigger_r",
+)
+# Buttons the game reads from the processed bitmask (Slippi spec, pre-frame buttons).
+BUTTON_BITS = {
+    "A": 0x100,
+    "B": 0x200,
+    "X": 0x400,
+    "Y": 0x800,
+    "Z": 0x10,
+    "R": 0x20,
+    "L": 0x40,
+    "START": 0x1000,
+    "DPAD_UP": 0x8,
+    "DPAD_DOWN": 0x4,
+    "DPAD_LEFT": 0x1,
+    "DPAD_RIGHT": 0x2,
+}
+ITEM_FLOAT_INPUTS = ("exists", "x", "y", "vel_x", "vel_y", "timer")
+ITEM_CATEGORICAL_INPUTS = ("type", "state", "owner")
+STATE_AGE_CAP = 300.0  # frames; a long idle adds nothing beyond this
+
+PLAYER_FIELD = {f.name: f for f in gs.PLAYER_FIELDS + gs.CONTROLLER_FIELDS}
+ITEM_FIELD = {f.name: f for f in gs.ITEM_FIELDS}
+
+
+def vocab_of(name: str) -> int:
+    """Vocabulary of a categorical input, player or item field."""
+    if name == "stage":
+        return gs.STAGE_VOCAB
+    if name == "owner":
+        return 3
+    field = PLAYER_FIELD.get(name) or ITEM_FIELD[name]
+    assert field.vocab is not None, f"{name} is not categorical"
+    return field.vocab
+
+
+def to_class(name: str, values: Tensor) -> Tensor:
+    """Game ids -> class indices in [0, vocab) (out-of-range ids fold into the last class)."""
+    values = values.long()
+    if name == "owner":
+        return (values + 1).clamp(0, 2)  # -1 none -> 0, p1 -> 1, p2 -> 2
+    return values.clamp(0, vocab_of(name) - 1)  # ground 65535 (airborne) -> 127
+
+
+def from_class(name: str, classes: Tensor) -> Tensor:
+    """Class indices -> game ids (inverse of `to_class` on the ids it keeps)."""
+    if name == "owner":
+        return classes - 1
+    if name == "ground":
+        return torch.where(classes == gs.GROUND_VOCAB - 1, gs.GROUND_NONE, classes)
+    return classes
+
+
+def head_target(spec: HeadSpec, field_values: Tensor) -> Tensor:
+    """The binary target of a binary player head from its field's values."""
+    if spec.name == "facing":
+        return (field_values > 0).float()
+    if spec.name == "on_ground":
+        return (field_values == 0).float()
+    if spec.name == "invulnerable":
+        return (field_values != 0).float()
+    raise KeyError(spec.name)

@@ -1,0 +1,61 @@
+"""Frames as tensors: from a game's parquet table to the dict the model reads, and slicing.
+
+A frame dict maps dataset column names to tensors in game units: one value per frame for player
+and frame columns, (frames, ITEM_SLOTS) for the dense item columns (`item_exists`, `item_type`,
+...). Floats are float32, `item_exists` bool, everything else int64 (ids the model embeds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from model import frame_spec as fs
+from model import game_state as gs
+
+Frames = dict[str, Tensor]
+
+
+def frames_from_table(table: pa.Table) -> Frames:
+    """All frames of one game: (T,) per scalar column, (T, ITEM_SLOTS) per item column."""
+    frames: Frames = {}
+    for field in gs.FRAME_FIELDS:
+        frames[field.name] = _tensor(table.column(field.name).to_numpy())
+    for p in gs.PLAYERS:
+        for field in gs.PLAYER_FIELDS + gs.CONTROLLER_FIELDS:
+            column = table.column(gs.player_column(p, field)).to_numpy()
+            frames[gs.player_column(p, field)] = _tensor(column)
+    for name, dense in gs.dense_items(table).items():
+        frames[f"item_{name}"] = _tensor(dense)
+    return frames
+
+
+def _tensor(values: np.ndarray) -> Tensor:
+    # A copy: Arrow's buffers are read-only, and callers may write into the frames.
+    dtype = {"f": np.float32, "b": np.bool_}.get(values.dtype.kind, np.int64)
+    return torch.from_numpy(np.array(values, dtype=dtype, order="C"))
+
+
+def index(frames: Frames, i) -> Frames:
+    """Select along the leading frame (or batch) axis: an int, a slice or an index tensor."""
+    return {k: v[i] for k, v in frames.items()}
+
+
+def stack(frame_list: list[Frames], dim: int = 0) -> Frames:
+    return {k: torch.stack([f[k] for f in frame_list], dim) for k in frame_list[0]}
+
+
+def controls_of(frames: Frames) -> Frames:
+    """Only the controller columns (the model's external inputs)."""
+    keys = [f"{p}_{n}" for p in gs.PLAYERS for n in fs.EXTERNAL_FIELDS]
+    return {k: frames[k] for k in keys}
+
+
+def model_inputs(frames: Frames) -> tuple[Frames, Frames, Frames]:
+    """(prev, controls, target) for teacher forcing over the frames of one game (frame axis
+    first): position t reads frame t-1 and the controls of frame t, and predicts frame t."""
+    prev = {k: v[:-1] for k, v in frames.items()}
+    target = {k: v[1:] for k, v in frames.items()}
+    return prev, controls_of(target), target
