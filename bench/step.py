@@ -1,0 +1,275 @@
+"""Live-step latency: encode + `WorldModel.step` + `decode` for a batch of B games, per frame.
+
+    python bench/step.py [--config mamba2-large] [--batch 1,8,32] [--frames N] [--warmup N]
+                         [--threads N] [--compile] [--compile-mode MODE] [--checkpoint PATH]
+                         [--json OUT]
+
+Real frames from ../shared/replays/dev/slippi-js__slp__techTester.slp start each of the B games
+at a different offset; every timed step feeds the decoded frame back as the next `prev` and takes
+`controls` from the replay's controller columns, like the live server. The model runs in eval
+mode, fp32, under `torch.inference_mode()` (random weights unless --checkpoint). Reports p50 and
+p99 over --frames steps after --warmup steps, and, as a lower bound, the p50 of the step's dense
+matrix products alone (encoder.proj, each layer's in_proj and out_proj, the heads' linears, with
+`F.linear` on preallocated inputs, the weights streamed from memory as in a real step), and the
+sum of each product's p50 when repeated alone with its weight in cache ("matmuls hot"). --compile
+adds rows for `torch.compile` of the whole step (minutes of compilation per batch size).
+
+On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`; CUDA graphs
+are not used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import describe_machine
+
+from model import game_state as gs
+from model.config import load_config
+from model.frames import Frames, controls_of, frames_from_table, index
+from model.heads import decode
+from model.world_model import WorldModel, WorldModelCache
+from training.replay_reader import read_replay
+
+DEFAULT_REPLAY = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "replays"
+    / "dev"
+    / "slippi-js__slp__techTester.slp"
+)
+
+StepFn = Callable[[Frames, Frames, WorldModelCache], Frames]
+
+
+def load_frames(path: Path) -> Frames:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only numpy arrays; never written
+        return frames_from_table(read_replay(path).table)
+
+
+def build_model(config_name: str, checkpoint: Path | None, device: torch.device) -> WorldModel:
+    if checkpoint is not None:
+        from model.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(checkpoint, expect_config=load_config(config_name))
+    else:
+        torch.manual_seed(0)
+        model = WorldModel(load_config(config_name))
+    return model.to(device).float().eval()
+
+
+def live_inputs(
+    frames: Frames, batch: int, steps: int, device: torch.device
+) -> tuple[Frames, list[Frames]]:
+    """The first `prev` (B real frames at spread offsets) and the controls of every step."""
+    total = len(frames["frame"])
+    last_start = max(total - steps - 2, 0)
+    offsets = torch.linspace(0, last_start, batch).long()
+    all_controls = controls_of(frames)
+    prev = {k: v.to(device) for k, v in index(frames, offsets).items()}
+    controls = []
+    for s in range(steps):
+        rows = (offsets + s + 1) % total
+        controls.append({k: v.to(device) for k, v in index(all_controls, rows).items()})
+    return prev, controls
+
+
+def make_step(model: WorldModel) -> StepFn:
+    def step(prev: Frames, controls: Frames, cache: WorldModelCache) -> Frames:
+        return decode(model.step(prev, controls, cache), prev, controls)
+
+    return step
+
+
+def sync_fn(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def time_live(
+    step: StepFn,
+    model: WorldModel,
+    frames: Frames,
+    batch: int,
+    warmup: int,
+    timed: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Milliseconds per step over `timed` steps after `warmup`, decoded frames fed back."""
+    prev, controls = live_inputs(frames, batch, warmup + timed, device)
+    cache = model.allocate_inference_cache(batch, device=device)
+    sync = sync_fn(device)
+    times = np.empty(timed)
+    for s, ctrl in enumerate(controls):
+        sync()
+        start = time.perf_counter()
+        prev = step(prev, ctrl, cache)
+        sync()
+        if s >= warmup:
+            times[s - warmup] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+def matmuls(model: WorldModel, batch: int, device: torch.device) -> list[tuple]:
+    """(weight, bias, preallocated input) for every dense product of one step at `batch`."""
+    linears = [(model.encoder.proj, batch)]
+    for block in model.blocks:
+        linears += [(block.mixer.in_proj, batch), (block.mixer.out_proj, batch)]
+    heads = model.heads
+    linears += [(heads.player, batch), (heads.item_hidden, batch)]
+    linears += [(heads.item_out, batch * gs.ITEM_SLOTS)]
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (lin.weight, lin.bias, torch.randn(rows, lin.in_features, generator=generator).to(device))
+        for lin, rows in linears
+    ]
+
+
+def time_matmuls(
+    model: WorldModel, batch: int, warmup: int, timed: int, device: torch.device
+) -> np.ndarray:
+    ops = matmuls(model, batch, device)
+    sync = sync_fn(device)
+    times = np.empty(timed)
+    for s in range(warmup + timed):
+        sync()
+        start = time.perf_counter()
+        for weight, bias, x in ops:
+            F.linear(x, weight, bias)
+        sync()
+        if s >= warmup:
+            times[s - warmup] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+def time_matmuls_hot(
+    model: WorldModel, batch: int, warmup: int, timed: int, device: torch.device
+) -> float:
+    """Sum over the step's products of each one's p50 when repeated alone, so that its weight
+    stays in cache: what the products cost without streaming the weights from memory."""
+    sync = sync_fn(device)
+    total = 0.0
+    for weight, bias, x in matmuls(model, batch, device):
+        times = np.empty(timed)
+        for s in range(warmup + timed):
+            sync()
+            start = time.perf_counter()
+            F.linear(x, weight, bias)
+            sync()
+            if s >= warmup:
+                times[s - warmup] = (time.perf_counter() - start) * 1e3
+        total += float(np.percentile(times, 50))
+    return total
+
+
+def result_row(batch: int, live: np.ndarray, lower: float, hot: float, compiled: bool) -> dict:
+    return {
+        "batch": batch,
+        "p50_ms": round(float(np.percentile(live, 50)), 4),
+        "p99_ms": round(float(np.percentile(live, 99)), 4),
+        "lower_bound_ms": round(lower, 4),
+        "matmuls_hot_ms": round(hot, 4),
+        "compiled": compiled,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="mamba2-large", help="preset name or YAML path")
+    parser.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--frames", type=int, default=500, help="timed steps per batch size")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed steps first")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help='torch.compile mode, e.g. "max-autotune-no-cudagraphs"',
+    )
+    parser.add_argument("--checkpoint", type=Path, help="trained weights (default: random)")
+    parser.add_argument("--replay", type=Path, default=DEFAULT_REPLAY)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(args.config, args.checkpoint, device)
+    frames = load_frames(args.replay)
+    results = {
+        "config": args.config,
+        "params": model.num_parameters(),
+        "machine": describe_machine(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "frames": args.frames,
+        "warmup": args.warmup,
+        "results": [],
+    }
+
+    step = make_step(model)
+    bounds = {}  # batch -> (streamed, hot) matmul times
+    with torch.inference_mode():
+        for batch in batches:
+            streamed = time_matmuls(model, batch, args.warmup, args.frames, device)
+            hot = time_matmuls_hot(
+                model, batch, min(args.warmup, 10), min(args.frames, 100), device
+            )
+            bounds[batch] = float(np.percentile(streamed, 50)), hot
+            live = time_live(step, model, frames, batch, args.warmup, args.frames, device)
+            results["results"].append(result_row(batch, live, *bounds[batch], compiled=False))
+        if args.compile:
+            for batch in batches:
+                torch._dynamo.reset()  # a fresh compile per batch size (no recompile limit)
+                start = time.perf_counter()
+                try:
+                    compiled = torch.compile(step, mode=args.compile_mode, dynamic=False)
+                    live = time_live(
+                        compiled, model, frames, batch, args.warmup, args.frames, device
+                    )
+                except Exception as e:  # noqa: BLE001 - any compiler failure: report and go on
+                    print(f"note: torch.compile failed at batch {batch}, eager only: {e!r:.300}")
+                    continue
+                elapsed = time.perf_counter() - start
+                print(f"note: compiled run at batch {batch} took {elapsed:.0f} s, compile included")
+                results["results"].append(result_row(batch, live, *bounds[batch], compiled=True))
+
+    print(f"machine: {results['machine']}")
+    print(
+        f"{args.config}: {results['params']:,} parameters, fp32, {device}, "
+        f"{results['threads']} threads, {args.frames} timed steps after {args.warmup} warm-up"
+    )
+    header = ("batch", "compiled", "p50 ms", "p99 ms", "matmuls p50 ms", "matmuls hot ms")
+    print("  ".join(f"{h:>{max(len(h), 8)}}" for h in header))
+    for r in results["results"]:
+        cells = (
+            f"{r['batch']:>8}",
+            f"{'yes' if r['compiled'] else 'no':>8}",
+            f"{r['p50_ms']:>8.3f}",
+            f"{r['p99_ms']:>8.3f}",
+            f"{r['lower_bound_ms']:>14.3f}",
+            f"{r['matmuls_hot_ms']:>14.3f}",
+        )
+        print("  ".join(cells))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
