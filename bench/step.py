@@ -14,8 +14,9 @@ matrix products alone (encoder.proj, each layer's in_proj and out_proj, the head
 sum of each product's p50 when repeated alone with its weight in cache ("matmuls hot"). --compile
 adds rows for `torch.compile` of the whole step (minutes of compilation per batch size).
 
-On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`; CUDA graphs
-are not used here.
+On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`, and the step
+is also timed replayed from a CUDA graph captured per batch size (`model.cuda_graph`).
+--dtype bf16 stores the weights in bf16 (the recurrent state and residual stream stay fp32).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,12 +56,12 @@ StepFn = Callable[[Frames, Frames, WorldModelCache], Frames]
 
 
 def load_frames(path: Path) -> Frames:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only numpy arrays; never written
-        return frames_from_table(read_replay(path).table)
+    return frames_from_table(read_replay(path).table)
 
 
-def build_model(config_name: str, checkpoint: Path | None, device: torch.device) -> WorldModel:
+def build_model(
+    config_name: str, checkpoint: Path | None, device: torch.device, dtype: torch.dtype
+) -> WorldModel:
     if checkpoint is not None:
         from model.checkpoint import load_checkpoint
 
@@ -69,7 +69,7 @@ def build_model(config_name: str, checkpoint: Path | None, device: torch.device)
     else:
         torch.manual_seed(0)
         model = WorldModel(load_config(config_name))
-    return model.to(device).float().eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def live_inputs(
@@ -93,6 +93,16 @@ def make_step(model: WorldModel) -> StepFn:
         return decode(model.step(prev, controls, cache), prev, controls)
 
     return step
+
+
+def graph_step(model: WorldModel, frames: Frames, batch: int, device: torch.device) -> StepFn:
+    """The live step replayed from a CUDA graph captured for this batch size. The graph owns
+    its cache, so the cache argument is ignored."""
+    from model.cuda_graph import CudaGraphStep
+
+    prev, controls = live_inputs(frames, batch, 1, device)
+    graph = CudaGraphStep(model, prev, controls[0])
+    return lambda prev, controls, _cache: graph.replay(prev, controls)
 
 
 def sync_fn(device: torch.device) -> Callable[[], None]:
@@ -135,7 +145,11 @@ def matmuls(model: WorldModel, batch: int, device: torch.device) -> list[tuple]:
     linears += [(heads.item_out, batch * gs.ITEM_SLOTS)]
     generator = torch.Generator().manual_seed(0)
     return [
-        (lin.weight, lin.bias, torch.randn(rows, lin.in_features, generator=generator).to(device))
+        (
+            lin.weight,
+            lin.bias,
+            torch.randn(rows, lin.in_features, generator=generator).to(device, lin.weight.dtype),
+        )
         for lin, rows in linears
     ]
 
@@ -203,6 +217,12 @@ def main() -> None:
     )
     parser.add_argument("--checkpoint", type=Path, help="trained weights (default: random)")
     parser.add_argument("--replay", type=Path, default=DEFAULT_REPLAY)
+    parser.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default="fp32", help="weights (state stays fp32)"
+    )
+    parser.add_argument(
+        "--no-cuda-graph", action="store_true", help="on CUDA, time the eager step only"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -210,13 +230,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(args.config, args.checkpoint, device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = build_model(args.config, args.checkpoint, device, dtype)
     frames = load_frames(args.replay)
     results = {
         "config": args.config,
         "params": model.num_parameters(),
         "machine": describe_machine(),
         "device": str(device),
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "frames": args.frames,
         "warmup": args.warmup,
@@ -234,6 +256,19 @@ def main() -> None:
             bounds[batch] = float(np.percentile(streamed, 50)), hot
             live = time_live(step, model, frames, batch, args.warmup, args.frames, device)
             results["results"].append(result_row(batch, live, *bounds[batch], compiled=False))
+        if device.type == "cuda" and not args.no_cuda_graph:
+            for batch in batches:
+                live = time_live(
+                    graph_step(model, frames, batch, device),
+                    model,
+                    frames,
+                    batch,
+                    args.warmup,
+                    args.frames,
+                    device,
+                )
+                row = result_row(batch, live, *bounds[batch], compiled=False)
+                results["results"].append(row | {"cuda_graph": True})
         if args.compile:
             for batch in batches:
                 torch._dynamo.reset()  # a fresh compile per batch size (no recompile limit)
@@ -252,7 +287,7 @@ def main() -> None:
 
     print(f"machine: {results['machine']}")
     print(
-        f"{args.config}: {results['params']:,} parameters, fp32, {device}, "
+        f"{args.config}: {results['params']:,} parameters, {args.dtype}, {device}, "
         f"{results['threads']} threads, {args.frames} timed steps after {args.warmup} warm-up"
     )
     header = ("batch", "compiled", "p50 ms", "p99 ms", "matmuls p50 ms", "matmuls hot ms")

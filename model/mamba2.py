@@ -349,6 +349,26 @@ class Mamba2(nn.Module):
         return self.out_proj(y)
 
     # ------------------------------------------------------------------ single step
+    def _ssm_step(
+        self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor
+    ) -> Tensor:
+        """state = exp(dt A) state + dt x B^T, in place; returns y = state C + D x.
+
+        Written as batched products over a (B*G, R*P, N) view of the state so that the update
+        makes one pass over the state instead of materialising dt x B^T: at batch 32 the
+        state of mamba2-large is 75 MB and memory traffic dominates the step.
+        """
+        b, G, N = B.shape[0], self.ngroups, self.d_state
+        RP = (self.nheads // G) * self.headdim
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, H)
+        xf = x.float()  # (B, H, P)
+        state.mul_(torch.exp(dt * A)[:, :, None, None])  # decay, (B, H, P, N)
+        flat = state.view(b * G, RP, N)  # heads of one group share B and C
+        xdt = (xf * dt[:, :, None]).reshape(b * G, RP, 1)  # (B*G, R*P, 1)
+        flat.baddbmm_(xdt, B.float().reshape(b * G, 1, N))  # += (dt x) B^T
+        y = torch.bmm(flat, C.float().reshape(b * G, N, 1))  # (B*G, R*P, 1)
+        return y.view(b, self.nheads, self.headdim) + self.D.float()[:, None] * xf
+
     def step(self, u: Tensor, cache: Mamba2Cache) -> Tensor:
         """One frame u: (B, d_model) or (B, 1, d_model) -> same shape; updates ``cache``."""
         squeeze = u.dim() == 3
@@ -364,9 +384,9 @@ class Mamba2(nn.Module):
         if kernels and causal_conv1d_update is not None:
             xBC = causal_conv1d_update(xBC, conv_state, weight, self.conv1d.bias, "silu")
         else:
-            conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-            conv_state[:, :, -1] = xBC
-            xBC = (conv_state.to(weight.dtype) * weight).sum(dim=-1) + self.conv1d.bias
+            window = torch.cat([conv_state[:, :, 1:], xBC[:, :, None].to(conv_state.dtype)], -1)
+            conv_state.copy_(window)  # (B, conv_dim, d_conv), newest input last
+            xBC = (window.to(weight.dtype) * weight).sum(dim=-1) + self.conv1d.bias
             xBC = F.silu(xBC).to(u.dtype)  # (B, conv_dim)
         x, B, C = self._split_xBC(xBC)  # (B, H, P), (B, G, N), (B, G, N)
         A = -torch.exp(self.A_log.float())  # (H,)
@@ -386,16 +406,7 @@ class Mamba2(nn.Module):
                 dt_softplus=True,
             )
         else:
-            dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, H)
-            rep = self.nheads // self.ngroups
-            Bh = B.float().repeat_interleave(rep, dim=1)  # (B, H, N)
-            Ch = C.float().repeat_interleave(rep, dim=1)  # (B, H, N)
-            xf = x.float()
-            dA = torch.exp(dt * A)[:, :, None, None]  # (B, H, 1, 1)
-            dBx = torch.einsum("bh,bhn,bhp->bhpn", dt, Bh, xf)  # (B, H, P, N)
-            cache.ssm_state.copy_(cache.ssm_state * dA + dBx)
-            y = torch.einsum("bhpn,bhn->bhp", cache.ssm_state, Ch)  # (B, H, P)
-            y = y + self.D.float()[:, None] * xf
+            y = self._ssm_step(x, dt, A, B, C, cache.ssm_state)  # (B, H, P)
         y = self.norm(y.flatten(-2), z).to(u.dtype)  # (B, d_inner)
         out = self.out_proj(y)  # (B, d_model)
         return out[:, None] if squeeze else out

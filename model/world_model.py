@@ -9,7 +9,8 @@ cache (`WorldModelCache`, one `Mamba2Cache` per layer):
 - `step(prev, controls, cache)`: one frame for a batch of games, updating the cache in place;
 - `heads.decode(preds, prev, controls)`: predictions -> the next frame.
 
-The residual stream is kept in fp32 even when the mixers run in bf16 under autocast.
+The residual stream is kept in fp32 even when the weights are bf16 (`model.to(torch.bfloat16)`,
+which halves the bytes a CPU step streams from memory) or the mixers run under autocast.
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ class Block(nn.Module):
         )
 
     def forward(self, x: Tensor, cache: Mamba2Cache | None = None) -> Tensor:
-        return x + self.mixer(self.norm(x), cache).float()
+        h = self.norm(x).to(self.mixer.out_proj.weight.dtype)  # the mixer's dtype (bf16 ok)
+        return x + self.mixer(h, cache).float()
 
     def step(self, x: Tensor, cache: Mamba2Cache) -> Tensor:
-        return x + self.mixer.step(self.norm(x), cache).float()
+        h = self.norm(x).to(self.mixer.out_proj.weight.dtype)
+        return x + self.mixer.step(h, cache).float()
 
 
 @dataclass
@@ -104,7 +107,7 @@ class WorldModel(nn.Module):
         x = self.encoder(prev, controls).float()  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i])  # (B, T, d_model)
-        return self.heads(self.norm_f(x))
+        return self._heads(x)
 
     def step(
         self, prev: dict[str, Tensor], controls: dict[str, Tensor], cache: WorldModelCache
@@ -113,7 +116,10 @@ class WorldModel(nn.Module):
         x = self.encoder(prev, controls).float()  # (B, d_model)
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
             x = block.step(x, layer_cache)  # (B, d_model)
-        return self.heads(self.norm_f(x))
+        return self._heads(x)
+
+    def _heads(self, x: Tensor) -> dict[str, Tensor]:
+        return self.heads(self.norm_f(x).to(self.heads.player.weight.dtype))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
