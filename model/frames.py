@@ -59,3 +59,30 @@ def model_inputs(frames: Frames) -> tuple[Frames, Frames, Frames]:
     prev = {k: v[:-1] for k, v in frames.items()}
     target = {k: v[1:] for k, v in frames.items()}
     return prev, controls_of(target), target
+
+
+def table_from_frames(frames: Frames, metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+    """Frames of one game (frame axis first) -> a table in the dataset schema, so that a
+    simulated game can be evaluated and replayed like an ingested one."""
+    columns = {}
+    for field in gs.FRAME_FIELDS:
+        columns[field.name] = frames[field.name].cpu().numpy().astype(field.dtype)
+    for p in gs.PLAYERS:
+        for field in gs.PLAYER_FIELDS + gs.CONTROLLER_FIELDS:
+            name = gs.player_column(p, field)
+            values = frames[name].cpu().numpy()
+            if np.dtype(field.dtype).kind in "iu":
+                values = np.rint(values)
+            columns[name] = values.astype(field.dtype)
+    exists = frames["item_exists"].cpu().numpy().astype(bool)
+    rows, slots = np.nonzero(exists)  # row-major: by frame, then slot
+    offsets = pa.array(np.searchsorted(rows, np.arange(len(exists) + 1)).astype(np.int32))
+    for field in gs.ITEM_FIELDS:
+        if field.name == "slot":
+            values = slots
+        else:
+            values = frames[f"item_{field.name}"].cpu().numpy()[rows, slots]
+        values = pa.array(np.asarray(values).astype(field.dtype), type=field.arrow_type)
+        columns[gs.item_column(field)] = pa.ListArray.from_arrays(offsets, values)
+    schema = gs.arrow_schema(metadata)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

@@ -1,1 +1,6 @@
-"""The game server: live sessions at 60 Hz and policy-vs-policy matches (not built yet)."""
+"""The game server side: headless policy-vs-policy matches (`match`); live sessions at 60 Hz
+over websockets and the REST endpoint come next.
+
+May import `model` (and `training.replay_reader` to read `.slp` starts); never `client`.
+Run as `python -m server <command>` or `playmodel <command>`.
+"""

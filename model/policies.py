@@ -1,0 +1,222 @@
+"""Scripted policies: given the current frame and a player, return that player's controller.
+
+The shape is the one Melee bots use (libmelee): a callable `policy(frame, player) -> Controller`
+called once per frame. `frame` is a `FrameView` (read fields as floats, `frame["p1_x"]`, or
+`frame.player(player, "x")`), `player` is 0 for p1 and 1 for p2.
+
+Built in (`make_policy(spec)`):
+- `noop`: nothing pressed;
+- `random[:SEED]`: random sticks and buttons, a new choice every few frames, seeded;
+- `hold:DIRECTION`: the main stick held left, right, up or down;
+- `approach[:SEED]`: walks towards the opponent and attacks when close;
+- `replay:PATH[:FRAME]` (built by the caller with `ReplayFollower`): a real game's inputs;
+- `module:callable`: a user's policy from a Python path (a class is instantiated first).
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from model import game_state as gs
+from model.frame_spec import BUTTON_BITS
+from model.frames import Frames
+
+
+@dataclass(frozen=True)
+class Controller:
+    """One player's controller for one frame, in the replay's processed units."""
+
+    joystick: tuple[float, float] = (0.0, 0.0)  # main stick, -1..1
+    cstick: tuple[float, float] = (0.0, 0.0)  # c-stick, -1..1
+    l_trigger: float = 0.0  # analog L, 0..1
+    r_trigger: float = 0.0  # analog R, 0..1
+    buttons: frozenset[str] = field(default_factory=frozenset)  # names from BUTTON_BITS
+
+    def __post_init__(self):
+        unknown = set(self.buttons) - set(BUTTON_BITS)
+        if unknown:
+            raise ValueError(f"unknown buttons {sorted(unknown)}; known: {sorted(BUTTON_BITS)}")
+
+    def columns(self, player: int) -> dict[str, float | int]:
+        """The dataset's controller columns for this player (`p1_joystick_x`, ...)."""
+        p = gs.PLAYERS[player]
+        bits = 0
+        for name in self.buttons:
+            bits |= BUTTON_BITS[name]
+        return {
+            f"{p}_joystick_x": _clip(self.joystick[0], -1, 1),
+            f"{p}_joystick_y": _clip(self.joystick[1], -1, 1),
+            f"{p}_cstick_x": _clip(self.cstick[0], -1, 1),
+            f"{p}_cstick_y": _clip(self.cstick[1], -1, 1),
+            f"{p}_trigger": _clip(max(self.l_trigger, self.r_trigger), 0, 1),
+            f"{p}_buttons": bits,
+            f"{p}_buttons_physical": bits & 0xFFFF,
+            f"{p}_trigger_l": _clip(self.l_trigger, 0, 1),
+            f"{p}_trigger_r": _clip(self.r_trigger, 0, 1),
+        }
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return min(max(float(value), low), high)
+
+
+class FrameView:
+    """Read access to one game's frame as Python numbers, converting only what is read.
+
+    `frame` is one game's frame, or a batch of frames with `row` naming the game."""
+
+    def __init__(self, frame: Frames, row: int | None = None):
+        self._frame = frame
+        self._row = row
+
+    def __getitem__(self, key: str) -> float:
+        value = self._frame[key]
+        return (value if self._row is None else value[self._row]).item()
+
+    def player(self, player: int, name: str) -> float:
+        return self[f"{gs.PLAYERS[player]}_{name}"]
+
+    @property
+    def frame(self) -> int:
+        return int(self["frame"])
+
+
+Policy = Callable[[FrameView, int], Controller]
+
+
+def noop(frame: FrameView, player: int) -> Controller:
+    return Controller()
+
+
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, 1.0), "down": (0.0, -1.0)}
+
+
+def hold(direction: str) -> Policy:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"hold: unknown direction {direction!r} (one of {', '.join(DIRECTIONS)})")
+    held = Controller(joystick=DIRECTIONS[direction])
+    return lambda frame, player: held
+
+
+class RandomPolicy:
+    """Random sticks and buttons, held for a few frames at a time like a (bad) human."""
+
+    HOLD_FRAMES = 6
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.current = Controller()
+        self.left = 0
+
+    def __call__(self, frame: FrameView, player: int) -> Controller:
+        if self.left <= 0:
+            rng = self.rng
+            buttons = frozenset(b for b in ("A", "B", "X", "Z", "L") if rng.random() < 0.12)
+            self.current = Controller(
+                joystick=(rng.uniform(-1, 1), rng.uniform(-1, 1)),
+                cstick=(rng.choice((-1.0, 0.0, 0.0, 0.0, 1.0)), 0.0),
+                l_trigger=1.0 if "L" in buttons else 0.0,
+                buttons=buttons,
+            )
+            self.left = rng.randint(1, self.HOLD_FRAMES)
+        self.left -= 1
+        return self.current
+
+
+class ApproachAndAttack:
+    """Walk towards the opponent; jab when close; jump when the opponent is well above."""
+
+    REACH = 18.0  # world units: about a jab's range for a mid-sized character
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def __call__(self, frame: FrameView, player: int) -> Controller:
+        dx = frame.player(1 - player, "x") - frame.player(player, "x")
+        dy = frame.player(1 - player, "y") - frame.player(player, "y")
+        if abs(dx) < self.REACH and abs(dy) < self.REACH:
+            attack = self.rng.random() < 0.5
+            return Controller(buttons=frozenset({"A"}) if attack else frozenset())
+        buttons = frozenset({"X"}) if dy > 30 and self.rng.random() < 0.1 else frozenset()
+        return Controller(joystick=(1.0 if dx > 0 else -1.0, 0.0), buttons=buttons)
+
+
+class ReplayFollower:
+    """Plays back one player's recorded inputs from a real game, from row `start` on."""
+
+    def __init__(self, frames: Frames, start: int = 0, player: int | None = None):
+        self.frames = frames
+        self.row = start
+        self.player = player
+
+    def __call__(self, frame: FrameView, player: int) -> Controller:
+        source = gs.PLAYERS[self.player if self.player is not None else player]
+        self.row = min(self.row + 1, len(self.frames["frame"]) - 1)
+
+        def value(name):
+            return self.frames[f"{source}_{name}"][self.row].item()
+
+        bits = int(value("buttons"))
+        return Controller(
+            joystick=(value("joystick_x"), value("joystick_y")),
+            cstick=(value("cstick_x"), value("cstick_y")),
+            l_trigger=value("trigger_l"),
+            r_trigger=value("trigger_r"),
+            buttons=frozenset(n for n, bit in BUTTON_BITS.items() if bits & bit),
+        )
+
+
+def make_policy(spec: str) -> Policy:
+    """A policy from its command-line spec (see the module docstring). `replay:` specs are
+    built by the caller, which knows how to read replays."""
+    name, _, argument = spec.partition(":")
+    if name == "noop":
+        return noop
+    if name == "random":
+        return RandomPolicy(int(argument or 0))
+    if name == "approach":
+        return ApproachAndAttack(int(argument or 0))
+    if name == "hold":
+        return hold(argument)
+    if not argument:
+        raise ValueError(
+            f"unknown policy {spec!r}: use noop, random[:SEED], hold:DIRECTION, approach[:SEED], "
+            "replay:PATH[:FRAME] or a Python path module:callable"
+        )
+    return load_policy(spec)
+
+
+def load_policy(path: str) -> Policy:
+    """`module:callable` -> the callable (a class is instantiated with no arguments)."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"policy {path!r}: cannot import module {module_name!r} ({e})") from e
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"policy {path!r}: module {module_name!r} has no {attribute!r}") from None
+    if isinstance(target, type):
+        target = target()
+    if not callable(target):
+        raise ValueError(f"policy {path!r} is not callable")
+    return target
+
+
+def controls_for(
+    policies: tuple[Policy, Policy], frame: Frames, row: int | None = None
+) -> dict[str, float | int]:
+    """Both players' controller columns for one game from its two policies (`row`: the
+    game's row when `frame` is a batch)."""
+    view = FrameView(frame, row)
+    columns: dict[str, float | int] = {}
+    for player, policy in enumerate(policies):
+        controller = policy(view, player)
+        if not isinstance(controller, Controller):
+            raise TypeError(f"policy for p{player + 1} returned {type(controller).__name__}")
+        columns |= controller.columns(player)
+    return columns

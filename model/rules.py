@@ -1,0 +1,212 @@
+"""The rules of Melee, applied after every predicted frame, for a batch of games at once.
+
+A learned model drifts: characters float off stage, percents climb without bound, and no
+model trained on replays has learned death and respawn reliably. The rules make every frame
+well-formed whatever the model predicts:
+
+1. Clamp every field to its legal range (`LIMITS`).
+2. A player outside a blast zone is KO'd: one stock less, then, if stocks remain, respawned on
+   the revival platform at 0% with zero velocity, in the platform-wait action and invulnerable
+   for `RESPAWN_INVULNERABLE_FRAMES`.
+3. Stocks change only through rule 2; the model's stock prediction is overwritten.
+4. The game ends when a player has no stocks left, or when the timer runs out (the player
+   with more stocks, then less damage, wins; equal is a draw).
+
+Each KO, respawn and game end is reported as an `Event`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from model import game_state as gs
+from model.actions import ON_HALO_WAIT
+from model.stages import Stage
+
+# Legal ranges, in game units. Percent and shield from the game's own limits (999%, 60 HP
+# shields); speeds are capped well above anything in the real replays (knockback reaches
+# about 15 units per frame at high percent) so that only a runaway prediction is touched.
+LIMITS: dict[str, tuple[float, float]] = {
+    "percent": (0.0, 999.0),
+    "shield": (0.0, 60.0),
+    "stocks": (0.0, 4.0),
+    "hitlag": (0.0, 60.0),
+    "hitstun": (0.0, 200.0),
+    "combo_count": (0.0, 255.0),
+    "jumps": (0.0, gs.JUMPS_VOCAB - 1),
+    "state_age": (0.0, 10_000.0),
+    "vel_self_x_air": (-20.0, 20.0),
+    "vel_self_y": (-20.0, 20.0),
+    "vel_knockback_x": (-30.0, 30.0),
+    "vel_knockback_y": (-30.0, 30.0),
+    "vel_self_x_ground": (-20.0, 20.0),
+}
+# Positions are kept within this margin beyond the blast zones: far enough out to register a
+# KO, near enough that a runaway prediction cannot reach absurd values.
+POSITION_MARGIN = 20.0
+ITEM_LIMITS = {"vel_x": (-30.0, 30.0), "vel_y": (-30.0, 30.0), "timer": (0.0, 10_000.0)}
+
+# After a KO Melee puts the player on the revival platform; leaving it gives 120 frames
+# (2 seconds) of invincibility (SmashWiki, "Revival platform"). We grant it from the respawn.
+RESPAWN_INVULNERABLE_FRAMES = 120
+DEFAULT_TIMER_FRAMES = 8 * 60 * 60  # 8:00, the default versus timer, at 60 frames per second
+FIRST_TIMER_FRAME = 0  # the match clock starts at frame 0 (Slippi: -39 is the first playable)
+
+
+@dataclass
+class Event:
+    type: str  # "ko", "respawn" or "game_end"
+    frame: int
+    player: int | None = None  # 0 = p1, 1 = p2
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "frame": self.frame, "player": self.player, **self.detail}
+
+
+@dataclass
+class RuleState:
+    """Per-game rule state for a batch: (B, 2) per player, (B,) per game."""
+
+    stocks: Tensor  # (B, 2) long
+    invulnerable: Tensor  # (B, 2) long, frames of respawn invulnerability left
+    over: Tensor  # (B,) bool
+    timer_frames: Tensor  # (B,) long, the frame at which time runs out
+    blast: Tensor  # (B, 4) float: left, right, bottom, top
+    respawn: Tensor  # (B, 2, 2) float: per player x, y
+
+    @staticmethod
+    def new(stage: Stage, stocks: tuple[int, int], timer_frames: int = DEFAULT_TIMER_FRAMES):
+        blast = [stage.blast_left, stage.blast_right, stage.blast_bottom, stage.blast_top]
+        return RuleState(
+            stocks=torch.tensor([stocks], dtype=torch.long),
+            invulnerable=torch.zeros(1, 2, dtype=torch.long),
+            over=torch.zeros(1, dtype=torch.bool),
+            timer_frames=torch.tensor([timer_frames], dtype=torch.long),
+            blast=torch.tensor([blast], dtype=torch.float32),
+            respawn=torch.tensor([list(stage.respawns[:2])], dtype=torch.float32),
+        )
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, Tensor]) -> RuleState:
+        return RuleState(**tensors)
+
+
+def clamp_frame(frame: dict[str, Tensor], rules: RuleState) -> None:
+    """Clamp every field of a (B,) frame to its legal range, in place."""
+    for p in gs.PLAYERS:
+        for name, (low, high) in LIMITS.items():
+            key = f"{p}_{name}"
+            frame[key] = frame[key].clamp(low, high)
+        frame[f"{p}_x"] = torch.minimum(
+            torch.maximum(frame[f"{p}_x"], rules.blast[:, 0] - POSITION_MARGIN),
+            rules.blast[:, 1] + POSITION_MARGIN,
+        )
+        frame[f"{p}_y"] = torch.minimum(
+            torch.maximum(frame[f"{p}_y"], rules.blast[:, 2] - POSITION_MARGIN),
+            rules.blast[:, 3] + POSITION_MARGIN,
+        )
+    for name, (low, high) in ITEM_LIMITS.items():
+        frame[f"item_{name}"] = frame[f"item_{name}"].clamp(low, high)
+    for axis, (low, high) in (("x", (0, 1)), ("y", (2, 3))):
+        value = frame[f"item_{axis}"]
+        lo = rules.blast[:, low, None] - POSITION_MARGIN
+        hi = rules.blast[:, high, None] + POSITION_MARGIN
+        frame[f"item_{axis}"] = torch.minimum(torch.maximum(value, lo), hi)
+
+
+ZONES = ("left", "right", "bottom", "top")
+
+
+def apply_rules(frame: dict[str, Tensor], rules: RuleState) -> list[list[Event]]:
+    """Clamp, KO, respawn, stocks and game end for a (B,) batch of frames, in place.
+
+    Games already over are left as they are. Returns each game's events.
+    """
+    clamp_frame(frame, rules)
+    batch = rules.stocks.shape[0]
+    events: list[list[Event]] = [[] for _ in range(batch)]
+    frame_ids = frame["frame"].tolist() if "frame" in frame else [0] * batch
+    live = ~rules.over
+    for index, p in enumerate(gs.PLAYERS):
+        x, y = frame[f"{p}_x"], frame[f"{p}_y"]
+        beyond = torch.stack(
+            [
+                x < rules.blast[:, 0],
+                x > rules.blast[:, 1],
+                y < rules.blast[:, 2],
+                y > rules.blast[:, 3],
+            ],
+            -1,
+        )  # (B, 4)
+        ko = beyond.any(-1) & live & (rules.stocks[:, index] > 0)
+        if ko.any():
+            rules.stocks[:, index] -= ko.long()
+            respawning = ko & (rules.stocks[:, index] > 0)
+            _respawn(frame, p, respawning, rules.respawn[:, index])
+            rules.invulnerable[:, index] = torch.where(
+                respawning, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable[:, index]
+            )
+            for b in torch.nonzero(ko).flatten().tolist():
+                zone = ZONES[int(beyond[b].float().argmax())]
+                stocks = int(rules.stocks[b, index])
+                events[b].append(Event("ko", frame_ids[b], index, {"zone": zone, "stocks": stocks}))
+                if stocks > 0:
+                    events[b].append(Event("respawn", frame_ids[b], index))
+        # Respawn invulnerability overrides the hurtbox the model predicts.
+        protected = rules.invulnerable[:, index] > 0
+        frame[f"{p}_hurtbox_state"] = torch.where(protected, 1, frame[f"{p}_hurtbox_state"])
+        rules.invulnerable[:, index] = (rules.invulnerable[:, index] - 1).clamp(min=0)
+        frame[f"{p}_stocks"] = rules.stocks[:, index].to(frame[f"{p}_stocks"].dtype)
+
+    _end_games(frame, rules, live, frame_ids, events)
+    return events
+
+
+def _respawn(frame: dict[str, Tensor], p: str, mask: Tensor, point: Tensor) -> None:
+    """Put the masked players on their revival platform at 0%, still, invulnerable."""
+
+    def put(name: str, value) -> None:
+        key = f"{p}_{name}"
+        value = torch.as_tensor(value, dtype=frame[key].dtype)
+        frame[key] = torch.where(mask, value, frame[key])
+
+    put("x", point[:, 0])
+    put("y", point[:, 1])
+    for name in ("percent", "hitlag", "hitstun", "combo_count", "state_age"):
+        put(name, 0)
+    for name in ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y"):
+        put(name, 0)
+    put("vel_self_x_ground", 0)
+    put("shield", 60.0)
+    put("action", ON_HALO_WAIT)
+    put("airborne", 1)
+    put("hurtbox_state", 1)
+    put("ground", gs.GROUND_NONE)
+    put("facing", torch.where(point[:, 0] > 0, -1, 1))  # face the centre of the stage
+
+
+def _end_games(frame, rules: RuleState, live: Tensor, frame_ids, events) -> None:
+    out_of_stocks = (rules.stocks == 0).any(-1) & live
+    out_of_time = (
+        (frame["frame"] >= rules.timer_frames) & live if "frame" in frame else live & False
+    )
+    ending = out_of_stocks | out_of_time
+    for b in torch.nonzero(ending).flatten().tolist():
+        stocks = rules.stocks[b].tolist()
+        percents = [float(frame[f"{p}_percent"][b]) for p in gs.PLAYERS]
+        if stocks[0] != stocks[1]:
+            winner = 0 if stocks[0] > stocks[1] else 1
+        elif percents[0] != percents[1]:
+            winner = 0 if percents[0] < percents[1] else 1
+        else:
+            winner = None
+        method = "stocks" if bool(out_of_stocks[b]) else "time"
+        events[b].append(Event("game_end", frame_ids[b], winner, {"method": method}))
+    rules.over |= ending

@@ -1,0 +1,313 @@
+"""Simulation: the one object that steps a batch of games with the model and Melee's rules.
+
+Live sessions in the server, headless policy-vs-policy matches and evaluation rollouts all go
+through it, so what is measured is what is played. It holds, for every game in the batch, the
+model's recurrent cache, the last frame, and the rule state (stocks, respawn invulnerability,
+timer), as batched tensors whose row order is `game_ids`. One `step` makes one batched model
+call for all games.
+
+    sim = Simulation(model)
+    a = sim.new_game(GameSetup(stage=31, characters=(1, 22)))      # standard start
+    b = sim.new_game(replay=frames, start_frame=3000)                # take over a real game
+    results = sim.step({a: controls_a, b: controls_b})             # {game_id: StepResult}
+    snap = sim.snapshot(a); ...; sim.restore(a, snap)
+
+Games join and leave at any frame; the other games' rows are untouched. With temperature 0
+(the default) decoding is argmax; above 0, each game samples from its own seeded generator,
+so a game's frames do not depend on which other games share its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model import game_state as gs
+from model.frames import Frames, controls_of, index
+from model.heads import decode
+from model.rules import DEFAULT_TIMER_FRAMES, Event, RuleState, apply_rules
+from model.stages import get_stage, spawn_points_for
+from model.world_model import WorldModel, WorldModelCache
+
+ENTRY_ACTION = 322  # ENTRY: every replay starts with both players in it at frame -123
+FIRST_FRAME = -123
+
+
+@dataclass(frozen=True)
+class GameSetup:
+    stage: int = 32  # external stage id (Final Destination)
+    characters: tuple[int, int] = (1, 22)  # internal character ids (Fox, Falco)
+    stocks: int = 4
+    timer_frames: int = DEFAULT_TIMER_FRAMES  # the game ends when the frame id reaches this
+    seed: int = 0
+
+
+@dataclass
+class StepResult:
+    batch: Frames  # the whole batch's new frames, (B,) per field
+    row: int  # this game's row in `batch`
+    events: list[Event]
+    over: bool
+
+    @property
+    def frame(self) -> Frames:
+        """This game's new frame: 0-dim tensors (item fields: (ITEM_SLOTS,))."""
+        return index(self.batch, self.row)
+
+
+@dataclass
+class Snapshot:
+    """One game's full state: model cache, last frame, rule state, sampling generator."""
+
+    tensors: dict[str, Tensor]
+    generator_state: Tensor
+    setup: GameSetup
+
+    @property
+    def nbytes(self) -> int:
+        sizes = [t.numel() * t.element_size() for t in self.tensors.values()]
+        return sum(sizes) + self.generator_state.numel()
+
+
+class Simulation:
+    def __init__(
+        self, model: WorldModel, temperature: float = 0.0, device: torch.device | str = "cpu"
+    ):
+        self.model = model.eval()
+        self.temperature = temperature
+        self.device = torch.device(device)
+        self.game_ids: list[int] = []
+        self._setups: dict[int, GameSetup] = {}
+        self._generators: dict[int, torch.Generator] = {}
+        self._cache: WorldModelCache | None = None
+        self._prev: Frames | None = None
+        self._rules: RuleState | None = None
+        self._next_id = itertools.count()
+        self._dtypes: dict[str, torch.dtype] = {}
+
+    # ------------------------------------------------------------------ games
+    def new_game(
+        self,
+        setup: GameSetup | None = None,
+        replay: Frames | None = None,
+        start_frame: int | None = None,
+    ) -> int:
+        """Add a game from a standard start, or from row `start_frame` of a real game's
+        frames (the model's state is prefilled with every frame before it)."""
+        setup = setup or GameSetup()
+        cache = self.model.allocate_inference_cache(1, device=self.device)
+        if replay is None:
+            frame = standard_start(setup)
+        else:
+            frame, setup = self._prefill(replay, start_frame or 0, setup, cache)
+        stage = get_stage(int(frame["stage"]))
+        stocks = (int(frame["p1_stocks"]), int(frame["p2_stocks"]))
+        rules = RuleState.new(stage, stocks, setup.timer_frames)
+        frame = {k: v.to(self.device).unsqueeze(0) for k, v in frame.items()}
+        if not self._dtypes:
+            self._dtypes = {k: v.dtype for k, v in frame.items()}
+        frame = {k: v.to(self._dtypes[k]) for k, v in frame.items()}
+
+        game_id = next(self._next_id)
+        self.game_ids.append(game_id)
+        self._setups[game_id] = setup
+        self._generators[game_id] = torch.Generator(self.device).manual_seed(setup.seed)
+        if self._cache is None:
+            self._cache, self._prev, self._rules = cache, frame, rules
+        else:
+            self._cache = _cat_caches(self._cache, cache)
+            self._prev = {k: torch.cat([self._prev[k], frame[k]]) for k in self._prev}
+            self._rules = RuleState.from_tensors(
+                {k: torch.cat([v, rules.tensors()[k]]) for k, v in self._rules.tensors().items()}
+            )
+        return game_id
+
+    def _prefill(
+        self, replay: Frames, start: int, setup: GameSetup, cache: WorldModelCache
+    ) -> tuple[Frames, GameSetup]:
+        total = len(replay["frame"])
+        if not 0 <= start < total:
+            raise ValueError(f"start_frame {start} is outside the replay (0..{total - 1})")
+        if start > 0:
+            prev = {k: v[:start].unsqueeze(0).to(self.device) for k, v in replay.items()}
+            nxt = {k: v[1 : start + 1].unsqueeze(0).to(self.device) for k, v in replay.items()}
+            with torch.inference_mode():
+                self.model(prev, controls_of(nxt), cache=cache)
+        frame = index(replay, start)
+        characters = (int(frame["p1_character"]), int(frame["p2_character"]))
+        setup = dataclasses.replace(setup, stage=int(frame["stage"]), characters=characters)
+        return frame, setup
+
+    def remove_game(self, game_id: int) -> None:
+        row = self._row(game_id)
+        keep = torch.tensor([i for i in range(len(self.game_ids)) if i != row], dtype=torch.long)
+        self.game_ids.pop(row)
+        del self._setups[game_id], self._generators[game_id]
+        if not self.game_ids:
+            self._cache = self._prev = self._rules = None
+            return
+        self._cache = _select_cache(self._cache, keep.to(self.device))
+        self._prev = index(self._prev, keep.to(self.device))
+        self._rules = RuleState.from_tensors({k: v[keep] for k, v in self._rules.tensors().items()})
+
+    def setup(self, game_id: int) -> GameSetup:
+        return self._setups[game_id]
+
+    def frame(self, game_id: int) -> Frames:
+        return index(self._prev, self._row(game_id))
+
+    def is_over(self, game_id: int) -> bool:
+        return bool(self._rules.over[self._row(game_id)])
+
+    def stocks(self, game_id: int) -> tuple[int, int]:
+        return tuple(self._rules.stocks[self._row(game_id)].tolist())
+
+    def _row(self, game_id: int) -> int:
+        try:
+            return self.game_ids.index(game_id)
+        except ValueError:
+            raise KeyError(f"no game {game_id} in this simulation") from None
+
+    # ------------------------------------------------------------------ stepping
+    @property
+    def batch_frame(self) -> Frames:
+        """The last frame of every game, (B,) per field, rows in `game_ids` order."""
+        return self._prev
+
+    def step(self, controls: dict[int, dict]) -> dict[int, StepResult]:
+        """Advance every game one frame. `controls[game_id]` maps both players' controller
+        columns (`p1_joystick_x`, ..., `p2_buttons`) to numbers or 0-dim tensors; a game or
+        column without an entry gets a neutral controller."""
+        if not self.game_ids:
+            return {}
+        neutral: dict = {}
+        per_game = [controls.get(g, neutral) for g in self.game_ids]
+        ctrl = {
+            key: torch.tensor([_number(c.get(key, 0)) for c in per_game], dtype=self._dtypes[key])
+            for key in CONTROL_KEYS
+        }
+        ctrl = (
+            {k: v.to(self.device) for k, v in ctrl.items()} if self.device.type != "cpu" else ctrl
+        )
+        prev = self._prev
+        with torch.inference_mode():
+            preds = self.model.step(prev, ctrl, self._cache)
+            frame = self._cast(self._decode(preds, prev, ctrl))
+            over = self._rules.over
+            if over.any():  # finished games stay on their last frame
+                frame = {k: torch.where(_rows_mask(over, v), prev[k], v) for k, v in frame.items()}
+            events = apply_rules(frame, self._rules)
+            frame = self._cast(frame)
+        self._prev = frame
+        return {
+            g: StepResult(frame, i, events[i], bool(over[i])) for i, g in enumerate(self.game_ids)
+        }
+
+    def _cast(self, frame: Frames) -> Frames:
+        """Every field back to the dtype the frames started with (decode and the rules work
+        in float32 and int64)."""
+        return {k: v if v.dtype == (t := self._dtypes[k]) else v.to(t) for k, v in frame.items()}
+
+    def _decode(self, preds: Frames, prev: Frames, ctrl: Frames) -> Frames:
+        if self.temperature <= 0:
+            return decode(preds, prev, ctrl)
+        parts = []
+        for i, g in enumerate(self.game_ids):
+            one = slice(i, i + 1)
+            parts.append(
+                decode(
+                    index(preds, one),
+                    index(prev, one),
+                    index(ctrl, one),
+                    self.temperature,
+                    self._generators[g],
+                )
+            )
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self, game_id: int) -> Snapshot:
+        row = self._row(game_id)
+        tensors = {f"cache.{k}": v[row].clone() for k, v in self._cache.tensors().items()}
+        tensors |= {f"frame.{k}": v[row].clone() for k, v in self._prev.items()}
+        tensors |= {f"rules.{k}": v[row].clone() for k, v in self._rules.tensors().items()}
+        state = self._generators[game_id].get_state()
+        return Snapshot(tensors, state, self._setups[game_id])
+
+    @torch.inference_mode()  # the batch tensors are made under inference mode by `step`
+    def restore(self, game_id: int, snapshot: Snapshot) -> None:
+        row = self._row(game_id)
+        groups = {
+            "cache": self._cache.tensors(),
+            "frame": self._prev,
+            "rules": self._rules.tensors(),
+        }
+        for name, value in snapshot.tensors.items():
+            group, key = name.split(".", 1)
+            groups[group][key][row].copy_(value)
+        self._generators[game_id].set_state(snapshot.generator_state)
+
+
+def standard_start(setup: GameSetup) -> Frames:
+    """Frame -123 of a new game: both players at their spawn points in the entry action, as
+    every real replay begins (checked on the dev replays)."""
+    spawns = spawn_points_for(setup.stage)
+    frame: Frames = {
+        "frame": torch.tensor(FIRST_FRAME),
+        "stage": torch.tensor(setup.stage),
+    }
+    for index_, p in enumerate(gs.PLAYERS):
+        x, y = spawns[index_]
+        values = {
+            "x": x,
+            "y": y,
+            "action": ENTRY_ACTION,
+            "state_age": -1.0,  # the replays' value on the first frame
+            "shield": 60.0,
+            "stocks": setup.stocks,
+            "facing": 1 if x < 0 else -1,
+            "airborne": 1,
+            "jumps": 1,
+            "ground": gs.GROUND_NONE,
+            "character": setup.characters[index_],
+        }
+        for field in gs.PLAYER_FIELDS + gs.CONTROLLER_FIELDS:
+            value = values.get(field.name, field.default)
+            dtype = torch.float32 if field.dtype.startswith("float") else torch.int64
+            frame[f"{p}_{field.name}"] = torch.tensor(value, dtype=dtype)
+    for field in gs.ITEM_FIELDS:
+        if field.name == "slot":
+            continue
+        dtype = torch.float32 if field.dtype.startswith("float") else torch.int64
+        frame[f"item_{field.name}"] = torch.full((gs.ITEM_SLOTS,), field.default, dtype=dtype)
+    frame["item_exists"] = torch.zeros(gs.ITEM_SLOTS, dtype=torch.bool)
+    return frame
+
+
+CONTROL_KEYS = tuple(f"{p}_{f.name}" for p in gs.PLAYERS for f in gs.CONTROLLER_FIELDS)
+
+
+def _number(value) -> float | int:
+    return value.item() if isinstance(value, Tensor) else value
+
+
+def _rows_mask(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _cat_caches(a: WorldModelCache, b: WorldModelCache) -> WorldModelCache:
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        la.conv_state = torch.cat([la.conv_state, lb.conv_state])
+        la.ssm_state = torch.cat([la.ssm_state, lb.ssm_state])
+    return a
+
+
+def _select_cache(cache: WorldModelCache, keep: Tensor) -> WorldModelCache:
+    for layer in cache.layers:
+        layer.conv_state = layer.conv_state[keep]
+        layer.ssm_state = layer.ssm_state[keep]
+    return cache

@@ -1,0 +1,226 @@
+"""Headless policy-vs-policy matches: `playmodel match --p1 POLICY --p2 POLICY --out FILE`.
+
+Runs one game through the `Simulation` as fast as the hardware allows (not at 60 Hz), writes
+its trajectory as parquet in the dataset schema (so it can be evaluated and replayed like an
+ingested game) and prints a summary: winner, stocks, percents, KOs, frames, frames per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from model import game_state as gs
+from model import melee_ids
+from model.atomic_file import atomic_path
+from model.frames import Frames, frames_from_table, stack, table_from_frames
+from model.policies import Policy, ReplayFollower, controls_for, make_policy
+from model.rules import Event
+from model.simulation import GameSetup, Simulation
+from model.stages import legal_stage_ids
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_CHECKPOINT = ASSETS / "checkpoints" / "demo.safetensors"
+STAGE_ALIASES = {"fd": 32, "bf": 31, "dl": 28, "fod": 2, "ps": 3, "ys": 8, "stadium": 3}
+
+
+@dataclass
+class MatchResult:
+    frames: Frames  # (T, ...) every frame, the start frame first
+    events: list[Event] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def summary(self) -> dict:
+        last = {k: v[-1] for k, v in self.frames.items()}
+        end = next((e for e in self.events if e.type == "game_end"), None)
+        return {
+            "winner": None if end is None else end.player,
+            "end": None if end is None else end.detail["method"],
+            "stocks": [int(last[f"{p}_stocks"]) for p in gs.PLAYERS],
+            "percents": [round(float(last[f"{p}_percent"]), 1) for p in gs.PLAYERS],
+            "kos": [sum(e.type == "ko" and e.player == i for e in self.events) for i in (0, 1)],
+            "frames": len(self.frames["frame"]) - 1,
+            "frames_per_second": round((len(self.frames["frame"]) - 1) / max(self.seconds, 1e-9)),
+        }
+
+
+def run_matches(
+    sim: Simulation, games: dict[int, tuple[Policy, Policy]], max_frames: int
+) -> dict[int, MatchResult]:
+    """Step several games together (one batched model call per frame) until each ends or has
+    played `max_frames` frames. A finished game stays in the batch, frozen on its last frame,
+    until all are done, so that rows stay fixed and frames are recorded as whole batches."""
+    rows = {g: sim.game_ids.index(g) for g in games}
+    batches = [sim.batch_frame]
+    events: dict[int, list[Event]] = {g: [] for g in games}
+    length = {g: 0 for g in games}
+    running = set(games)
+    start = time.perf_counter()
+    for _ in range(max_frames):
+        if not running:
+            break
+        batch = batches[-1]
+        controls = {g: controls_for(games[g], batch, rows[g]) for g in running}
+        results = sim.step(controls)
+        batches.append(sim.batch_frame)
+        for g in list(running):
+            length[g] += 1
+            events[g] += results[g].events
+            if results[g].over:
+                running.discard(g)
+    seconds = time.perf_counter() - start
+    over_time = stack(batches)  # (T + 1, B, ...)
+    return {
+        g: MatchResult(
+            {k: v[: length[g] + 1, rows[g]] for k, v in over_time.items()}, events[g], seconds
+        )
+        for g in games
+    }
+
+
+def run_match(
+    sim: Simulation, game_id: int, policies: tuple[Policy, Policy], max_frames: int
+) -> MatchResult:
+    """Step one game until it ends or `max_frames` frames have been played."""
+    return run_matches(sim, {game_id: policies}, max_frames)[game_id]
+
+
+def parse_stage(text: str) -> int:
+    key = text.strip().lower().replace("-", "_").replace(" ", "_")
+    if key in STAGE_ALIASES:
+        return STAGE_ALIASES[key]
+    for stage_id in legal_stage_ids():
+        name = melee_ids.stage_name(stage_id).lower()
+        if key in (str(stage_id), name, name.replace("_n64", "")):
+            return stage_id
+    names = ", ".join(melee_ids.stage_name(s) for s in legal_stage_ids())
+    raise ValueError(f"unknown stage {text!r}: use an id or one of {names} (or fd, bf, ...)")
+
+
+def parse_character(text: str) -> int:
+    """A character name or in-game id -> the in-game (internal) id."""
+    key = text.strip().upper().replace(" ", "_").replace("-", "_")
+    if key.isdigit():
+        return int(key)
+    for internal_id in range(gs.CHARACTER_VOCAB):
+        if melee_ids.character_name_internal(internal_id) == key:
+            return internal_id
+    raise ValueError(f"unknown character {text!r}: use a name such as FOX or MARTH, or an id")
+
+
+def load_model(checkpoint: Path | None, config: str | None, device: str):
+    """The checkpoint given, else the bundled demo checkpoint, else (with a warning) an
+    untrained model of `config`."""
+    from model.checkpoint import load_checkpoint
+    from model.config import load_config
+    from model.world_model import WorldModel
+
+    if checkpoint is None and config is None and DEMO_CHECKPOINT.exists():
+        checkpoint = DEMO_CHECKPOINT
+    if checkpoint is not None:
+        model, _ = load_checkpoint(checkpoint, device=device)
+        return model, str(checkpoint)
+    name = config or "mamba2-small"
+    log.warning("no checkpoint: playing an UNTRAINED %s model with random weights", name)
+    torch.manual_seed(0)
+    return WorldModel(load_config(name)).to(device), f"untrained {name}"
+
+
+def read_replay_frames(path: Path) -> Frames:
+    """A `.slp` replay or a parquet trajectory (dataset schema) as frames."""
+    if path.suffix == ".parquet":
+        return frames_from_table(pq.read_table(path))
+    from training.replay_reader import read_replay
+
+    return frames_from_table(read_replay(path).table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="playmodel match", description=__doc__.splitlines()[0])
+    parser.add_argument("--p1", default="approach", help="policy of player 1 (default approach)")
+    parser.add_argument("--p2", default="random", help="policy of player 2 (default random)")
+    parser.add_argument("--stage", default="battlefield", help="stage name or id")
+    parser.add_argument("--characters", default="FOX,FALCO", help="two characters, A,B")
+    parser.add_argument("--frames", type=int, default=8 * 60 * 60, help="most frames to play")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = argmax decoding")
+    parser.add_argument("--start", help="REPLAY[:FRAME]: take over a real game (.slp or parquet)")
+    parser.add_argument("--checkpoint", type=Path, help="default: the bundled demo checkpoint")
+    parser.add_argument("--config", help="play an untrained model of this config instead")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", required=True, type=Path, help="trajectory .parquet to write")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        characters = tuple(parse_character(c) for c in args.characters.split(","))
+        if len(characters) != 2:
+            raise ValueError(f"--characters needs two characters, got {args.characters!r}")
+        setup = GameSetup(parse_stage(args.stage), characters, seed=args.seed)
+        replay, start_row = None, None
+        if args.start:
+            path, _, row = args.start.partition(":")
+            replay, start_row = read_replay_frames(Path(path)), int(row or 0)
+        policies = []
+        for spec in (args.p1, args.p2):
+            if spec.startswith("replay:"):
+                path, _, row = spec[len("replay:") :].partition(":")
+                policies.append(ReplayFollower(read_replay_frames(Path(path)), int(row or 0)))
+            else:
+                policies.append(make_policy(spec))
+        model, model_name = load_model(args.checkpoint, args.config, args.device)
+    except (ValueError, OSError, KeyError) as e:
+        log.error("%s", e)
+        return 2
+
+    sim = Simulation(model, temperature=args.temperature, device=args.device)
+    game = sim.new_game(setup, replay=replay, start_frame=start_row)
+    result = run_match(sim, game, (policies[0], policies[1]), args.frames)
+    summary = result.summary
+    info = {
+        "p1": args.p1,
+        "p2": args.p2,
+        "model": model_name,
+        "setup": dataclasses.asdict(sim.setup(game)),
+        "summary": summary,
+        "events": [e.to_dict() for e in result.events],
+    }
+    table = table_from_frames(
+        {k: v.cpu() for k, v in result.frames.items()},
+        metadata={
+            b"schema_version": str(gs.SCHEMA_VERSION).encode(),
+            b"match_info": json.dumps(info).encode(),
+        },
+    )
+    with atomic_path(args.out) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    winner = "draw" if summary["winner"] is None else f"p{summary['winner'] + 1}"
+    if summary["end"] is None:
+        winner = "none (frame limit reached)"
+    print(
+        f"winner {winner}; stocks {summary['stocks'][0]}-{summary['stocks'][1]}, "
+        f"percents {summary['percents'][0]}%-{summary['percents'][1]}%, "
+        f"KOs {summary['kos'][0]}-{summary['kos'][1]}; {summary['frames']:,} frames at "
+        f"{summary['frames_per_second']:,} frames/s -> {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Scripted policies and `playmodel match` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from model import game_state as gs
+from model.frame_spec import BUTTON_BITS
+from model.frames import frames_from_table, index
+from model.policies import (
+    ApproachAndAttack,
+    Controller,
+    FrameView,
+    RandomPolicy,
+    ReplayFollower,
+    hold,
+    load_policy,
+    make_policy,
+    noop,
+)
+from model.simulation import GameSetup, standard_start
+from server.match import main, parse_character, parse_stage
+from training.replay_reader import read_replay
+
+
+@pytest.fixture(scope="module")
+def replay_frames(replays):
+    return frames_from_table(read_replay(replays / "dev" / "slippi-js__slp__techTester.slp").table)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    tiny = {"d_model": 32, "n_layers": 2, "d_state": 16, "expand": 2, "headdim": 16}
+    path.write_text(yaml.safe_dump({"model": tiny}))
+    return path
+
+
+def start_view(stage=31):
+    return FrameView(standard_start(GameSetup(stage=stage)))
+
+
+def test_controller_columns_use_the_replay_bitmask():
+    columns = Controller(joystick=(2.0, -0.5), buttons=frozenset({"A", "Z"})).columns(1)
+    assert columns["p2_joystick_x"] == 1.0 and columns["p2_joystick_y"] == -0.5
+    assert columns["p2_buttons"] == BUTTON_BITS["A"] | BUTTON_BITS["Z"]
+    with pytest.raises(ValueError, match="unknown buttons"):
+        Controller(buttons=frozenset({"TURBO"}))
+
+
+def test_builtin_policies():
+    view = start_view()
+    assert noop(view, 0) == Controller()
+    assert hold("left")(view, 0).joystick == (-1.0, 0.0)
+    a, b = RandomPolicy(3), RandomPolicy(3)
+    assert [a(view, 0) for _ in range(50)] == [b(view, 0) for _ in range(50)]
+    assert RandomPolicy(3)(view, 0).joystick != RandomPolicy(4)(view, 0).joystick
+    # p1 spawns left of p2, so approaching means pushing right, and p2 pushes left.
+    assert ApproachAndAttack()(view, 0).joystick[0] == 1.0
+    assert ApproachAndAttack()(view, 1).joystick[0] == -1.0
+
+
+def test_replay_follower_plays_the_recorded_inputs(replay_frames):
+    follower = ReplayFollower(replay_frames, start=1000)
+    view = FrameView(index(replay_frames, 1000))
+    for row in range(1001, 1100):
+        columns = follower(view, 1).columns(1)
+        assert columns["p2_joystick_x"] == pytest.approx(float(replay_frames["p2_joystick_x"][row]))
+        mask = sum(BUTTON_BITS.values())
+        assert columns["p2_buttons"] == int(replay_frames["p2_buttons"][row]) & mask
+
+
+def test_policy_specs_and_user_paths():
+    assert make_policy("noop") is noop
+    assert isinstance(make_policy("random:7"), RandomPolicy)
+    assert load_policy("model.policies:noop") is noop
+    assert isinstance(load_policy("model.policies:RandomPolicy"), RandomPolicy)
+    with pytest.raises(ValueError, match="cannot import module"):
+        load_policy("no_such_module_xyz:policy")
+    with pytest.raises(ValueError, match="has no 'nope'"):
+        load_policy("model.policies:nope")
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("sideways")
+    with pytest.raises(ValueError, match="unknown direction"):
+        make_policy("hold:sideways")
+
+
+def test_stage_and_character_names():
+    assert parse_stage("battlefield") == 31 and parse_stage("FD") == 32 and parse_stage("8") == 8
+    assert parse_character("marth") == 18 and parse_character("FOX") == 1
+    with pytest.raises(ValueError, match="unknown stage"):
+        parse_stage("hyrule temple")
+    with pytest.raises(ValueError, match="unknown character"):
+        parse_character("waluigi")
+
+
+def test_match_writes_a_trajectory_in_the_dataset_schema(tiny_config, tmp_path, capsys):
+    out = tmp_path / "match.parquet"
+    argv = ["--p1", "approach", "--p2", "random:1", "--stage", "yoshis_story"]
+    argv += ["--characters", "marth,fox", "--frames", "300", "--config", str(tiny_config)]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "frames/s" in printed and "winner" in printed
+    table = pq.read_table(out)
+    assert table.schema.remove_metadata().equals(gs.arrow_schema())
+    frames = table.column("frame").to_numpy()
+    assert frames[0] == -123 and (frames[1:] - frames[:-1] == 1).all()
+    assert set(table.column("p1_character").to_numpy()) == {18}
+    info = json.loads(table.schema.metadata[b"match_info"])
+    assert info["summary"]["frames"] == len(frames) - 1 <= 300
+    assert info["p1"] == "approach"
+
+
+def test_match_can_take_over_a_real_game(tiny_config, tmp_path, replays):
+    out = tmp_path / "takeover.parquet"
+    replay = replays / "dev" / "slippi-js__slp__techTester.slp"
+    argv = ["--start", f"{replay}:2000", "--frames", "50", "--config", str(tiny_config)]
+    assert main([*argv, "--p1", f"replay:{replay}:2000", "--out", str(out)]) == 0
+    frames = frames_from_table(pq.read_table(out))
+    real = frames_from_table(read_replay(replay).table)
+    assert int(frames["frame"][0]) == int(real["frame"][2000])
+    assert torch.equal(frames["p1_x"][0], real["p1_x"][2000])
+
+
+def test_match_reports_bad_arguments(tiny_config, tmp_path):
+    out = str(tmp_path / "x.parquet")
+    assert main(["--stage", "hyrule", "--config", str(tiny_config), "--out", out]) == 2
+    assert main(["--p1", "bogus", "--config", str(tiny_config), "--out", out]) == 2
+    assert main(["--config", "no-such-config", "--out", out]) == 2

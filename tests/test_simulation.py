@@ -1,0 +1,269 @@
+"""The simulation core: rules (KO, respawn, stocks, game end), batching, snapshots, starts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import game_state as gs
+from model.actions import ON_HALO_WAIT
+from model.config import ModelConfig
+from model.frames import controls_of, frames_from_table, index, stack
+from model.heads import decode
+from model.policies import RandomPolicy, controls_for
+from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, RuleState, apply_rules
+from model.simulation import GameSetup, Simulation, standard_start
+from model.stages import get_stage, legal_stage_ids
+from model.world_model import WorldModel
+from training.replay_reader import read_replay
+
+TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return WorldModel(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def replay_frames(replays):
+    return frames_from_table(read_replay(replays / "dev" / "slippi-js__slp__techTester.slp").table)
+
+
+def batch_frame(stage_id: int, stocks=(4, 4)):
+    frame = {k: v.unsqueeze(0) for k, v in standard_start(GameSetup(stage=stage_id)).items()}
+    frame["frame"] = torch.tensor([100])
+    frame["p1_stocks"] = torch.tensor([stocks[0]])
+    frame["p2_stocks"] = torch.tensor([stocks[1]])
+    return frame, RuleState.new(get_stage(stage_id), stocks)
+
+
+def beyond(stage, zone):
+    """A point 5 units past a blast zone, level with the stage centre."""
+    return {
+        "left": (stage.blast_left - 5, 20.0),
+        "right": (stage.blast_right + 5, 20.0),
+        "bottom": (0.0, stage.blast_bottom - 5),
+        "top": (0.0, stage.blast_top + 5),
+    }[zone]
+
+
+@pytest.mark.parametrize("stage_id", legal_stage_ids())
+@pytest.mark.parametrize("zone", ["left", "right", "bottom", "top"])
+def test_ko_through_each_blast_zone_respawns(stage_id, zone):
+    stage = get_stage(stage_id)
+    frame, rules = batch_frame(stage_id)
+    frame["p1_x"][0], frame["p1_y"][0] = beyond(stage, zone)
+    frame["p1_percent"][0] = 140.0
+    frame["p1_vel_knockback_x"][0] = 9.0
+    events = apply_rules(frame, rules)[0]
+    assert [e.type for e in events] == ["ko", "respawn"]
+    assert events[0].player == 0 and events[0].detail["zone"] == zone
+    assert rules.stocks[0].tolist() == [3, 4] and int(frame["p1_stocks"][0]) == 3
+    assert (float(frame["p1_x"][0]), float(frame["p1_y"][0])) == pytest.approx(stage.respawns[0])
+    assert float(frame["p1_percent"][0]) == 0.0
+    assert float(frame["p1_vel_knockback_x"][0]) == 0.0
+    assert int(frame["p1_action"][0]) == ON_HALO_WAIT
+    assert int(frame["p1_hurtbox_state"][0]) == 1  # invulnerable
+    assert stage.outside_blast_zone(*stage.respawns[0]) is None
+    assert int(frame["p2_stocks"][0]) == 4  # the other player is untouched
+
+
+def test_respawn_invulnerability_lasts_its_period():
+    frame, rules = batch_frame(31)
+    frame["p1_y"][0] = get_stage(31).blast_bottom - 1
+    apply_rules(frame, rules)
+    protected = 1
+    for _ in range(RESPAWN_INVULNERABLE_FRAMES + 10):
+        frame["p1_hurtbox_state"][0] = 0  # what an untrained model might predict
+        apply_rules(frame, rules)
+        protected += int(frame["p1_hurtbox_state"][0]) == 1
+    assert protected == RESPAWN_INVULNERABLE_FRAMES
+
+
+def test_stocks_change_only_by_kos():
+    frame, rules = batch_frame(32)
+    frame["p1_stocks"][0] = 0  # the model predicting a lost stock decides nothing
+    frame["p2_stocks"][0] = 7
+    assert apply_rules(frame, rules) == [[]]
+    assert int(frame["p1_stocks"][0]) == 4 and int(frame["p2_stocks"][0]) == 4
+
+
+def test_last_stock_ends_the_game():
+    frame, rules = batch_frame(8, stocks=(1, 2))
+    frame["p1_x"][0] = get_stage(8).blast_right + 1
+    events = apply_rules(frame, rules)[0]
+    assert [e.type for e in events] == ["ko", "game_end"]
+    assert events[-1].player == 1 and events[-1].detail["method"] == "stocks"
+    assert bool(rules.over[0])
+
+
+def test_timer_ends_the_game(model):
+    sim = Simulation(model)
+    game = sim.new_game(GameSetup(stage=31, timer_frames=-100))
+    ends = []
+    for _ in range(30):
+        ends += [e for e in sim.step({})[game].events if e.type == "game_end"]
+    assert len(ends) == 1 and ends[0].detail["method"] == "time" and ends[0].frame == -100
+    assert sim.is_over(game)
+    assert int(sim.frame(game)["frame"]) == -100  # a finished game stays on its last frame
+
+
+def test_clamping_keeps_every_field_legal():
+    frame, rules = batch_frame(2)
+    frame["p1_percent"][0] = 1e6
+    frame["p1_shield"][0] = -5
+    frame["p1_vel_self_y"][0] = -1e4
+    frame["p2_x"][0] = 1e9
+    frame["item_vel_x"][0, 3] = 1e5
+    apply_rules(frame, rules)
+    assert float(frame["p1_percent"][0]) == 999.0 and float(frame["p1_shield"][0]) == 0.0
+    assert float(frame["p1_vel_self_y"][0]) == LIMITS["vel_self_y"][0]
+    assert math.isfinite(float(frame["p2_x"][0]))
+    assert float(frame["item_vel_x"][0, 3]) == 30.0
+
+
+def check_legal(frame, stage):
+    for key, value in frame.items():
+        assert torch.isfinite(value.float()).all(), key
+    for p in gs.PLAYERS:
+        for name, (low, high) in LIMITS.items():
+            value = float(frame[f"{p}_{name}"])
+            assert low <= value <= high, (p, name, value)
+        assert stage.blast_left - 20 <= float(frame[f"{p}_x"]) <= stage.blast_right + 20
+        assert stage.blast_bottom - 20 <= float(frame[f"{p}_y"]) <= stage.blast_top + 20
+        assert 0 <= int(frame[f"{p}_action"]) < 65536
+
+
+def test_ten_minute_random_match_stays_legal(model):
+    """36,000 frames of random inputs on an untrained model: every field in range, no NaN;
+    stocks fall only with a KO. Finished games are replaced by new ones."""
+    sim = Simulation(model)
+    policies = (RandomPolicy(1), RandomPolicy(2))
+    game, stage = sim.new_game(GameSetup(stage=31, timer_frames=40_000)), get_stage(31)
+    stocks, kos, games = sim.stocks(game), 0, 1
+    for step in range(36_000):
+        result = sim.step({game: controls_for(policies, sim.batch_frame, 0)})[game]
+        if step % 10 == 0:
+            check_legal(result.frame, stage)
+        new_stocks = sim.stocks(game)
+        ko = [e.player for e in result.events if e.type == "ko"]
+        kos += len(ko)
+        for player in (0, 1):
+            assert new_stocks[player] == stocks[player] - ko.count(player)
+        stocks = new_stocks
+        if result.over:
+            sim.remove_game(game)
+            game, games = sim.new_game(GameSetup(stage=31, seed=games)), games + 1
+            stocks = sim.stocks(game)
+    assert kos > 0  # an untrained model drifts off stage; the rules must have caught it
+
+
+def run(sim, games, frames, controls_of_frame):
+    out = {g: [] for g in games}
+    for t in range(frames):
+        results = sim.step({g: controls_of_frame(g, t) for g in games})
+        for g in games:
+            out[g].append(results[g].frame)
+    return {g: stack(v) for g, v in out.items()}
+
+
+def replay_controls(replay_frames, offset):
+    controls = controls_of(replay_frames)
+    return lambda g, t: index(controls, 500 + 97 * offset[g] + t)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batched_games_equal_games_stepped_alone(model, replay_frames, temperature):
+    setups = [GameSetup(stage=s, seed=i) for i, s in enumerate((31, 32, 8))]
+    together = Simulation(model, temperature)
+    ids = [together.new_game(s) for s in setups]
+    batched = run(
+        together, ids, 60, replay_controls(replay_frames, {g: i for i, g in enumerate(ids)})
+    )
+    for i, setup in enumerate(setups):
+        alone = Simulation(model, temperature)
+        g = alone.new_game(setup)
+        single = run(alone, [g], 60, replay_controls(replay_frames, {g: i}))[g]
+        for key in single:
+            assert torch.allclose(single[key].float(), batched[ids[i]][key].float(), atol=1e-4), key
+
+
+def test_games_join_and_leave_without_disturbing_others(model, replay_frames):
+    alone = Simulation(model)
+    a = alone.new_game(GameSetup(stage=2))
+    reference = run(alone, [a], 40, replay_controls(replay_frames, {a: 0}))[a]
+    shared = Simulation(model)
+    a2 = shared.new_game(GameSetup(stage=2))
+    first = run(shared, [a2], 10, replay_controls(replay_frames, {a2: 0}))[a2]
+    b = shared.new_game(GameSetup(stage=28, seed=5))
+    controls = replay_controls(replay_frames, {a2: 0, b: 3})
+    middle = run(
+        shared, [a2, b], 20, lambda g, t: controls(g, t + 10) if g == a2 else controls(g, t)
+    )
+    shared.remove_game(b)
+    last = run(shared, [a2], 10, lambda g, t: controls(g, t + 30))[a2]
+    joined = {k: torch.cat([first[k], middle[a2][k], last[k]]) for k in first}
+    for key in reference:
+        assert torch.allclose(reference[key].float(), joined[key].float(), atol=1e-4), key
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_snapshot_then_restore_reproduces_frames(model, replay_frames, temperature):
+    sim = Simulation(model, temperature)
+    g = sim.new_game(GameSetup(stage=3, seed=9))
+    controls = replay_controls(replay_frames, {g: 2})
+    run(sim, [g], 30, controls)
+    snapshot = sim.snapshot(g)
+    assert snapshot.nbytes > 0
+    first = run(sim, [g], 25, lambda g, t: controls(g, t + 30))[g]
+    sim.restore(g, snapshot)
+    second = run(sim, [g], 25, lambda g, t: controls(g, t + 30))[g]
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_snapshot_size_is_the_cache_plus_a_frame(model):
+    sim = Simulation(model)
+    g = sim.new_game()
+    cache_bytes = sum(
+        t[0].numel() * t.element_size()
+        for t in model.allocate_inference_cache(1).tensors().values()
+    )
+    assert cache_bytes < sim.snapshot(g).nbytes < cache_bytes + 10_000
+
+
+def test_same_seed_and_inputs_give_identical_games(model, replay_frames):
+    games = []
+    for _ in range(2):
+        sim = Simulation(model, temperature=1.0)
+        g = sim.new_game(GameSetup(seed=42))
+        games.append(run(sim, [g], 40, replay_controls(replay_frames, {g: 1}))[g])
+    assert all(torch.equal(games[0][k], games[1][k]) for k in games[0])
+
+
+def test_game_from_a_replay_frame_continues_that_game(model, replay_frames):
+    start = 3000
+    sim = Simulation(model)
+    g = sim.new_game(replay=replay_frames, start_frame=start)
+    taken_over = sim.frame(g)
+    for key, value in index(replay_frames, start).items():
+        assert torch.equal(taken_over[key].to(value.dtype), value), key
+    # The first step equals the model's teacher-forced prediction after the real prefix.
+    nxt = index(replay_frames, start + 1)
+    result = sim.step({g: controls_of(nxt)})[g]
+    prev = {k: v[: start + 1].unsqueeze(0) for k, v in replay_frames.items()}
+    ctrl = controls_of({k: v[1 : start + 2].unsqueeze(0) for k, v in replay_frames.items()})
+    with torch.no_grad():
+        preds = model(prev, ctrl)
+    expected = decode(index(preds, (0, start)), index(replay_frames, start), controls_of(nxt))
+    assert int(result.frame["frame"]) == int(replay_frames["frame"][start + 1])
+    for key in ("p1_x", "p2_y", "p1_action", "p2_percent"):
+        assert torch.allclose(result.frame[key].float(), expected[key].float(), atol=1e-3), key
+    assert sim.stocks(g) == (
+        int(replay_frames["p1_stocks"][start]),
+        int(replay_frames["p2_stocks"][start]),
+    )
