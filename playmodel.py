@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # command -> (package, module with `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "parse": ("training", "training.ingest", "parse Slippi replays into a parquet dataset"),
+    "train": ("training", "training.train", "train the world model on a parquet dataset"),
     "match": ("server", "server.match", "play a headless policy-vs-policy match"),
 }
 

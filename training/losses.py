@@ -1,0 +1,120 @@
+"""Per-head losses of the world model, weighted by group, masked where data is missing.
+
+Regression heads (deltas and values, in the scaled units of `model.frame_spec`) use the smooth
+L1 loss, which stays linear for the rare huge knockback frames; binary heads binary cross
+entropy; categorical heads cross entropy. Item heads other than `exists` count only in slots
+that hold an item. A field that a game's Slippi version did not record (`masks`) contributes
+nothing for that game, rather than teaching the model the default value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model import frame_spec as fs
+from model import game_state as gs
+from model.frame_spec import Head
+from model.heads import head_targets
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Defaults from the original design; `items` is ours (see below)."""
+
+    continuous: float = 1.0  # position, percent, shield (deltas)
+    velocity: float = 0.5  # the five velocities (deltas)
+    dynamics: float = 0.5  # hitlag, stocks, combo count, hitstun
+    binary: float = 0.5  # facing, on ground, invulnerable
+    action: float = 2.0
+    jumps: float = 0.5
+    l_cancel: float = 0.3
+    hurtbox: float = 0.3
+    ground: float = 0.3
+    last_attack: float = 0.3
+    # Items: each item head (exists, type, state, owner, position, velocity, timer) at 0.3, as
+    # much as the minor categorical heads: projectiles matter to the game but fill few frames,
+    # and a heavier weight let them crowd out the players' heads in our short CPU runs.
+    items: float = 0.3
+
+
+GROUP_OF_HEAD = {
+    "x": "continuous",
+    "y": "continuous",
+    "percent": "continuous",
+    "shield": "continuous",
+    "hitlag": "dynamics",
+    "stocks": "dynamics",
+    "combo_count": "dynamics",
+    "hitstun": "dynamics",
+    "facing": "binary",
+    "on_ground": "binary",
+    "invulnerable": "binary",
+    "action": "action",
+    "jumps": "jumps",
+    "l_cancel": "l_cancel",
+    "hurtbox_state": "hurtbox",
+    "ground": "ground",
+    "last_attack_landed": "last_attack",
+}
+
+
+def head_group(name: str) -> str:
+    return "velocity" if name.startswith("vel_") else GROUP_OF_HEAD[name]
+
+
+def source_column(key: str) -> str:
+    """The dataset column a head's target comes from (for the missing-field masks)."""
+    if key == "item_exists":
+        return "item_slot"  # items appear with Slippi 3.0; `exists` is derived from the slots
+    if key.startswith("item_"):
+        return key  # item_owner is recorded only from 3.6
+    player, name = key.split("_", 1)
+    return f"{player}_{fs.BINARY_HEAD_SOURCE.get(name, name)}"
+
+
+def _elementwise(spec: fs.HeadSpec, pred: Tensor, target: Tensor) -> Tensor:
+    if spec.kind in (Head.DELTA, Head.VALUE):
+        return F.smooth_l1_loss(pred.float(), target, reduction="none")
+    if spec.kind is Head.BINARY:
+        return F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none")
+    logits = pred.float().movedim(-1, 1)  # cross_entropy wants classes on dim 1
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def compute_losses(
+    preds: dict[str, Tensor],
+    prev: dict[str, Tensor],
+    target: dict[str, Tensor],
+    masks: dict[str, Tensor] | None = None,
+    weights: LossWeights | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total weighted loss and the mean loss of every head (for logging).
+
+    preds: the model's output over (B, T); prev / target: frames t-1 and t, (B, T, ...);
+    masks: {column: (B,) bool, True where recorded}, for columns missing in some games.
+    """
+    weights = weights or LossWeights()
+    masks = masks or {}
+    targets = head_targets(prev, target)
+    exists = target["item_exists"].float()  # (B, T, slots)
+    total = torch.zeros((), device=target["frame"].device)
+    per_head: dict[str, Tensor] = {}
+    specs = [(f"{p}_{s.name}", s) for p in gs.PLAYERS for s in fs.PLAYER_HEADS]
+    specs += [(f"item_{s.name}", s) for s in fs.ITEM_HEADS]
+    for key, spec in specs:
+        loss = _elementwise(spec, preds[key], targets[key])  # (B, T) or (B, T, slots)
+        weight = torch.ones_like(loss)
+        if key.startswith("item_") and spec.name != "exists":
+            weight = weight * exists
+        recorded = masks.get(source_column(key))
+        if recorded is not None:
+            weight = weight * recorded.float().view(-1, *([1] * (loss.dim() - 1)))
+        mean = (loss * weight).sum() / weight.sum().clamp(min=1.0)
+        per_head[key] = mean.detach()
+        group = "items" if key.startswith("item_") else head_group(spec.name)
+        total = total + getattr(weights, group) * mean
+    return total, per_head
