@@ -7,9 +7,10 @@ next frame, and predicting frames 1..seq_len at every position.
 AdamW (no weight decay on A_log, D, dt_bias, norms and biases), linear warm-up then cosine
 decay, gradient clipping. The run folder holds `config.yaml`, `last.safetensors` (the model)
 with `last.state.pt` (optimiser, step and random state; the schedule is a function of the
-step), `best.safetensors` (lowest validation loss), `metrics.jsonl` and TensorBoard logs. Every write is atomic, and `--resume`
-continues a killed run exactly where its last checkpoint left it: batches are a pure function
-of (seed, step), so the data position is the step.
+step), `best.safetensors` (lowest validation loss), `metrics.jsonl` and TensorBoard logs.
+Every write is atomic, and `--resume` continues a killed run exactly where its last
+checkpoint left it: batches are a pure function of (seed, step), so the data position is the
+step.
 """
 
 from __future__ import annotations
