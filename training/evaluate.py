@@ -1,0 +1,273 @@
+"""`playmodel eval --checkpoint CKPT --data DIR --json OUT [--horizons 1,5,10,20] [--starts N]`.
+
+Two kinds of evidence, on the validation games of a dataset:
+
+- Teacher-forced: the model reads real frames and predicts the next one; per-head accuracy
+  and error, action accuracy, action-change accuracy (frames where the real action changes),
+  accuracy per gameplay category and the five actions it gets wrong most often.
+- Rollouts: from N seeded start points, the model plays on its own predictions with both
+  players' real controller inputs, through the same `Simulation` and rules the server uses.
+  Per horizon: position error (world units), velocity error, percent error, action accuracy,
+  and rollout coherence RC_K = mean position error over horizons 1..K (K = 5, 10, 20).
+
+The same rollout metrics, in the same run, for two baselines: persistence (nothing changes)
+and constant velocity (positions keep their last per-frame change). The JSON holds sections
+`model`, `persistence` and `constant_velocity` side by side, so results read as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import frame_spec as fs
+from model import game_state as gs
+from model.actions import CATEGORIES, action_name, category_table
+from model.atomic_file import atomic_path
+from model.checkpoint import load_checkpoint
+from model.frames import controls_of, index
+from model.heads import decode
+from model.simulation import Simulation
+from model.world_model import WorldModel
+from training.dataset import GameDataset
+from training.train import split_window
+
+log = logging.getLogger(__name__)
+VELOCITIES = ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y")
+VELOCITIES += ("vel_self_x_ground",)
+
+
+# ---------------------------------------------------------------------- teacher forcing
+@torch.no_grad()
+def teacher_forced(model: WorldModel, data: GameDataset, seq_len: int, max_windows: int) -> dict:
+    categories = torch.tensor(category_table())
+    correct = Counter()
+    total = Counter()
+    errors = {name: [] for name in ("x", "y", "percent", "shield", *VELOCITIES)}
+    wrong_actions = Counter()
+    for i, (frames, _) in enumerate(data.windows(seq_len)):
+        if i >= max_windows:
+            break
+        prev, controls, target = split_window(frames)
+        predicted = decode(model(prev, controls), prev, controls)
+        for p in gs.PLAYERS:
+            for spec in fs.PLAYER_HEADS:
+                if spec.kind is fs.Head.CATEGORICAL:
+                    key = f"{p}_{spec.name}"
+                    hit = predicted[key] == target[key]
+                    correct[spec.name] += int(hit.sum())
+                    total[spec.name] += hit.numel()
+            for name in errors:
+                diff = (predicted[f"{p}_{name}"] - target[f"{p}_{name}"].float()).abs()
+                errors[name].append(diff.flatten())
+            real, guess = target[f"{p}_action"], predicted[f"{p}_action"]
+            hit = guess == real
+            changed = real != prev[f"{p}_action"]
+            correct["action_change"] += int((hit & changed).sum())
+            total["action_change"] += int(changed.sum())
+            category = categories[real.clamp(max=len(categories) - 1)]
+            for c, name in enumerate(CATEGORIES):
+                in_category = category == c
+                correct[f"category/{name}"] += int((hit & in_category).sum())
+                total[f"category/{name}"] += int(in_category.sum())
+            wrong_actions.update(real[~hit].tolist())
+    accuracy = {k: correct[k] / total[k] for k in total if total[k]}
+    return {
+        "accuracy": {k: round(v, 4) for k, v in accuracy.items() if "/" not in k},
+        "category_accuracy": {
+            k.split("/", 1)[1]: round(v, 4) for k, v in accuracy.items() if "/" in k
+        },
+        "mean_abs_error": {k: round(float(torch.cat(v).mean()), 4) for k, v in errors.items() if v},
+        "worst_actions": [
+            {"action": a, "name": action_name(a), "errors": n}
+            for a, n in wrong_actions.most_common(5)
+        ],
+    }
+
+
+# ---------------------------------------------------------------------- rollouts
+def pick_starts(data: GameDataset, count: int, horizon: int, seed: int) -> list[tuple[int, int]]:
+    """`count` (game, row) start points, seeded, each with `horizon` real frames after it and
+    at least one frame before it (the constant-velocity baseline needs the last change)."""
+    generator = torch.Generator().manual_seed(seed)
+    usable = [(g, len(game)) for g, game in enumerate(data.games) if len(game) > horizon + 2]
+    if not usable:
+        raise ValueError(f"no validation game is longer than {horizon + 2} frames")
+    starts = []
+    for _ in range(count):
+        g, length = usable[int(torch.randint(len(usable), (1,), generator=generator))]
+        row = int(torch.randint(1, length - horizon, (1,), generator=generator))
+        starts.append((g, row))
+    return starts
+
+
+def _frame_errors(guess: dict, real: dict) -> dict[str, float]:
+    position, velocity, percent, action = [], [], [], []
+    for p in gs.PLAYERS:
+        dx = guess[f"{p}_x"].float() - real[f"{p}_x"].float()
+        dy = guess[f"{p}_y"].float() - real[f"{p}_y"].float()
+        position.append(float(torch.hypot(dx, dy)))
+        velocity += [abs(float(guess[f"{p}_{v}"]) - float(real[f"{p}_{v}"])) for v in VELOCITIES]
+        percent.append(abs(float(guess[f"{p}_percent"]) - float(real[f"{p}_percent"])))
+        action.append(float(int(guess[f"{p}_action"]) == int(real[f"{p}_action"])))
+    return {
+        "position_error": float(np.mean(position)),
+        "velocity_error": float(np.mean(velocity)),
+        "percent_error": float(np.mean(percent)),
+        "action_accuracy": float(np.mean(action)),
+    }
+
+
+def rollouts(model: WorldModel, data: GameDataset, starts, horizon: int) -> dict[str, list]:
+    """Per method, per start, the per-horizon errors (horizon 1..H)."""
+    out: dict[str, list] = {"model": [], "persistence": [], "constant_velocity": []}
+    sim = Simulation(model)
+    games = {}
+    for g, row in starts:
+        games[sim.new_game(replay=data.games[g].frames, start_frame=row)] = (g, row)
+    per_game: dict[int, list[dict]] = {gid: [] for gid in games}
+    for h in range(1, horizon + 1):
+        controls = {
+            gid: controls_of(index(data.games[g].frames, row + h))
+            for gid, (g, row) in games.items()
+        }
+        for gid, result in sim.step(controls).items():
+            g, row = games[gid]
+            per_game[gid].append(_frame_errors(result.frame, index(data.games[g].frames, row + h)))
+    for gid, (g, row) in games.items():
+        frames = data.games[g].frames
+        start, before = index(frames, row), index(frames, row - 1)
+        out["model"].append(per_game[gid])
+        out["persistence"].append(
+            [_frame_errors(start, index(frames, row + h)) for h in range(1, horizon + 1)]
+        )
+        constant = []
+        for h in range(1, horizon + 1):
+            guess = dict(start)
+            for p in gs.PLAYERS:
+                for axis in ("x", "y"):
+                    key = f"{p}_{axis}"
+                    guess[key] = start[key] + h * (start[key] - before[key])
+            constant.append(_frame_errors(guess, index(frames, row + h)))
+        out["constant_velocity"].append(constant)
+    return out
+
+
+def summarise(per_start: list[list[dict]], horizons: Sequence[int]) -> dict:
+    """Mean over starts per horizon, and RC_K for K = 5, 10, 20 (where reached)."""
+    metrics = per_start[0][0].keys()
+    mean = [
+        {m: float(np.mean([s[h][m] for s in per_start])) for m in metrics}
+        for h in range(len(per_start[0]))
+    ]
+    result = {
+        "horizons": {
+            str(h): {m: round(mean[h - 1][m], 4) for m in metrics}
+            for h in horizons
+            if h <= len(mean)
+        }
+    }
+    for k in (5, 10, 20):
+        if k <= len(mean):
+            result[f"rc{k}"] = round(
+                float(np.mean([mean[h]["position_error"] for h in range(k)])), 4
+            )
+    return result
+
+
+# ---------------------------------------------------------------------- entry point
+def evaluate(
+    checkpoint: Path,
+    data_dir: Path,
+    horizons: Sequence[int],
+    starts: int,
+    seed: int = 0,
+    split: str = "val",
+    seq_len: int = 60,
+    max_windows: int = 200,
+) -> dict:
+    model, _meta = load_checkpoint(checkpoint)
+    model.eval()
+    data = GameDataset(data_dir, split)
+    horizon = max(max(horizons), 20)
+    points = pick_starts(data, starts, horizon, seed)
+    per_method = rollouts(model, data, points, horizon)
+    return {
+        "checkpoint": str(checkpoint),
+        "data": str(data_dir),
+        "split": split,
+        "games": len(data),
+        "starts": starts,
+        "seed": seed,
+        "teacher_forced": teacher_forced(model, data, seq_len, max_windows),
+        **{method: summarise(values, horizons) for method, values in per_method.items()},
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for method in ("model", "persistence", "constant_velocity"):
+        horizons = sorted(int(h) for h in result[method]["horizons"])
+        errors = [result[method]["horizons"][str(h)]["position_error"] for h in horizons]
+        axis.plot(horizons, errors, marker="o", label=method.replace("_", " "))
+    axis.set_xlabel("horizon (frames)")
+    axis.set_ylabel("position error (world units)")
+    axis.set_title(Path(result["checkpoint"]).name)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="playmodel eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--json", required=True, type=Path)
+    parser.add_argument("--horizons", default="1,5,10,20")
+    parser.add_argument("--starts", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="val", choices=("val", "train", "all"))
+    parser.add_argument("--plot", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        horizons = [int(h) for h in args.horizons.split(",")]
+        result = evaluate(args.checkpoint, args.data, horizons, args.starts, args.seed, args.split)
+    except (ValueError, OSError) as e:
+        log.error("%s", e)
+        return 2
+    with atomic_path(args.json) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    rows = [(m, result[m]) for m in ("model", "persistence", "constant_velocity")]
+    for name, section in rows:
+        rc = ", ".join(f"RC{k} {section[f'rc{k}']:.2f}" for k in (5, 10, 20) if f"rc{k}" in section)
+        print(f"{name:18s} {rc}")
+    print(
+        f"action accuracy (teacher-forced) {result['teacher_forced']['accuracy']['action']:.3f}"
+        f" -> {args.json}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
