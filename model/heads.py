@@ -23,6 +23,9 @@ from model.config import ModelConfig
 from model.frame_spec import Head
 
 
+MIN_PERCENT_CHANGE = 0.5
+
+
 def _width(spec: fs.HeadSpec) -> int:
     return spec.vocab if spec.kind is Head.CATEGORICAL else 1
 
@@ -113,7 +116,12 @@ def decode(
         for spec in fs.PLAYER_HEADS:
             key, pred = f"{p}_{spec.name}", preds[f"{p}_{spec.name}"]
             if spec.kind is Head.DELTA:
-                frame[key] = prev[key].float() + pred.float() * spec.scale
+                delta = pred.float() * spec.scale
+                if spec.name == "percent":
+                    # Damage comes in hits of at least 1%; a smaller predicted change is noise
+                    # that would otherwise accumulate over a long game.
+                    delta = torch.where(delta.abs() < MIN_PERCENT_CHANGE, 0.0, delta)
+                frame[key] = prev[key].float() + delta
             elif spec.kind is Head.VALUE:
                 value = pred.float() * spec.scale
                 if fs.PLAYER_FIELD[spec.name].dtype != "float32":
