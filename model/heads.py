@@ -2,8 +2,8 @@
 that turns predictions plus the previous frame into the next frame.
 
 Output layout of `FrameHeads.forward`, a dict of tensors:
-- `p1_<head>` / `p2_<head>` for every `frame_spec.PLAYER_HEADS` entry: (*lead,) for DELTA,
-  VALUE and BINARY heads (a regression in scaled units, or a logit), (*lead, vocab) logits for
+- `p1_<head>` / `p2_<head>` for every `frame_spec.PLAYER_HEADS` entry: (*lead,) for
+  DISPLACEMENT, DELTA, VALUE and BINARY heads (a regression in scaled units, or a logit), (*lead, vocab) logits for
   CATEGORICAL heads;
 - `item_<head>` for every `frame_spec.ITEM_HEADS` entry: the same with a slot axis,
   (*lead, ITEM_SLOTS) or (*lead, ITEM_SLOTS, vocab).
@@ -62,7 +62,11 @@ def head_targets(prev: dict[str, Tensor], frame: dict[str, Tensor]) -> dict[str,
     for p in gs.PLAYERS:
         for spec in fs.PLAYER_HEADS:
             key = f"{p}_{spec.name}"
-            if spec.kind is Head.DELTA:
+            if spec.kind is Head.DISPLACEMENT:
+                move = frame[key].float() - prev[key].float()
+                implied = fs.implied_velocity(frame, p, spec.name)
+                targets[key] = (move - implied) / spec.scale
+            elif spec.kind is Head.DELTA:
                 targets[key] = (frame[key].float() - prev[key].float()) / spec.scale
             elif spec.kind is Head.VALUE:
                 targets[key] = frame[key].float() / spec.scale
@@ -133,6 +137,11 @@ def decode(
         frame[f"{p}_facing"] = torch.where(facing, 1, -1)
         on_ground = _pick_binary(preds[f"{p}_on_ground"], temperature, generator)
         frame[f"{p}_airborne"] = (~on_ground).long()
+        for spec in fs.PLAYER_HEADS:  # after the velocities and `airborne` they depend on
+            if spec.kind is Head.DISPLACEMENT:
+                key = f"{p}_{spec.name}"
+                implied = fs.implied_velocity(frame, p, spec.name)
+                frame[key] = prev[key].float() + implied + preds[key].float() * spec.scale
         same_action = frame[f"{p}_action"] == prev[f"{p}_action"].long()
         age = prev[f"{p}_state_age"].float() + 1
         frame[f"{p}_state_age"] = torch.where(same_action, age, torch.zeros_like(age))

@@ -73,11 +73,15 @@ def source_column(key: str) -> str:
     if key.startswith("item_"):
         return key  # item_owner is recorded only from 3.6
     player, name = key.split("_", 1)
+    if name in ("x", "y"):
+        # Positions are learned as the move beyond the velocities, which replays older than
+        # Slippi 3.5 do not record.
+        return f"{player}_vel_self_x_air"
     return f"{player}_{fs.BINARY_HEAD_SOURCE.get(name, name)}"
 
 
 def _elementwise(spec: fs.HeadSpec, pred: Tensor, target: Tensor) -> Tensor:
-    if spec.kind in (Head.DELTA, Head.VALUE):
+    if spec.kind in (Head.DISPLACEMENT, Head.DELTA, Head.VALUE):
         return F.smooth_l1_loss(pred.float(), target, reduction="none")
     if spec.kind is Head.BINARY:
         return F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none")
