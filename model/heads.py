@@ -3,8 +3,8 @@ that turns predictions plus the previous frame into the next frame.
 
 Output layout of `FrameHeads.forward`, a dict of tensors:
 - `p1_<head>` / `p2_<head>` for every `frame_spec.PLAYER_HEADS` entry: (*lead,) for
-  DISPLACEMENT, DELTA, VALUE and BINARY heads (a regression in scaled units, or a logit), (*lead, vocab) logits for
-  CATEGORICAL heads;
+  DISPLACEMENT, DELTA, VALUE and BINARY heads (a regression in scaled units, or a logit),
+  (*lead, vocab) logits for CATEGORICAL heads;
 - `item_<head>` for every `frame_spec.ITEM_HEADS` entry: the same with a slot axis,
   (*lead, ITEM_SLOTS) or (*lead, ITEM_SLOTS, vocab).
 
@@ -21,7 +21,6 @@ from model import frame_spec as fs
 from model import game_state as gs
 from model.config import ModelConfig
 from model.frame_spec import Head
-
 
 MIN_PERCENT_CHANGE = 0.5
 
