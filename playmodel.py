@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "parse": ("training", "training.ingest", "parse Slippi replays into a parquet dataset"),
     "train": ("training", "training.train", "train the world model on a parquet dataset"),
     "eval": ("training", "training.evaluate", "evaluate a checkpoint against baselines"),
+    "compare": ("training", "training.compare", "compare evaluated runs (table and chart)"),
     "match": ("server", "server.match", "play a headless policy-vs-policy match"),
 }
 

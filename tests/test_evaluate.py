@@ -82,3 +82,21 @@ def test_eval_cli_writes_model_and_baselines(dataset_dir, checkpoint, tmp_path, 
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "RC5" in capsys.readouterr().out
     assert main([*argv[:2], "--data", str(tmp_path / "missing"), "--json", str(out)]) == 2
+
+
+def test_compare_tables_runs_against_baselines(dataset_dir, checkpoint, tmp_path, capsys):
+    from training.compare import main as compare
+
+    for name in ("a", "b"):
+        run = tmp_path / name
+        run.mkdir()
+        argv = ["--checkpoint", str(checkpoint), "--data", str(dataset_dir)]
+        assert (
+            main([*argv, "--json", str(run / "eval.json"), "--starts", "2", "--split", "all"]) == 0
+        )
+    out = tmp_path / "cmp"
+    assert compare([str(tmp_path / "a"), str(tmp_path / "b" / "eval.json"), "--out", str(out)]) == 0
+    table = (out / "compare.md").read_text()
+    assert "RC20 / best baseline" in table and "persistence" in table
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert compare([str(tmp_path / "missing"), "--out", str(out)]) == 2
