@@ -122,3 +122,22 @@ def test_perfect_predictions_cost_almost_nothing(dataset_dir):
     prev, _, target = split_window(frames)
     total, _ = compute_losses(perfect_predictions(prev, target), prev, target, masks)
     assert float(total) < 1e-3
+
+
+def test_scheduled_sampling_mixes_in_predictions(dataset_dir, tiny_model_yaml, tmp_path):
+    from training.train import mix_in_predictions, sampling_fraction
+
+    c = config(tiny_model_yaml, sampling_max=0.5, sampling_start=10, sampling_ramp=20)
+    assert sampling_fraction(c, 5) == 0 and sampling_fraction(c, 20) == pytest.approx(0.25)
+    assert sampling_fraction(c, 1000) == pytest.approx(0.5)
+    trainer = Trainer(c, dataset_dir, tmp_path)
+    frames, _ = trainer.train_data.batch(0, 4, 20)
+    prev, controls, _ = split_window(frames)
+    mixed = mix_in_predictions(trainer.model, prev, controls, 0.5, torch.Generator().manual_seed(0))
+    replaced = mixed["p1_x"] != prev["p1_x"]
+    assert not replaced[:, 0].any() and 0.2 < replaced.float().mean() < 0.6
+    assert torch.equal(mixed["p1_character"], prev["p1_character"])  # constants stay
+    assert torch.equal(mixed["p1_buttons"], prev["p1_buttons"])  # inputs are the real ones
+    trainer.step = 30
+    loss, _ = trainer.train_step()
+    assert loss == loss and loss > 0  # finite

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from model.atomic_file import atomic_path
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig, load_config
+from model.heads import decode
 from model.world_model import WorldModel
 from training.dataset import GameDataset
 from training.losses import LossWeights, compute_losses
@@ -63,6 +64,13 @@ class TrainConfig:
     stages: tuple[int, ...] | None = None
     characters: tuple[int, ...] | None = None
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    # Scheduled sampling: a fraction of the input frames is replaced by the model's own
+    # predictions from a first, gradient-free pass, so that it learns to continue from its own
+    # (imperfect) frames as in live play. The fraction rises linearly from 0 at
+    # `sampling_start` to `sampling_max` over `sampling_ramp` steps. 0 turns it off.
+    sampling_max: float = 0.0
+    sampling_start: int = 0
+    sampling_ramp: int = 1000
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -101,6 +109,33 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     )
     floor = config.min_lr_ratio
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sampling_fraction(config: TrainConfig, step: int) -> float:
+    if config.sampling_max <= 0 or step < config.sampling_start:
+        return 0.0
+    return config.sampling_max * min(
+        1.0, (step - config.sampling_start) / max(1, config.sampling_ramp)
+    )
+
+
+def mix_in_predictions(
+    model: WorldModel, prev: dict, controls: dict, fraction: float, generator: torch.Generator
+) -> dict:
+    """`prev` with a `fraction` of its frames (positions 1.., never the first) replaced by
+    the model's own decoded prediction of that frame from the previous position."""
+    with torch.no_grad():
+        predicted = decode(model(prev, controls), prev, controls)  # frame t+1 at position t
+    batch, length = prev["frame"].shape
+    chosen = torch.rand(batch, length, generator=generator) < fraction
+    chosen[:, 0] = False
+    chosen = chosen.to(prev["frame"].device)
+    mixed = {}
+    for key, real in prev.items():
+        guess = torch.cat([real[:, :1], predicted[key][:, :-1].to(real.dtype)], dim=1)
+        mask = chosen.view(batch, length, *([1] * (real.dim() - 2)))
+        mixed[key] = torch.where(mask, guess, real)
+    return mixed
 
 
 def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
@@ -184,6 +219,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config, self.step)
         self.model.train()
+        fraction = sampling_fraction(config, self.step)
+        if fraction > 0:
+            # Seeded by (seed, step) like the batches, so that --resume stays exact.
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.step)
+            prev = mix_in_predictions(self.model, prev, controls, fraction, generator)
         preds = self.model(prev, controls)
         loss, per_head = compute_losses(preds, prev, target, masks, config.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
