@@ -37,6 +37,18 @@ def replays() -> Path:
     return REPLAYS
 
 
+@pytest.fixture(scope="session")
+def dev_dataset_dir(replays, tmp_path_factory) -> Path:
+    """shared/replays/dev ingested once for the whole session. Tests only read it (a re-run
+    of the ingestion into it is a no-op)."""
+    from training.ingest import ingest
+
+    out = tmp_path_factory.mktemp("dev_dataset")
+    summary = ingest([replays / "dev"], out, workers=2, progress=False)
+    assert (summary.ok, summary.failed) == (8, 0)
+    return out
+
+
 def read_tsv_manifest(path: Path) -> dict[str, dict]:
     """shared/replays/*/MANIFEST.tsv rows by file name."""
     with open(path, newline="", encoding="utf-8") as f:

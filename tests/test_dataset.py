@@ -12,7 +12,6 @@ from conftest import read_tsv_manifest
 from model import game_state as gs
 from model.frames import Frames, frames_from_table
 from training.dataset import GameDataset, in_val
-from training.ingest import ingest
 from training.manifest import load_manifest
 
 SEQ_LEN = 60
@@ -20,11 +19,8 @@ FD, CAPTAIN_FALCON = 32, 2  # external stage id, internal character id
 
 
 @pytest.fixture(scope="module")
-def data_dir(replays, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dataset")
-    summary = ingest([replays / "dev"], out, workers=2, progress=False)
-    assert (summary.ok, summary.failed) == (8, 0)
-    return out
+def data_dir(dev_dataset_dir) -> Path:
+    return dev_dataset_dir
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,13 @@ from model.config import ModelConfig
 from model.world_model import WorldModel
 from training.dataset import GameDataset
 from training.evaluate import _frame_errors, main, pick_starts, rollouts, summarise
-from training.ingest import ingest
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(replays, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval_data")
-    ingest([replays / "dev"], out, workers=2, progress=False)
-    return out
+def dataset_dir(dev_dataset_dir):
+    return dev_dataset_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import yaml
 
 from model.checkpoint import load_checkpoint
 from training.dataset import GameDataset
-from training.ingest import ingest
 from training.losses import compute_losses
 from training.train import TrainConfig, Trainer, learning_rate, main, split_window
 
@@ -18,10 +17,8 @@ TINY_MODEL = {"d_model": 32, "n_layers": 2, "d_state": 16, "expand": 2, "headdim
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(replays, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train_data")
-    ingest([replays / "dev"], out, workers=2, progress=False)
-    return out
+def dataset_dir(dev_dataset_dir):
+    return dev_dataset_dir
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +45,11 @@ def config(tiny_model_yaml, **overrides) -> TrainConfig:
     return TrainConfig(**(values | overrides))
 
 
-def test_missing_fields_do_not_count(dataset_dir, tiny_model_yaml):
+def test_missing_fields_do_not_count(dataset_dir, tiny_model_yaml, tmp_path):
     data = GameDataset(dataset_dir, "all")
     frames, masks = data.batch(0, 8, 20)
     prev, controls, target = split_window(frames)
-    model = Trainer(config(tiny_model_yaml), dataset_dir, dataset_dir / "unused").model
+    model = Trainer(config(tiny_model_yaml), dataset_dir, tmp_path).model
     preds = model(prev, controls)
     masks = {k: torch.zeros_like(v) for k, v in masks.items()}  # nothing recorded
     _, before = compute_losses(preds, prev, target, masks)
