@@ -34,6 +34,7 @@ from tqdm import tqdm
 from model.atomic_file import atomic_path
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig, load_config
+from model.frames import controls_of
 from model.heads import decode
 from model.world_model import WorldModel
 from training.dataset import GameDataset
@@ -154,8 +155,6 @@ def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
 
 def split_window(frames: dict[str, torch.Tensor]):
     """(B, L+1) windows -> prev (frames 0..L-1), controls and targets (frames 1..L)."""
-    from model.frames import controls_of
-
     prev = {k: v[:, :-1] for k, v in frames.items()}
     target = {k: v[:, 1:] for k, v in frames.items()}
     return prev, controls_of(target), target
