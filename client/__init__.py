@@ -1,1 +1,11 @@
-"""The pygame client (not built yet). Never imports torch."""
+"""The pygame client: a window where two people play the world model (docs/CLIENT.md).
+
+- `app` (`playmodel play` / `python -m client play`): command line, start screen, main loop.
+- `controls`: gamepads and keyboard to Melee controller states, sampled at 60 Hz.
+- `net`: the websocket connection in a background thread, REST calls, a local server.
+- `render`: stage, characters, HUD and camera drawn from the predicted frames only.
+- `replay`: real or recorded games (`.slp`, parquet) played back as frames.
+- `assets`: stage geometry, action names and character names read from `assets/*.json`.
+
+May import `server.protocol` (torch-free) and nothing else of ours: never torch, never `model`.
+"""
