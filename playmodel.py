@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("training", "training.evaluate", "evaluate a checkpoint against baselines"),
     "compare": ("training", "training.compare", "compare evaluated runs (table and chart)"),
     "match": ("server", "server.match", "play a headless policy-vs-policy match"),
+    "serve": ("server", "server.serve", "run the live game server (websockets + REST)"),
+    "play": ("client", "client.app", "open the pygame window and play (starts a local server)"),
 }
 
 

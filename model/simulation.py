@@ -142,6 +142,13 @@ class Simulation:
         setup = dataclasses.replace(setup, stage=int(frame["stage"]), characters=characters)
         return frame, setup
 
+    def add_from_snapshot(self, snapshot: Snapshot) -> int:
+        """Add a game that continues exactly from `snapshot` (taken from this or another
+        simulation of the same model), under a new game id."""
+        game_id = self.new_game(snapshot.setup)
+        self.restore(game_id, snapshot)
+        return game_id
+
     def remove_game(self, game_id: int) -> None:
         row = self._row(game_id)
         keep = torch.tensor([i for i in range(len(self.game_ids)) if i != row], dtype=torch.long)

@@ -1,0 +1,259 @@
+"""The FastAPI application: REST for sessions and matches, websockets for play and watch,
+health and metrics. `create_app(settings)` builds it; the model is loaded once, in the
+lifespan, never at import.
+
+    POST   /v1/sessions                 {} is enough: a standard start, default everything
+    GET    /v1/sessions                 list
+    GET    /v1/sessions/{id}
+    DELETE /v1/sessions/{id}
+    POST   /v1/sessions/{id}/reset
+    WS     /v1/sessions/{id}/play?token=T[&token=T2]
+    WS     /v1/sessions/{id}/watch
+    POST   /v1/matches                  -> 202, runs in the background
+    GET    /v1/matches/{id}[?wait=true]
+    GET    /v1/matches/{id}/frames[?format=json|parquet]
+    GET    /healthz, /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import io
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pyarrow.parquet as pq
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from model import game_state as gs
+from model.frames import table_from_frames
+from server.engine import Engine, ServerFull
+from server.live_socket import LiveSockets
+from server.match import load_model
+from server.match_service import MatchService
+from server.requests import (
+    BadRequest,
+    MatchRequest,
+    SessionRequest,
+    game_setup,
+    policy,
+    replay_start,
+)
+from server.settings import ServerSettings
+from server.wire_frames import batch_columns, frame_message
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        device = settings.resolved_device()
+        model, model_name = await asyncio.to_thread(
+            load_model, settings.resolved_checkpoint(), settings.untrained_config, device
+        )
+        engine = Engine(model, model_name, settings)
+        matches = MatchService(engine)
+        sockets = LiveSockets(engine)
+        app.state.engine, app.state.matches, app.state.sockets = engine, matches, sockets
+        tasks = [asyncio.create_task(engine.run()), asyncio.create_task(matches.run())]
+        log.info("serving %s on %s at %.0f Hz", model_name, device, settings.tick_rate)
+        try:
+            yield
+        finally:
+            await sockets.close_all("server shutting down")
+            engine.stop()
+            matches.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            engine.executor.shutdown(wait=True)
+
+    app = FastAPI(title="Play the Model", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+
+    def engine_of(request: Request) -> Engine:
+        return request.app.state.engine
+
+    def require_key(x_api_key: str | None = Header(None)) -> None:
+        if settings.api_key is None:
+            return
+        expected = settings.api_key.get_secret_value().encode()
+        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected):
+            raise HTTPException(401, "missing or wrong X-API-Key header")
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    # ------------------------------------------------------------------ operations
+    @app.get("/healthz")
+    async def healthz(request: Request) -> dict:
+        engine = engine_of(request)
+        return {
+            "status": "ok",
+            "model": engine.model_name,
+            "device": engine.device,
+            "sessions": len(engine.sessions),
+            "matches_active": engine.active_matches(),
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(
+            engine_of(request).metrics.render(), media_type="text/plain; version=0.0.4"
+        )
+
+    # ------------------------------------------------------------------ sessions
+    @app.post("/v1/sessions", status_code=201, dependencies=[Depends(require_key)])
+    async def create_session(body: SessionRequest, request: Request) -> dict:
+        engine = engine_of(request)
+        if len(engine.sessions) >= settings.max_sessions:
+            raise HTTPException(
+                503,
+                f"the server is full: {len(engine.sessions)} sessions of {settings.max_sessions}",
+                headers={"Retry-After": "30"},
+            )
+        setup = game_setup(body)
+        policies = {
+            int(port): policy(spec, f"policies.{port}", settings)
+            for port, spec in body.policies.items()
+        }
+        replay = await asyncio.to_thread(replay_start, body.start, settings)
+        start_frame = body.start.frame if body.start else None
+        snapshot = await asyncio.to_thread(engine.prepare_start, setup, replay, start_frame)
+        info = {
+            "stage": snapshot.setup.stage,
+            "characters": list(snapshot.setup.characters),
+            "seed": setup.seed,
+            "start": body.start.model_dump(exclude={"data"}) if body.start else "standard",
+            "policies": dict(body.policies),
+        }
+        delay = settings.input_delay if body.input_delay is None else body.input_delay
+        try:
+            session = engine.add_session(snapshot, policies, delay, info)
+        except ServerFull as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "30"}) from None
+        base = str(request.base_url).rstrip("/")
+        ws_base = "ws" + base[len("http") :] if base.startswith("http") else base
+        return {
+            **session.describe(),
+            "tokens": {str(p): t for p, t in session.tokens.items()},
+            "play_url": f"{ws_base}/v1/sessions/{session.id}/play",
+            "watch_url": f"{ws_base}/v1/sessions/{session.id}/watch",
+        }
+
+    def session_or_404(request: Request, session_id: str):
+        session = engine_of(request).sessions.get(session_id)
+        if session is None:
+            raise HTTPException(404, f"no session {session_id!r}")
+        return session
+
+    @app.get("/v1/sessions", dependencies=[Depends(require_key)])
+    async def list_sessions(request: Request) -> list[dict]:
+        return [s.describe() for s in engine_of(request).sessions.values()]
+
+    @app.get("/v1/sessions/{session_id}", dependencies=[Depends(require_key)])
+    async def get_session(session_id: str, request: Request) -> dict:
+        return session_or_404(request, session_id).describe()
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=[Depends(require_key)])
+    async def delete_session(session_id: str, request: Request) -> Response:
+        engine_of(request).close_session(session_or_404(request, session_id), "session deleted")
+        return Response(status_code=204)
+
+    @app.post("/v1/sessions/{session_id}/reset", dependencies=[Depends(require_key)])
+    async def reset_session(session_id: str, request: Request) -> dict:
+        engine = engine_of(request)
+        session = session_or_404(request, session_id)
+        engine.reset_session(session)
+        engine.broadcast_status(session, "reset")
+        return session.describe()
+
+    @app.websocket("/v1/sessions/{session_id}/play")
+    async def play(websocket: WebSocket, session_id: str) -> None:
+        await websocket.app.state.sockets.play(websocket, session_id)
+
+    @app.websocket("/v1/sessions/{session_id}/watch")
+    async def watch(websocket: WebSocket, session_id: str) -> None:
+        await websocket.app.state.sockets.watch(websocket, session_id)
+
+    # ------------------------------------------------------------------ matches
+    @app.post("/v1/matches", status_code=202, dependencies=[Depends(require_key)])
+    async def create_match(body: MatchRequest, request: Request) -> dict:
+        engine = engine_of(request)
+        matches: MatchService = request.app.state.matches
+        if matches.active() >= settings.max_matches:
+            raise HTTPException(
+                503,
+                f"{matches.active()} matches are queued or running (max_matches="
+                f"{settings.max_matches}); try again later",
+                headers={"Retry-After": "10"},
+            )
+        setup = game_setup(body)
+        policies = (policy(body.p1, "p1", settings), policy(body.p2, "p2", settings))
+        max_frames = min(body.max_frames or settings.max_match_frames, settings.max_match_frames)
+        replay = await asyncio.to_thread(replay_start, body.start, settings)
+        start_frame = body.start.frame if body.start else None
+        snapshot = await asyncio.to_thread(engine.prepare_start, setup, replay, start_frame)
+        info = body.model_dump(exclude={"start"}) | {
+            "start": body.start.model_dump(exclude={"data"}) if body.start else "standard",
+            "max_frames": max_frames,
+            "setup": dataclasses.asdict(snapshot.setup),
+        }
+        job = matches.submit(policies, max_frames, snapshot, info)
+        return {"match_id": job.id, "status": job.status, "url": f"/v1/matches/{job.id}"}
+
+    def job_or_404(request: Request, match_id: str):
+        job = request.app.state.matches.jobs.get(match_id)
+        if job is None:
+            raise HTTPException(404, f"no match {match_id!r}")
+        return job
+
+    @app.get("/v1/matches/{match_id}", dependencies=[Depends(require_key)])
+    async def get_match(
+        match_id: str,
+        request: Request,
+        wait: bool = Query(False, description="block until the match is done"),
+        timeout: float = Query(600.0, gt=0, le=3600, description="seconds to wait at most"),
+    ) -> dict:
+        job = job_or_404(request, match_id)
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), timeout)
+        return job.describe()
+
+    @app.get("/v1/matches/{match_id}/frames", dependencies=[Depends(require_key)])
+    async def match_frames(
+        match_id: str, request: Request, format: str = Query("json", pattern="^(json|parquet)$")
+    ) -> Response:
+        job = job_or_404(request, match_id)
+        if job.result is None:
+            raise HTTPException(409, f"match {match_id} is {job.status}; its frames come when done")
+        frames = job.result.frames
+        if format == "parquet":
+            table = table_from_frames(
+                frames, metadata={b"schema_version": str(gs.SCHEMA_VERSION).encode()}
+            )
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, compression="zstd")
+            return Response(buffer.getvalue(), media_type="application/vnd.apache.parquet")
+        columns = await asyncio.to_thread(batch_columns, frames)
+        by_frame: dict[int, list] = {}
+        for event in job.result.events:
+            by_frame.setdefault(event.frame, []).append(event)
+        return JSONResponse(
+            [
+                frame_message(columns, t, by_frame.get(int(columns["frame"][t]), ()))
+                for t in range(len(columns["frame"]))
+            ]
+        )
+
+    return app

@@ -1,0 +1,245 @@
+"""The engine: one model on one device, the live sessions' simulation, and the tick loop.
+
+Every tick (absolute deadlines at the tick rate, so there is no drift) gathers the inputs of
+every running session, makes ONE batched simulation step for all of them on the device thread,
+and queues each session's frame for its players and spectators. Sessions that are not running
+(waiting for players, paused, over) are parked: their state is a snapshot outside the batch, so
+they cost nothing per tick and rejoin it exactly where they left. Only the device thread touches
+the simulations; the event loop keeps handling websockets while a step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import torch
+
+from model.frames import Frames
+from model.policies import FrameView, Policy
+from model.rules import Event
+from model.simulation import GameSetup, Simulation, Snapshot
+from server import protocol
+from server.metrics import ServerMetrics
+from server.sessions import Session
+from server.settings import ServerSettings
+from server.wire_frames import batch_columns, frame_message
+
+log = logging.getLogger(__name__)
+
+RESYNC_AFTER_S = 0.25  # behind by more than this, the schedule restarts instead of bursting
+
+
+class ServerFull(RuntimeError):
+    pass
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, model_name: str, settings: ServerSettings):
+        self.settings = settings
+        self.model = model
+        self.model_name = model_name
+        self.device = settings.resolved_device()
+        self.sim = Simulation(model, settings.temperature, self.device)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="device")
+        self.sessions: dict[str, Session] = {}
+        self._retired: list[Session] = []
+        self._stopping = False
+        self.next_deadline = time.monotonic()
+        self.tick_ema = 0.0  # seconds, smoothed duration of a tick with sessions running
+        self.tick_event = asyncio.Event()
+        self.active_matches = lambda: 0  # replaced by the match service
+        self.metrics = ServerMetrics(lambda: len(self.sessions), lambda: self.active_matches())
+
+    async def on_device(self, fn, *args):
+        """Run `fn(*args)` on the device thread (the only thread that touches simulations)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, partial(fn, *args))
+
+    # ------------------------------------------------------------------ sessions
+    def prepare_start(
+        self, setup: GameSetup, replay: Frames | None = None, start_frame: int | None = None
+    ) -> Snapshot:
+        """A new game's first state as a snapshot. Prefilling from a replay runs the model over
+        every earlier frame, so callers run this off the device thread (`asyncio.to_thread`):
+        live sessions keep ticking meanwhile."""
+        scratch = Simulation(self.model, self.settings.temperature, self.device)
+        game = scratch.new_game(setup, replay=replay, start_frame=start_frame)
+        return scratch.snapshot(game)
+
+    def add_session(
+        self,
+        snapshot: Snapshot,
+        policies: dict[int, Policy],
+        input_delay: int,
+        setup_info: dict,
+    ) -> Session:
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise ServerFull(
+                f"the server already runs {len(self.sessions)} sessions "
+                f"(max_sessions={self.settings.max_sessions}); try again later"
+            )
+        session = Session.new(policies, input_delay, snapshot, setup_info)
+        session.parked = snapshot
+        self.sessions[session.id] = session
+        log.info("session %s: created (%s)", session.id, setup_info)
+        return session
+
+    def close_session(self, session: Session, reason: str) -> None:
+        """Forget a session; its game leaves the batch at the next tick and its connections
+        are told why and closed."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self._retired.append(session)
+        bye = protocol.encode(protocol.Bye(reason=reason))
+        for connection in session.connections():
+            connection.offer(bye)
+            connection.end(protocol.CLOSE_GOING_AWAY, reason)
+        log.info("session %s: closed (%s)", session.id, reason)
+
+    def reset_session(self, session: Session) -> None:
+        """Back to the session's start; applied on the device thread before the next step."""
+        session.pending_reset = True
+        session.generation += 1
+        session.frame = int(session.start_snapshot.tensors["frame.frame"])
+        session.over = False
+        session.result = None
+        session.reset_inputs()
+        log.info("session %s: reset", session.id)
+
+    # ------------------------------------------------------------------ the tick loop
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.settings.tick_rate
+        deadline = loop.time()
+        last_idle_check = deadline
+        while not self._stopping:
+            start = loop.time()
+            stepped = await self.tick()
+            end = loop.time()
+            deadline += period
+            if stepped:
+                duration = end - start
+                self.metrics.ticks.inc()
+                self.metrics.tick_seconds.observe(duration)
+                self.tick_ema = (
+                    duration if self.tick_ema == 0 else 0.9 * self.tick_ema + 0.1 * duration
+                )
+                if end > deadline:
+                    self.metrics.late_ticks.inc()
+            if end - deadline > RESYNC_AFTER_S:
+                log.warning(
+                    "tick loop %.0f ms behind; restarting the schedule", 1e3 * (end - deadline)
+                )
+                deadline = end
+            self.next_deadline = deadline
+            self.tick_event.set()
+            if end - last_idle_check > 1.0:
+                last_idle_check = end
+                self._close_idle_sessions(end)
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _close_idle_sessions(self, now: float) -> None:
+        for session in list(self.sessions.values()):
+            if session.connections():
+                session.last_seen = now
+            elif now - session.last_seen > self.settings.idle_timeout:
+                self.close_session(session, f"idle for {self.settings.idle_timeout:.0f} s")
+
+    async def tick(self) -> int:
+        """One step of every running session; returns how many were stepped."""
+        plan = []
+        for session in self.sessions.values():
+            if session.status == "running":
+                controls, missing = session.controls_for_next_frame()
+                plan.append((session, session.generation, controls, missing))
+                if missing:
+                    self.metrics.substituted_inputs.inc(len(missing))
+        retired, self._retired = self._retired, []
+        if not plan and not retired and not self._needs_parking():
+            return 0
+        results = await self.on_device(self._device_tick, plan, retired)
+        for session, generation, data, frame_id, events, over in results:
+            if generation != session.generation or session.id not in self.sessions:
+                continue  # reset or closed while the step ran: this frame is void
+            session.frame = frame_id
+            for connection in session.connections():
+                if not connection.offer(data) and connection.role == "spectator":
+                    self.metrics.dropped_frames.inc()
+            if over:
+                session.over = True
+                end = next((e for e in events if e.type == "game_end"), None)
+                session.result = None if end is None else end.to_dict()
+                self._broadcast_status(session, "game over")
+        self.metrics.frames_stepped.inc(len(results))
+        return len(results)
+
+    def _needs_parking(self) -> bool:
+        return any(
+            (s.game_id is not None) != (s.status == "running") or s.pending_reset
+            for s in self.sessions.values()
+        )
+
+    def broadcast_status(self, session: Session, reason: str = "") -> None:
+        self._broadcast_status(session, reason)
+
+    def _broadcast_status(self, session: Session, reason: str) -> None:
+        data = protocol.encode(
+            protocol.Status(status=session.status, frame=session.frame, reason=reason)
+        )
+        for connection in session.connections():
+            connection.offer(data)
+
+    # ------------------------------------------------------------------ device thread
+    def _device_tick(self, plan, retired: list[Session]) -> list[tuple]:
+        sim = self.sim
+        for session in retired:
+            if session.game_id is not None:
+                sim.remove_game(session.game_id)
+                session.game_id = None
+        stepping = {id(s) for s, *_ in plan}
+        for session in list(self.sessions.values()):
+            if session.pending_reset:
+                session.pending_reset = False
+                if session.game_id is not None:
+                    sim.restore(session.game_id, session.start_snapshot)
+                else:
+                    session.parked = session.start_snapshot
+            if id(session) not in stepping and session.game_id is not None:
+                session.parked = sim.snapshot(session.game_id)  # pause: leave the batch
+                sim.remove_game(session.game_id)
+                session.game_id = None
+        for session, *_ in plan:
+            if session.game_id is None:
+                session.game_id = sim.add_from_snapshot(session.parked)
+                session.parked = None
+        if not plan:
+            return []
+
+        batch = sim.batch_frame
+        controls = {}
+        for session, _, human, _ in plan:
+            columns = dict(human)
+            if session.policies:
+                view = FrameView(batch, sim.game_ids.index(session.game_id))
+                for port, policy in session.policies.items():
+                    columns |= policy(view, port - 1).columns(port - 1)
+            controls[session.game_id] = columns
+        results = sim.step(controls)
+        columns = batch_columns(sim.batch_frame)
+        out = []
+        for session, generation, _, missing in plan:
+            result = results[session.game_id]
+            events: list[Event] = result.events
+            message = frame_message(columns, result.row, events, missing)
+            frame_id = message["frame"]
+            out.append(
+                (session, generation, protocol.encode(message), frame_id, events, result.over)
+            )
+        return out

@@ -1,0 +1,192 @@
+"""Policy-vs-policy matches submitted over REST, run in the background as fast as the device
+allows, batched together in their own simulation.
+
+The device thread is shared with the live sessions, which come first: between two ticks the
+service steps its batch only for the time left before the next tick is due (minus what a tick
+has been taking), so matches never make a live session late. With no live sessions they run
+flat out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from model.frames import Frames
+from model.policies import Policy, controls_for
+from model.rules import Event
+from model.simulation import Simulation, Snapshot
+from server.match import MatchResult
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 256  # frames buffered per batch before they are copied out per match
+IDLE_CHUNK_S = 0.05  # device time per chunk when no live session is running
+MIN_CHUNK_S = 0.002
+
+
+@dataclass
+class MatchJob:
+    id: str
+    policies: tuple[Policy, Policy]
+    max_frames: int
+    start: Snapshot
+    request: dict
+    status: str = "queued"  # queued, running, done, failed
+    game_id: int | None = None
+    frames_played: int = 0
+    events: list[Event] = field(default_factory=list)
+    chunks: list[Frames] = field(default_factory=list)  # (n, ...) per field, in order
+    seconds: float = 0.0
+    started: float = 0.0
+    error: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    result: MatchResult | None = None
+
+    def describe(self) -> dict:
+        info = {
+            "match_id": self.id,
+            "status": self.status,
+            "frames_played": self.frames_played,
+            "request": self.request,
+        }
+        if self.result is not None:
+            info["summary"] = self.result.summary
+            info["events"] = [e.to_dict() for e in self.result.events]
+        if self.error:
+            info["error"] = self.error
+        return info
+
+
+class MatchService:
+    def __init__(self, engine):
+        self.engine = engine
+        self.sim = Simulation(engine.model, engine.settings.temperature, engine.device)
+        self.jobs: OrderedDict[str, MatchJob] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._buffer: list[Frames] = []  # whole-batch frames since the last flush
+        self._buffer_rows: dict[str, int] = {}  # match id -> row in those frames
+        engine.active_matches = self.active
+
+    def active(self) -> int:
+        return sum(job.status in ("queued", "running") for job in self.jobs.values())
+
+    def submit(self, policies: tuple[Policy, Policy], max_frames: int, start, request) -> MatchJob:
+        job = MatchJob(secrets.token_urlsafe(9), policies, max_frames, start, request)
+        self.jobs[job.id] = job
+        self._forget_old()
+        self._wake.set()
+        log.info("match %s: queued (%s)", job.id, request)
+        return job
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self.jobs.values() if j.status in ("done", "failed")]
+        for job in finished[: max(0, len(finished) - self.engine.settings.keep_finished_matches)]:
+            del self.jobs[job.id]
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        engine = self.engine
+        while not self._stopping:
+            if not self.active():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if engine.sessions and any(s.status == "running" for s in engine.sessions.values()):
+                engine.tick_event.clear()
+                await engine.tick_event.wait()  # just after a tick: the most time to the next
+                budget = engine.next_deadline - time.monotonic() - 1.5 * engine.tick_ema - 0.001
+                if budget < MIN_CHUNK_S:
+                    continue
+            else:
+                budget = IDLE_CHUNK_S
+            try:
+                finished = await engine.on_device(self._advance, budget)
+            except Exception as e:
+                log.exception("matches failed")
+                for job in self.jobs.values():
+                    if job.status in ("queued", "running"):
+                        job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+                        job.done.set()
+                self.sim = Simulation(engine.model, engine.settings.temperature, engine.device)
+                self._buffer, self._buffer_rows = [], {}
+                continue
+            for job in finished:
+                job.done.set()
+            await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------ device thread
+    def _advance(self, budget_s: float) -> list[MatchJob]:
+        """Step every running match until `budget_s` seconds have passed; returns the
+        matches that finished."""
+        deadline = time.perf_counter() + budget_s
+        queued = [j for j in self.jobs.values() if j.status == "queued"]
+        if queued:
+            self._flush()
+            for job in queued:
+                job.game_id = self.sim.add_from_snapshot(job.start)
+                job.status, job.started = "running", time.perf_counter()
+                job.chunks.append(
+                    {k: v.unsqueeze(0).clone() for k, v in self.sim.frame(job.game_id).items()}
+                )
+            self._buffer_rows = {}
+        running = [j for j in self.jobs.values() if j.status == "running"]
+        finished: list[MatchJob] = []
+        while running and time.perf_counter() < deadline:
+            if not self._buffer_rows:
+                self._buffer_rows = {j.id: self.sim.game_ids.index(j.game_id) for j in running}
+            batch = self.sim.batch_frame
+            controls = {
+                j.game_id: controls_for(j.policies, batch, self._buffer_rows[j.id]) for j in running
+            }
+            results = self.sim.step(controls)
+            self._buffer.append(self.sim.batch_frame)
+            self.engine.metrics.match_frames.inc(len(running))
+            done_now = []
+            for job in running:
+                result = results[job.game_id]
+                job.frames_played += 1
+                job.events += result.events
+                if result.over or job.frames_played >= job.max_frames:
+                    done_now.append(job)
+            if done_now or len(self._buffer) >= FLUSH_EVERY:
+                self._flush()
+            for job in done_now:
+                self._finish(job)
+                finished.append(job)
+            if done_now:
+                running = [j for j in running if j not in done_now]
+        if time.perf_counter() >= deadline:
+            self._flush()
+        return finished
+
+    def _flush(self) -> None:
+        """Copy the buffered batch frames out into each match's own chunks."""
+        if self._buffer:
+            stacked = {k: torch.stack([b[k] for b in self._buffer]) for k in self._buffer[0]}
+            for match_id, row in self._buffer_rows.items():
+                job = self.jobs.get(match_id)
+                if job is not None:
+                    job.chunks.append({k: v[:, row].clone() for k, v in stacked.items()})
+        self._buffer = []
+        self._buffer_rows = {}
+
+    def _finish(self, job: MatchJob) -> None:
+        self.sim.remove_game(job.game_id)
+        job.game_id = None
+        frames = {k: torch.cat([c[k] for c in job.chunks]) for k in job.chunks[0]}
+        job.chunks = []
+        job.seconds = time.perf_counter() - job.started
+        job.result = MatchResult(frames, job.events, job.seconds)
+        job.status = "done"
+        log.info("match %s: done %s", job.id, job.result.summary)

@@ -1,0 +1,110 @@
+"""Prometheus metrics in the text exposition format (version 0.0.4), without a client library:
+the server needs a handful of counters, gauges and one histogram."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+
+TICK_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.0125, 0.0150, 0.0167, 0.020, 0.033)
+
+
+class Metric:
+    name: str
+    help: str
+
+    def _header(self, kind: str) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {kind}"]
+
+
+class Counter(Metric):
+    def __init__(self, name: str, help_text: str):
+        self.name, self.help, self.value = name, help_text, 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def render(self) -> list[str]:
+        return [
+            f"# HELP {self.name} {self.help}",
+            f"# TYPE {self.name} counter",
+            f"{self.name} {self.value}",
+        ]
+
+
+class Gauge(Metric):
+    """A value read when scraped."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
+        self.name, self.help, self.read = name, help_text, read
+
+    def render(self) -> list[str]:
+        return [
+            f"# HELP {self.name} {self.help}",
+            f"# TYPE {self.name} gauge",
+            f"{self.name} {self.read()}",
+        ]
+
+
+class Histogram(Metric):
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]):
+        self.name, self.help, self.buckets = name, help_text, buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def render(self) -> list[str]:
+        lines = self._header("histogram")
+        cumulative = 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            cumulative += count
+            lines.append(f'{self.name}_bucket{{le="{bound}"}} {cumulative}')
+        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
+        lines += [f"{self.name}_sum {self.sum}", f"{self.name}_count {self.count}"]
+        return lines
+
+
+class ServerMetrics:
+    def __init__(self, sessions: Callable[[], int], matches: Callable[[], int]):
+        self.tick_seconds = Histogram(
+            "playmodel_tick_seconds", "duration of one tick (all sessions)", TICK_BUCKETS
+        )
+        self.ticks = Counter("playmodel_ticks_total", "ticks run")
+        self.late_ticks = Counter("playmodel_late_ticks_total", "ticks that ended past their slot")
+        self.frames_stepped = Counter("playmodel_session_frames_total", "session frames stepped")
+        self.substituted_inputs = Counter(
+            "playmodel_substituted_inputs_total", "inputs missing at their frame (last one reused)"
+        )
+        self.late_inputs = Counter(
+            "playmodel_late_inputs_total", "inputs that arrived after their frame was stepped"
+        )
+        self.rejected_messages = Counter(
+            "playmodel_rejected_messages_total", "client messages answered with an error"
+        )
+        self.dropped_frames = Counter(
+            "playmodel_dropped_frames_total", "frames not sent to spectators that were behind"
+        )
+        self.match_frames = Counter("playmodel_match_frames_total", "match frames stepped")
+        self._all = [
+            Gauge("playmodel_sessions", "live sessions", sessions),
+            Gauge("playmodel_matches_active", "matches queued or running", matches),
+            self.ticks,
+            self.tick_seconds,
+            self.late_ticks,
+            self.frames_stepped,
+            self.substituted_inputs,
+            self.late_inputs,
+            self.rejected_messages,
+            self.dropped_frames,
+            self.match_frames,
+        ]
+
+    def render(self) -> str:
+        return "\n".join(line for metric in self._all for line in metric.render()) + "\n"

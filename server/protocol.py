@@ -1,0 +1,251 @@
+"""The wire protocol between the game server and its clients (docs/PROTOCOL.md).
+
+Every message is one msgpack map in one binary websocket message, with a `type` key. The
+pydantic models below are the definition; `encode` and `decode` turn them into bytes and back.
+This module imports neither torch nor FastAPI, so the pygame client and scripts can use it.
+
+Client to server: `hello` (first message), `input`, `control` (pause / resume / reset), `ping`.
+Server to client: `welcome` (answer to hello), `frame` (every tick), `status` (pause, resume,
+reset, game over), `pong`, `error`, `bye` (the server is closing the connection).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+MAX_CLIENT_MESSAGE_BYTES = 4096  # the largest client message is an input of ~150 bytes
+PORTS = (1, 2)
+
+# Melee's buttons as the replays record them (the bits are in model/frame_spec.py, which this
+# module must not import; a test checks the two agree).
+BUTTON_NAMES = (
+    "A",
+    "B",
+    "X",
+    "Y",
+    "Z",
+    "L",
+    "R",
+    "START",
+    "DPAD_UP",
+    "DPAD_DOWN",
+    "DPAD_LEFT",
+    "DPAD_RIGHT",
+)
+Button = Literal[
+    "A", "B", "X", "Y", "Z", "L", "R", "START", "DPAD_UP", "DPAD_DOWN", "DPAD_LEFT", "DPAD_RIGHT"
+]
+
+# RFC 6455 close codes the server uses.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # server shutting down, or the session was deleted
+CLOSE_PROTOCOL_ERROR = 1002  # no hello, wrong protocol version
+CLOSE_UNSUPPORTED_DATA = 1003  # a text message where binary msgpack was expected
+CLOSE_POLICY_VIOLATION = 1008  # bad or missing token, unknown session, message flood, too slow
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+Unit = Annotated[float, Field(ge=-1.0, le=1.0)]
+Trigger = Annotated[float, Field(ge=0.0, le=1.0)]
+Port = Literal[1, 2]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------- client -> server
+class Hello(Message):
+    type: Literal["hello"] = "hello"
+    version: int = PROTOCOL_VERSION
+    role: Literal["player", "spectator"] = "player"
+    client: str = Field(default="", max_length=64)  # a name for the logs
+
+
+class Input(Message):
+    """One port's controller for frame `frame` (the client stamps current frame + delay)."""
+
+    type: Literal["input"] = "input"
+    frame: int
+    port: Port
+    stick_x: Unit = 0.0
+    stick_y: Unit = 0.0
+    cstick_x: Unit = 0.0
+    cstick_y: Unit = 0.0
+    trigger_l: Trigger = 0.0
+    trigger_r: Trigger = 0.0
+    buttons: list[Button] = Field(default_factory=list, max_length=len(BUTTON_NAMES))
+
+
+class Control(Message):
+    type: Literal["control"] = "control"
+    action: Literal["pause", "resume", "reset"]
+
+
+class Ping(Message):
+    type: Literal["ping"] = "ping"
+    t: float  # the client's clock; echoed back in the pong
+
+
+ClientMessage = Annotated[Hello | Input | Control | Ping, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------------- server -> client
+class Welcome(Message):
+    type: Literal["welcome"] = "welcome"
+    version: int = PROTOCOL_VERSION
+    session_id: str
+    role: Literal["player", "spectator"]
+    ports: list[int]  # the ports this connection drives (empty for spectators)
+    stage: int
+    stage_name: str
+    characters: list[int]  # internal ids, p1 then p2
+    character_names: list[str]
+    input_delay: int  # frames
+    tick_rate: float
+    frame: int  # the last frame stepped; the next frame is frame + 1
+    timer_frames: int  # the game ends by time at this frame id
+    status: str
+
+
+class Player(Message):
+    port: int
+    character: int
+    x: float
+    y: float
+    percent: float
+    shield: float
+    stocks: int
+    facing: int  # 1 right, -1 left
+    action: int
+    action_name: str
+    category: str  # idle, movement, aerial, ..., dead (assets/actions.json)
+    state_age: float
+    airborne: bool
+    jumps: int
+    hitlag: float
+    hitstun: float
+    invulnerable: bool
+    # the controller that produced this frame
+    stick_x: float
+    stick_y: float
+    buttons: int
+
+
+class Projectile(Message):
+    slot: int
+    type: int
+    x: float
+    y: float
+    owner: int
+
+
+class GameEvent(BaseModel):
+    """ko (player, zone), respawn (player), game_end (player = winner or None, method)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["ko", "respawn", "game_end"]
+    frame: int
+    player: int | None = None
+
+
+class Frame(Message):
+    type: Literal["frame"] = "frame"
+    frame: int
+    players: list[Player]
+    projectiles: list[Projectile] = Field(default_factory=list)
+    events: list[GameEvent] = Field(default_factory=list)
+    substituted: list[int] = Field(default_factory=list)  # ports whose input did not arrive
+
+
+class Status(Message):
+    type: Literal["status"] = "status"
+    status: Literal["waiting", "running", "paused", "over"]
+    frame: int
+    reason: str = ""
+
+
+class Pong(Message):
+    type: Literal["pong"] = "pong"
+    t: float
+    server_frame: int
+
+
+class Error(Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class Bye(Message):
+    type: Literal["bye"] = "bye"
+    reason: str
+
+
+ServerMessage = Annotated[
+    Welcome | Frame | Status | Pong | Error | Bye, Field(discriminator="type")
+]
+
+_client_adapter: TypeAdapter = TypeAdapter(ClientMessage)
+_server_adapter: TypeAdapter = TypeAdapter(ServerMessage)
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted: `code` is machine-readable, the text says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def encode(message: Message | dict[str, Any]) -> bytes:
+    """A message (a model, or a dict already in wire form) as msgpack bytes."""
+    if isinstance(message, BaseModel):
+        message = message.model_dump(mode="python")
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def _unpack(data: bytes, limit: int | None) -> dict:
+    if limit is not None and len(data) > limit:
+        raise ProtocolError("too_big", f"message of {len(data)} bytes; the limit is {limit}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as e:
+        detail = str(e) or type(e).__name__
+        raise ProtocolError("bad_message", f"not valid msgpack: {detail}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        raise ProtocolError("bad_message", "a message must be a msgpack map with a 'type' key")
+    return raw
+
+
+def _validate(adapter: TypeAdapter, raw: dict, known: tuple[str, ...]):
+    if raw["type"] not in known:
+        raise ProtocolError(
+            "unknown_type", f"unknown message type {raw['type']!r}; expected one of {known}"
+        )
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'message'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ProtocolError("invalid", f"invalid {raw['type']} message: {problems}") from None
+
+
+CLIENT_TYPES = ("hello", "input", "control", "ping")
+SERVER_TYPES = ("welcome", "frame", "status", "pong", "error", "bye")
+
+
+def decode_client(data: bytes) -> Hello | Input | Control | Ping:
+    """A client's message, validated; raises ProtocolError saying what is wrong."""
+    return _validate(_client_adapter, _unpack(data, MAX_CLIENT_MESSAGE_BYTES), CLIENT_TYPES)
+
+
+def decode_server(data: bytes) -> Welcome | Frame | Status | Pong | Error | Bye:
+    """A server's message, validated (for clients and tests)."""
+    return _validate(_server_adapter, _unpack(data, None), SERVER_TYPES)

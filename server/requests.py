@@ -1,0 +1,134 @@
+"""The REST API's request bodies, and how they become a game's start: stage, characters,
+policies, and (optionally) a real replay to take over from."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.frames import Frames
+from model.policies import Policy, make_policy
+from model.simulation import GameSetup
+from server.match import parse_character, parse_stage, read_replay_frames
+from server.settings import ServerSettings
+
+StageSpec = str | int
+CharacterSpec = str | int
+
+
+class BadRequest(ValueError):
+    """A request that names something unusable; the text says which field and why."""
+
+
+class StartSpec(BaseModel):
+    """Take over a real game at `frame` (a row of the replay, 0 = its first frame): a replay
+    from the server's replay folder by file name, or one uploaded as base64 in `data`."""
+
+    model_config = ConfigDict(extra="forbid")
+    replay: str | None = Field(None, description="file name in the server's replay folder")
+    data: str | None = Field(None, description="a .slp or parquet file, base64-encoded")
+    format: Literal["slp", "parquet"] = "slp"
+    frame: int = Field(0, ge=0)
+
+
+class GameRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: StageSpec = "battlefield"
+    characters: Annotated[list[CharacterSpec], Field(min_length=2, max_length=2)] = [
+        "FOX",
+        "FALCO",
+    ]
+    start: StartSpec | None = None
+    seed: int = 0
+
+
+class SessionRequest(GameRequest):
+    input_delay: int | None = Field(None, ge=0, le=30, description="frames; default: server's")
+    policies: dict[Literal["1", "2"], str] = Field(
+        default_factory=dict,
+        description="ports played by a scripted policy, e.g. {'2': 'approach'}",
+    )
+
+
+class MatchRequest(GameRequest):
+    p1: str = "approach"
+    p2: str = "random"
+    max_frames: int | None = Field(None, ge=1, description="default: the server's maximum")
+
+
+def game_setup(request: GameRequest) -> GameSetup:
+    try:
+        stage = parse_stage(str(request.stage))
+    except ValueError as e:
+        raise BadRequest(f"stage: {e}") from None
+    characters = []
+    for index, spec in enumerate(request.characters):
+        try:
+            characters.append(parse_character(str(spec)))
+        except ValueError as e:
+            raise BadRequest(f"characters[{index}]: {e}") from None
+    return GameSetup(stage=stage, characters=(characters[0], characters[1]), seed=request.seed)
+
+
+def replay_start(start: StartSpec | None, settings: ServerSettings) -> Frames | None:
+    """The frames of the replay a game starts from, or None for a standard start."""
+    if start is None:
+        return None
+    if (start.replay is None) == (start.data is None):
+        raise BadRequest("start: give exactly one of 'replay' (a file name) or 'data' (upload)")
+    if start.replay is not None:
+        name = start.replay
+        folder = settings.replay_dir.resolve()
+        path = (folder / name).resolve()
+        if path.parent != folder and folder not in path.parents:
+            raise BadRequest(f"start.replay: {name!r} is outside the server's replay folder")
+        if not path.is_file():
+            available = sorted(p.name for p in folder.glob("*") if p.suffix in (".slp", ".parquet"))
+            raise BadRequest(
+                f"start.replay: no file {name!r} in the replay folder; has {available}"
+            )
+        frames = _read(path, f"start.replay {name!r}")
+    else:
+        try:
+            raw = base64.b64decode(start.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("start.data: not valid base64") from None
+        if len(raw) > settings.max_upload_bytes:
+            raise BadRequest(
+                f"start.data: {len(raw):,} bytes; the limit is {settings.max_upload_bytes:,}"
+            )
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"upload.{start.format}"
+            path.write_bytes(raw)
+            frames = _read(path, "start.data")
+    total = len(frames["frame"])
+    if start.frame >= total:
+        raise BadRequest(f"start.frame: {start.frame} is past the replay's end ({total} frames)")
+    return frames
+
+
+def _read(path: Path, what: str) -> Frames:
+    try:
+        return read_replay_frames(path)
+    except Exception as e:  # noqa: BLE001 - any parser failure is the upload's fault
+        raise BadRequest(f"{what}: cannot be read as a replay ({type(e).__name__}: {e})") from None
+
+
+def policy(spec: str, field: str, settings: ServerSettings) -> Policy:
+    if spec.startswith("replay:"):
+        raise BadRequest(f"{field}: replay-following policies are for `playmodel match` only")
+    builtin = spec.split(":", 1)[0] in ("noop", "random", "hold", "approach")
+    if not builtin and not settings.allow_policy_modules:
+        raise BadRequest(
+            f"{field}: policies from Python paths ({spec!r}) are disabled on this server "
+            "(set PLAYMODEL_ALLOW_POLICY_MODULES=1 to allow them)"
+        )
+    try:
+        return make_policy(spec)
+    except (ValueError, ImportError, AttributeError, TypeError) as e:
+        raise BadRequest(f"{field}: {e}") from None

@@ -1,0 +1,148 @@
+"""`playmodel serve [--host H] [--port P]`: run the live game server on uvicorn.
+
+Settings come from `PLAYMODEL_*` environment variables (server/settings.py); the options here
+override them. On shutdown (Ctrl-C, SIGTERM) every connected client first receives a `bye`
+message and a close with code 1001, then the server stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from server.app import create_app
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+WS_MAX_BYTES = 64 * 1024  # uvicorn closes with 1009 above this; the app's own limit is lower
+
+
+class GameServer(uvicorn.Server):
+    """uvicorn, but clients hear `bye` before uvicorn starts closing connections."""
+
+    def __init__(self, config: uvicorn.Config, app):
+        super().__init__(config)
+        self.game_app = app
+
+    async def shutdown(self, sockets=None) -> None:
+        live = getattr(self.game_app.state, "sockets", None)
+        if live is not None:
+            await live.close_all("server shutting down")
+        await super().shutdown(sockets)
+
+
+def make_server(settings: ServerSettings, log_level: str = "info") -> GameServer:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=WS_MAX_BYTES,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+    )
+    return GameServer(config, app)
+
+
+class ServerThread:
+    """The real server on a loopback port in a background thread (tests and benchmarks).
+
+    with ServerThread(ServerSettings(port=0)) as server:
+        requests.post(server.url + "/v1/sessions", json={})
+    """
+
+    def __init__(self, settings: ServerSettings, log_level: str = "warning"):
+        if settings.port == 0:
+            settings = settings.model_copy(update={"port": free_port(settings.host)})
+        self.settings = settings
+        self.url = f"http://{settings.host}:{settings.port}"
+        self.ws_url = f"ws://{settings.host}:{settings.port}"
+        self.server = make_server(settings, log_level)
+        self.thread = threading.Thread(target=self._run, name="game-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def app(self):
+        return self.server.game_app
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="playmodel serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (default 8000)")
+    parser.add_argument("--checkpoint", type=Path, help="default: the bundled demo checkpoint")
+    parser.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--max-sessions", type=int)
+    parser.add_argument("--tick-rate", type=float)
+    parser.add_argument("--log-level", default="info")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "checkpoint": args.checkpoint,
+            "device": args.device,
+            "max_sessions": args.max_sessions,
+            "tick_rate": args.tick_rate,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as e:
+        for error in e.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            log.error("setting %s (PLAYMODEL_%s): %s", field, field.upper(), error["msg"])
+        return 2
+    checkpoint = settings.resolved_checkpoint()
+    if checkpoint is not None and not checkpoint.is_file():
+        log.error("checkpoint %s does not exist", checkpoint)
+        return 2
+    make_server(settings, args.log_level).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Live sessions: who plays which port, the inputs waiting for their frames, and the
+connections each frame goes out to. Everything here runs on the event loop; the simulation
+itself is only touched by the engine's device thread (server/engine.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.frame_spec import BUTTON_BITS
+from model.policies import Policy
+from model.simulation import Snapshot
+from server import protocol
+
+log = logging.getLogger(__name__)
+
+NEUTRAL: dict[str, float | int] = {
+    "joystick_x": 0.0,
+    "joystick_y": 0.0,
+    "cstick_x": 0.0,
+    "cstick_y": 0.0,
+    "trigger": 0.0,
+    "buttons": 0,
+    "buttons_physical": 0,
+    "trigger_l": 0.0,
+    "trigger_r": 0.0,
+}
+
+
+def controller_columns(message: protocol.Input) -> dict[str, float | int]:
+    """An input message as one player's controller columns (without the `pN_` prefix)."""
+    bits = 0
+    for name in message.buttons:
+        bits |= BUTTON_BITS[name]
+    return {
+        "joystick_x": message.stick_x,
+        "joystick_y": message.stick_y,
+        "cstick_x": message.cstick_x,
+        "cstick_y": message.cstick_y,
+        "trigger": max(message.trigger_l, message.trigger_r),
+        "buttons": bits,
+        "buttons_physical": bits & 0xFFFF,
+        "trigger_l": message.trigger_l,
+        "trigger_r": message.trigger_r,
+    }
+
+
+class Connection:
+    """One websocket's outgoing side: a bounded queue drained by its own sender task, so a
+    client that stops reading only ever blocks itself. Spectators keep just the newest frame."""
+
+    def __init__(self, websocket: Any, role: str, ports: tuple[int, ...], queue_frames: int):
+        self.websocket = websocket
+        self.role = role
+        self.ports = ports
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(1 if role == "spectator" else queue_frames)
+        self.ended = asyncio.Event()  # set when the server ends this connection
+        self.close_code = protocol.CLOSE_NORMAL
+        self.close_reason = ""
+        self.sent = 0
+
+    def offer(self, data: bytes) -> bool:
+        """Queue a message; False if it was dropped (a spectator behind) or the player's
+        queue is full (the connection is then ended: the client is not reading)."""
+        try:
+            self.queue.put_nowait(data)
+            return True
+        except asyncio.QueueFull:
+            if self.role == "spectator":
+                self.queue.get_nowait()  # skip to the latest frame
+                self.queue.put_nowait(data)
+            else:
+                self.end(protocol.CLOSE_POLICY_VIOLATION, "not reading frames: send queue full")
+            return False
+
+    def end(self, code: int, reason: str) -> None:
+        if not self.ended.is_set():
+            self.close_code, self.close_reason = code, reason
+            self.ended.set()
+
+    async def send_loop(self) -> None:
+        while True:
+            data = await self.queue.get()
+            await self.websocket.send_bytes(data)
+            self.sent += 1
+
+
+@dataclass
+class Session:
+    id: str
+    tokens: dict[int, str]  # port -> secret
+    policies: dict[int, Policy]  # ports driven by a scripted policy
+    input_delay: int
+    start_snapshot: Snapshot
+    setup_info: dict  # stage, characters, start, seed: what GET shows
+    game_id: int | None = None  # row id in the engine's simulation while it runs
+    parked: Snapshot | None = None  # the game's state while it is out of the batch
+    frame: int = 0  # the last frame stepped
+    over: bool = False
+    user_paused: bool = False
+    pending_reset: bool = False  # a reset the device thread has yet to apply
+    generation: int = 0  # bumped by every reset: frames stepped before it are discarded
+    started: bool = False  # every human port has been connected once
+    inputs: dict[int, dict[int, dict]] = field(default_factory=dict)  # port -> frame -> columns
+    last_input: dict[int, dict] = field(default_factory=dict)
+    substituted: dict[int, int] = field(default_factory=dict)
+    late_inputs: int = 0
+    players: dict[int, Connection] = field(default_factory=dict)  # port -> connection
+    spectators: set[Connection] = field(default_factory=set)
+    created: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)  # a player was last connected
+    result: dict | None = None  # the game_end event's detail once over
+
+    @classmethod
+    def new(
+        cls,
+        policies: dict[int, Policy],
+        input_delay: int,
+        start_snapshot: Snapshot,
+        setup_info: dict,
+    ) -> Session:
+        human = [p for p in protocol.PORTS if p not in policies]
+        return cls(
+            id=secrets.token_urlsafe(9),
+            tokens={p: secrets.token_urlsafe(24) for p in human},
+            policies=policies,
+            input_delay=input_delay,
+            start_snapshot=start_snapshot,
+            setup_info=setup_info,
+            frame=int(start_snapshot.tensors["frame.frame"]),
+            inputs={p: {} for p in protocol.PORTS},
+            last_input={p: dict(NEUTRAL) for p in protocol.PORTS},
+            substituted={p: 0 for p in protocol.PORTS},
+        )
+
+    # ------------------------------------------------------------------ access
+    def ports_for(self, tokens: list[str]) -> tuple[int, ...] | None:
+        """The ports these tokens open, or None if any token is wrong. Every comparison runs
+        in constant time, and every port is compared whatever matched before."""
+        ports = []
+        for token in tokens:
+            matched = None
+            for port, secret in self.tokens.items():
+                if hmac.compare_digest(token.encode(), secret.encode()):
+                    matched = port
+            if matched is None:
+                return None
+            ports.append(matched)
+        return tuple(sorted(set(ports)))
+
+    @property
+    def human_ports(self) -> tuple[int, ...]:
+        return tuple(sorted(self.tokens))
+
+    @property
+    def status(self) -> str:
+        if self.over:
+            return "over"
+        if not self.started:
+            return "waiting"
+        if self.user_paused or any(p not in self.players for p in self.human_ports):
+            return "paused"
+        return "running"
+
+    def update_started(self) -> None:
+        if all(p in self.players for p in self.human_ports):
+            self.started = True
+
+    # ------------------------------------------------------------------ inputs
+    def accept_input(self, frame: int, port: int, columns: dict) -> str | None:
+        """Store an input for `frame`; returns 'late' if that frame was already stepped."""
+        if frame <= self.frame:
+            self.late_inputs += 1
+            return "late"
+        self.inputs[port][frame] = columns
+        return None
+
+    def controls_for_next_frame(self) -> tuple[dict[str, float | int], list[int]]:
+        """The human ports' controller columns for frame `self.frame + 1`, the ports whose
+        input had not arrived (their last input is reused), and old inputs dropped."""
+        target = self.frame + 1
+        columns: dict[str, float | int] = {}
+        missing = []
+        for port in self.human_ports:
+            pending = self.inputs[port]
+            value = pending.pop(target, None)
+            if value is None:
+                value = self.last_input[port]
+                missing.append(port)
+                self.substituted[port] += 1
+            else:
+                self.last_input[port] = value
+            for stale in [f for f in pending if f < target]:
+                del pending[stale]
+            prefix = f"p{port}_"
+            columns.update({prefix + k: v for k, v in value.items()})
+        return columns, missing
+
+    def reset_inputs(self) -> None:
+        for port in protocol.PORTS:
+            self.inputs[port].clear()
+            self.last_input[port] = dict(NEUTRAL)
+
+    # ------------------------------------------------------------------ output
+    def connections(self) -> list[Connection]:
+        """Every connection once (one connection may play both ports)."""
+        return [*dict.fromkeys(self.players.values()), *self.spectators]
+
+    def describe(self) -> dict:
+        return {
+            "session_id": self.id,
+            "status": self.status,
+            "frame": self.frame,
+            "input_delay": self.input_delay,
+            "human_ports": list(self.human_ports),
+            "players_connected": sorted(self.players),
+            "spectators": len(self.spectators),
+            "substituted_inputs": {str(p): n for p, n in self.substituted.items()},
+            "late_inputs": self.late_inputs,
+            "result": self.result,
+            **self.setup_info,
+        }

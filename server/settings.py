@@ -1,0 +1,68 @@
+"""Server settings: defaults, overridden by environment variables named `PLAYMODEL_<FIELD>`
+(for example `PLAYMODEL_CHECKPOINT=/data/best.safetensors`, `PLAYMODEL_MAX_SESSIONS=8`), and
+by `playmodel serve`'s options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_CHECKPOINT = ASSETS / "checkpoints" / "demo.safetensors"
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PLAYMODEL_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    checkpoint: Path | None = Field(
+        None, description="weights to serve; default: the bundled demo checkpoint"
+    )
+    untrained_config: str = Field(
+        "mamba2-small", description="model config played untrained when there is no checkpoint"
+    )
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    temperature: float = Field(0.0, ge=0.0, description="0: argmax decoding")
+    tick_rate: float = Field(60.0, gt=0.0, le=1000.0)
+    max_sessions: int = Field(32, ge=1)
+    input_delay: int = Field(2, ge=0, le=30, description="default input delay, frames")
+    max_input_lead: int = Field(
+        120, ge=1, description="inputs stamped further ahead of the game than this are refused"
+    )
+    max_input_lag: int = Field(
+        60, ge=1, description="inputs this many frames behind the game get an error"
+    )
+    idle_timeout: float = Field(
+        300.0, gt=0.0, description="seconds a session may have no player before it is closed"
+    )
+    api_key: SecretStr | None = Field(None, description="if set, REST calls need X-API-Key")
+    replay_dir: Path = ASSETS / "sample_replays"
+    max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    allow_policy_modules: bool = Field(
+        False, description="let REST matches load policies from Python paths (module:callable)"
+    )
+    max_matches: int = Field(64, ge=1, description="matches queued or running at once")
+    max_match_frames: int = Field(8 * 60 * 60 + 200, ge=1)
+    keep_finished_matches: int = Field(256, ge=0)
+    messages_per_second: float = Field(
+        600.0, gt=0, description="a connection sending faster than this is closed"
+    )
+    send_queue_frames: int = Field(
+        180, ge=1, description="frames queued for a player before it counts as not reading"
+    )
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_checkpoint(self) -> Path | None:
+        if self.checkpoint is not None:
+            return self.checkpoint
+        return DEMO_CHECKPOINT if DEMO_CHECKPOINT.exists() else None
