@@ -1,0 +1,402 @@
+"""Drawing the predicted frames: stage, characters, projectiles, HUD, effects and a camera.
+
+Everything drawn comes from the `Frame` messages (the model's predictions, or a replay's
+frames) and the stage geometry in `assets/stages.json`; nothing is simulated here. World units
+are Melee's (a Slippi post-frame position, y up); `Camera` maps them to pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pygame
+
+from client import assets
+from server.protocol import Frame, GameEvent, Player
+
+# Melee's port colours: P1 red, P2 blue (the HUD and name tags use them too).
+PORT_COLOURS = {1: (230, 60, 60), 2: (60, 120, 240)}
+NO_OWNER_COLOUR = (200, 200, 200)
+BACKGROUND = (14, 16, 28)
+STAGE_COLOUR = (52, 56, 78)
+STAGE_EDGE = (170, 176, 205)
+PLATFORM_COLOUR = (150, 156, 190)
+BLAST_COLOUR = (60, 64, 90)
+TEXT = (235, 235, 240)
+DIM_TEXT = (150, 152, 170)
+
+# Body sizes in world units (width, height). Melee's characters differ in size; three sizes
+# are enough to tell a Jigglypuff from a Bowser at a glance.
+SMALL = {"JIGGLYPUFF", "KIRBY", "PICHU", "PIKACHU", "NESS", "POPO", "NANA", "YOUNG_LINK"}
+LARGE = {"BOWSER", "DONKEY_KONG", "GANONDORF", "CAPTAIN_FALCON", "SAMUS"}
+BODY_SIZES = {"small": (10.0, 11.0), "medium": (10.0, 15.0), "large": (13.0, 19.0)}
+HITLAG_SHAKE = 1.2  # world units left and right, alternating each frame
+INVULNERABLE_FLASH_FRAMES = 4  # the body alternates colour and white every 4 frames
+KO_EFFECT_FRAMES = 50
+RESPAWN_EFFECT_FRAMES = 30
+
+
+def body_size(character: int) -> tuple[float, float]:
+    name = assets.character_name(character)
+    return BODY_SIZES["small" if name in SMALL else "large" if name in LARGE else "medium"]
+
+
+def is_shielding(player: Player) -> bool:
+    """Holding shield: the shield actions (libmelee SHIELD*, Melee's Guard*), not rolls or
+    dodges, which share the shield_dodge category, nor a broken shield (damage)."""
+    name = player.action_name.upper()
+    return player.category == "shield_dodge" and ("GUARD" in name or name.startswith("SHIELD"))
+
+
+def is_hidden(player: Player) -> bool:
+    """KO'd: out of play and not on the revival platform or entering the stage."""
+    name = player.action_name.upper()
+    return player.category == "dead" and not name.startswith(("ON_HALO", "ENTRY"))
+
+
+def timer_text(frame: int, timer_frames: int) -> str:
+    """Melee's countdown, mm:ss.cc, from the frame the clock starts (0) to `timer_frames`."""
+    left = max(0, timer_frames - max(frame, 0))
+    minutes, rest = divmod(left, 3600)
+    seconds, frames = divmod(rest, 60)
+    return f"{minutes:02d}:{seconds:02d}.{frames * 100 // 60:02d}"
+
+
+def percent_colour(percent: float) -> tuple[int, int, int]:
+    """White at 0%, through yellow and orange to a dark red at 200%+ (like Melee's HUD)."""
+    t = max(0.0, min(1.0, percent / 200.0))
+    if t < 0.5:
+        return (255, 255, int(255 * (1 - 2 * t)))
+    return (255, int(255 * (1 - (t - 0.5) * 1.6)), 0) if t < 0.9 else (200, 30, 20)
+
+
+class Camera:
+    """Follows both players like Melee's: the view fits every live player with margins, never
+    shows past the blast zones, and eases towards its target instead of jumping."""
+
+    MARGIN_X = 50.0  # world units beside the outermost players
+    MARGIN_TOP = 40.0
+    MARGIN_BOTTOM = 45.0  # the HUD covers the bottom of the window
+    MIN_WIDTH = 230.0  # the closest zoom, in world units across the window
+    EASE = 3.0  # per second: how fast the view closes in on its target
+    EASE_OUT = 10.0  # and how fast it backs out
+    KEEP_X, KEEP_BOTTOM, KEEP_TOP = 12.0, 5.0, 30.0  # a player is never closer to the edge
+
+    def __init__(self, stage: assets.StageGeometry, size: tuple[int, int]):
+        self.stage = stage
+        self.size = size
+        self.cx, self.cy, self.width = 0.0, 30.0, 220.0
+        self._snapped = False
+
+    @property
+    def aspect(self) -> float:
+        return self.size[0] / self.size[1]
+
+    @property
+    def scale(self) -> float:
+        """Pixels per world unit."""
+        return self.size[0] / self.width
+
+    def _fit(self, left: float, right: float, bottom: float, top: float):
+        """The view (centre x, centre y, width) that shows the box, within the blast zones."""
+        s = self.stage
+        width = max(right - left, (top - bottom) * self.aspect, self.MIN_WIDTH)
+        width = min(
+            width, s.blast_right - s.blast_left, (s.blast_top - s.blast_bottom) * self.aspect
+        )
+        height = width / self.aspect
+        cx = min(max((left + right) / 2, s.blast_left + width / 2), s.blast_right - width / 2)
+        cy = min(max((bottom + top) / 2, s.blast_bottom + height / 2), s.blast_top - height / 2)
+        return cx, cy, width
+
+    def target(self, points: list[tuple[float, float]]) -> tuple[float, float, float]:
+        if not points:
+            points = [(0.0, self.stage.main.y)]
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        return self._fit(
+            min(xs) - self.MARGIN_X,
+            max(xs) + self.MARGIN_X,
+            min(ys) - self.MARGIN_BOTTOM,
+            max(ys) + self.MARGIN_TOP,
+        )
+
+    def follow(self, points: list[tuple[float, float]], dt: float, snap: bool = False) -> None:
+        cx, cy, width = self.target(points)
+        if snap or not self._snapped:
+            self.cx, self.cy, self.width = cx, cy, width
+            self._snapped = True
+            return
+        # Zoom out quickly and in slowly, as Melee's camera does.
+        k = 1.0 - math.exp(-(self.EASE_OUT if width > self.width else self.EASE) * dt)
+        self.cx += (cx - self.cx) * k
+        self.cy += (cy - self.cy) * k
+        self.width += (width - self.width) * k
+        self._contain(points)
+
+    def _contain(self, points: list[tuple[float, float]]) -> None:
+        """Never let easing leave a player out of the picture: widen the view at once."""
+        half_w, half_h = self.width / 2, self.width / self.aspect / 2
+        left, right = self.cx - half_w, self.cx + half_w
+        bottom, top = self.cy - half_h, self.cy + half_h
+        for x, y in points:
+            left, right = min(left, x - self.KEEP_X), max(right, x + self.KEEP_X)
+            bottom, top = min(bottom, y - self.KEEP_BOTTOM), max(top, y + self.KEEP_TOP)
+        if (left, right, bottom, top) != (
+            self.cx - half_w,
+            self.cx + half_w,
+            self.cy - half_h,
+            self.cy + half_h,
+        ):
+            self.cx, self.cy, self.width = self._fit(left, right, bottom, top)
+
+    def to_screen(self, x: float, y: float) -> tuple[int, int]:
+        w, h = self.size
+        return (
+            round(w / 2 + (x - self.cx) * self.scale),
+            round(h / 2 - (y - self.cy) * self.scale),
+        )
+
+    def length(self, units: float) -> int:
+        return max(1, round(units * self.scale))
+
+
+@dataclass
+class Effect:
+    kind: str  # "ko" or "respawn"
+    x: float
+    y: float
+    colour: tuple[int, int, int]
+    age: int = 0  # frames since it began
+
+
+@dataclass
+class Hud:
+    """What the renderer shows beside the frame: set by the app each loop."""
+
+    overlay: list[str] = field(default_factory=list)  # F1 lines (fps, frame, ping, ...)
+    show_overlay: bool = False
+    banner: str = ""  # big centred text: PAUSED, GAME!, waiting...
+    subtitle: str = ""
+
+
+class Renderer:
+    """Keeps the latest frame and the effects its events started; `draw` paints them."""
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        stage_id: int,
+        characters: list[int],
+        timer_frames: int | None = None,
+    ):
+        self.stage = assets.stage(stage_id)
+        self.characters = characters
+        self.timer_frames = timer_frames
+        self.camera = Camera(self.stage, size)
+        self.frame: Frame | None = None
+        self.effects: list[Effect] = []
+        self.hud = Hud()
+        self.fonts = {
+            "small": pygame.font.Font(None, 18),
+            "medium": pygame.font.Font(None, 26),
+            "large": pygame.font.Font(None, 44),
+            "huge": pygame.font.Font(None, 96),
+        }
+
+    # ------------------------------------------------------------------ state
+    def update(self, frame: Frame, dt: float, snap: bool = False) -> None:
+        """Take a new frame: start the effects of its events, move the camera."""
+        previous = self.frame
+        if previous is not None and frame.frame < previous.frame:
+            self.effects.clear()  # the game was reset
+        for effect in self.effects:
+            effect.age += 1
+        self.effects = [e for e in self.effects if e.age < _effect_frames(e.kind)]
+        for event in frame.events:
+            self._start_effect(event, frame, previous)
+        self.frame = frame
+        points = [(p.x, p.y) for p in frame.players if not is_hidden(p)]
+        # Like Melee's, the camera keeps the stage in the picture whoever is where.
+        points.append((0.0, self.stage.main.y))
+        self.camera.follow(points, dt, snap=snap)
+
+    def _start_effect(self, event: GameEvent, frame: Frame, previous: Frame | None) -> None:
+        if event.player is None or event.type not in ("ko", "respawn"):
+            return
+        source = previous if event.type == "ko" and previous is not None else frame
+        player = next((p for p in source.players if p.port == event.player), None)
+        if player is None:
+            return
+        x, y = player.x, player.y
+        if event.type == "ko":  # show the burst where the player left the screen
+            s = self.stage
+            x = min(max(x, s.blast_left), s.blast_right)
+            y = min(max(y, s.blast_bottom), s.blast_top)
+        colour = PORT_COLOURS.get(event.player, NO_OWNER_COLOUR)
+        self.effects.append(Effect(event.type, x, y, colour))
+
+    # ------------------------------------------------------------------ drawing
+    def draw(self, surface: pygame.Surface) -> None:
+        if surface.get_size() != self.camera.size:
+            self.camera.size = surface.get_size()
+        surface.fill(BACKGROUND)
+        self._draw_stage(surface)
+        if self.frame is not None:
+            for projectile in self.frame.projectiles:
+                colour = PORT_COLOURS.get(projectile.owner + 1, NO_OWNER_COLOUR)
+                centre = self.camera.to_screen(projectile.x, projectile.y)
+                pygame.draw.circle(surface, colour, centre, max(3, self.camera.length(2.0)))
+                pygame.draw.circle(surface, TEXT, centre, max(3, self.camera.length(2.0)), 1)
+            for player in self.frame.players:
+                self._draw_player(surface, player, self.frame.frame)
+        self._draw_effects(surface)
+        self._draw_hud(surface)
+        if self.hud.banner:
+            self._draw_banner(surface)
+        if self.hud.show_overlay:
+            self._draw_overlay(surface)
+
+    def _draw_stage(self, surface: pygame.Surface) -> None:
+        cam, s = self.camera, self.stage
+        left, top = cam.to_screen(s.blast_left, s.blast_top)
+        right, bottom = cam.to_screen(s.blast_right, s.blast_bottom)
+        pygame.draw.rect(surface, BLAST_COLOUR, (left, top, right - left, bottom - top), 2)
+        # The main platform: its surface, and a body below it narrowing towards the bottom.
+        l_edge, surface_y = cam.to_screen(s.main.left, s.main.y)
+        r_edge, _ = cam.to_screen(s.main.right, s.main.y)
+        depth = cam.length(14.0)
+        inset = cam.length(8.0)
+        body = [
+            (l_edge, surface_y),
+            (r_edge, surface_y),
+            (r_edge - inset, surface_y + depth),
+            (l_edge + inset, surface_y + depth),
+        ]
+        pygame.draw.polygon(surface, STAGE_COLOUR, body)
+        pygame.draw.line(surface, STAGE_EDGE, body[0], body[1], max(2, cam.length(1.2)))
+        for platform in s.platforms:
+            a = cam.to_screen(platform.left, platform.y)
+            b = cam.to_screen(platform.right, platform.y)
+            thickness = max(3, cam.length(2.0))
+            pygame.draw.rect(surface, PLATFORM_COLOUR, (a[0], a[1], b[0] - a[0], thickness))
+
+    def body_rect(self, player: Player, frame: int) -> pygame.Rect:
+        """The body's rectangle on screen: feet at (x, y), shaken while in hitlag."""
+        width, height = body_size(player.character)
+        x = player.x
+        if player.hitlag > 0:
+            x += HITLAG_SHAKE if frame % 2 else -HITLAG_SHAKE
+        left, top = self.camera.to_screen(x - width / 2, player.y + height)
+        right, bottom = self.camera.to_screen(x + width / 2, player.y)
+        return pygame.Rect(left, top, max(2, right - left), max(2, bottom - top))
+
+    def _draw_player(self, surface: pygame.Surface, player: Player, frame: int) -> None:
+        if is_hidden(player):
+            return
+        cam = self.camera
+        colour = PORT_COLOURS.get(player.port, NO_OWNER_COLOUR)
+        rect = self.body_rect(player, frame)
+        if player.action_name.upper().startswith("ON_HALO"):
+            a = cam.to_screen(player.x - 9, player.y)
+            pygame.draw.rect(surface, (240, 240, 250), (a[0], a[1], cam.length(18), 3))
+        body_colour = colour
+        if player.invulnerable and (frame // INVULNERABLE_FLASH_FRAMES) % 2:
+            body_colour = tuple((c + 255) // 2 for c in colour)
+        pygame.draw.rect(surface, body_colour, rect, border_radius=max(2, rect.width // 4))
+        pygame.draw.rect(surface, TEXT, rect, 1, border_radius=max(2, rect.width // 4))
+        # Facing: an eye and a nose on the side the character faces.
+        eye_y = rect.top + rect.height // 4
+        nose_x = rect.right if player.facing > 0 else rect.left
+        tip = nose_x + player.facing * max(4, rect.width // 3)
+        pygame.draw.polygon(surface, TEXT, [(nose_x, eye_y - 4), (tip, eye_y), (nose_x, eye_y + 4)])
+        eye_x = rect.centerx + player.facing * rect.width // 5
+        pygame.draw.circle(surface, (20, 20, 30), (eye_x, eye_y), max(2, rect.width // 10))
+        if is_shielding(player):
+            radius = cam.length(4.0 + 8.0 * max(0.0, min(1.0, player.shield / 60.0)))
+            bubble = pygame.Surface((2 * radius + 2, 2 * radius + 2), pygame.SRCALPHA)
+            pygame.draw.circle(bubble, (*colour, 110), (radius + 1, radius + 1), radius)
+            pygame.draw.circle(bubble, (*TEXT, 200), (radius + 1, radius + 1), radius, 2)
+            surface.blit(bubble, (rect.centerx - radius - 1, rect.centery - radius - 1))
+        # Name tag and action above the head.
+        tag = self.fonts["small"].render(f"P{player.port}", True, colour)
+        action = self.fonts["small"].render(
+            f"{player.action_name.lower()} · {player.category}", True, TEXT
+        )
+        y = rect.top - 6 - action.get_height()
+        surface.blit(action, (rect.centerx - action.get_width() // 2, y))
+        surface.blit(tag, (rect.centerx - tag.get_width() // 2, y - tag.get_height()))
+
+    def _draw_effects(self, surface: pygame.Surface) -> None:
+        w, h = surface.get_size()
+        for effect in self.effects:
+            x, y = self.camera.to_screen(effect.x, effect.y)
+            x, y = min(max(x, 20), w - 20), min(max(y, 20), h - 20)
+            if effect.kind == "ko":
+                t = effect.age / KO_EFFECT_FRAMES
+                for i in range(12):
+                    angle = i * math.pi / 6 + 0.2
+                    r0, r1 = 20 + 200 * t, 60 + 320 * t
+                    a = (x + r0 * math.cos(angle), y + r0 * math.sin(angle))
+                    b = (x + r1 * math.cos(angle), y + r1 * math.sin(angle))
+                    pygame.draw.line(surface, effect.colour, a, b, max(1, int(8 * (1 - t))))
+            else:
+                t = effect.age / RESPAWN_EFFECT_FRAMES
+                radius = int(10 + 60 * t)
+                pygame.draw.circle(surface, effect.colour, (x, y), radius, max(1, int(5 * (1 - t))))
+
+    def _draw_hud(self, surface: pygame.Surface) -> None:
+        if self.frame is None:
+            return
+        w, h = surface.get_size()
+        players = sorted(self.frame.players, key=lambda p: p.port)
+        slot = w // (len(players) + 1)
+        for i, player in enumerate(players):
+            colour = PORT_COLOURS.get(player.port, NO_OWNER_COLOUR)
+            cx = slot * (i + 1)
+            plate = pygame.Surface((150, 90), pygame.SRCALPHA)
+            plate.fill((0, 0, 0, 120))
+            surface.blit(plate, (cx - 75, h - 94))
+            name = assets.character_name(player.character).replace("_", " ")
+            label = self.fonts["small"].render(f"P{player.port}  {name}", True, colour)
+            surface.blit(label, (cx - label.get_width() // 2, h - 88))
+            percent = self.fonts["large"].render(
+                f"{player.percent:.0f}%", True, percent_colour(player.percent)
+            )
+            surface.blit(percent, (cx - percent.get_width() // 2, h - 68))
+            for s in range(player.stocks):
+                pygame.draw.circle(surface, colour, (cx - 24 + s * 16, h - 18), 6)
+                pygame.draw.circle(surface, TEXT, (cx - 24 + s * 16, h - 18), 6, 1)
+        if self.timer_frames is not None:
+            text = self.fonts["large"].render(
+                timer_text(self.frame.frame, self.timer_frames), True, TEXT
+            )
+            surface.blit(text, (w // 2 - text.get_width() // 2, 10))
+
+    def _draw_banner(self, surface: pygame.Surface) -> None:
+        w, h = surface.get_size()
+        text = self.fonts["huge"].render(self.hud.banner, True, TEXT)
+        shade = pygame.Surface((w, text.get_height() + 60), pygame.SRCALPHA)
+        shade.fill((0, 0, 0, 140))
+        top = h // 2 - shade.get_height() // 2
+        surface.blit(shade, (0, top))
+        surface.blit(text, (w // 2 - text.get_width() // 2, top + 10))
+        if self.hud.subtitle:
+            sub = self.fonts["medium"].render(self.hud.subtitle, True, DIM_TEXT)
+            surface.blit(sub, (w // 2 - sub.get_width() // 2, top + 20 + text.get_height()))
+
+    def _draw_overlay(self, surface: pygame.Surface) -> None:
+        lines = [self.fonts["small"].render(line, True, TEXT) for line in self.hud.overlay]
+        if not lines:
+            return
+        width = max(line.get_width() for line in lines) + 16
+        box = pygame.Surface((width, 8 + 18 * len(lines)), pygame.SRCALPHA)
+        box.fill((0, 0, 0, 170))
+        for i, line in enumerate(lines):
+            box.blit(line, (8, 5 + 18 * i))
+        surface.blit(box, (8, 8))
+
+
+def _effect_frames(kind: str) -> int:
+    return KO_EFFECT_FRAMES if kind == "ko" else RESPAWN_EFFECT_FRAMES
