@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "checkpoints" / "demo.safetensors"
-STAGE_ALIASES = {"fd": 32, "bf": 31, "dl": 28, "fod": 2, "ps": 3, "ys": 8, "stadium": 3}
+STAGE_ALIASES = {
+    **{"fd": 32, "bf": 31, "dl": 28, "fod": 2, "ps": 3, "ys": 8, "stadium": 3},
+    **{"yoshis": 8, "dreamland": 28, "fountain": 2, "pokemon": 3, "final": 32},
+}
 
 
 @dataclass

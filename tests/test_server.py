@@ -1,0 +1,396 @@
+"""The live server, for real: uvicorn on loopback, websockets and REST from client threads.
+
+The model is the untrained small config (no demo checkpoint is bundled yet): its games end
+quickly, so long sessions reset themselves when a game ends, which also exercises reset.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from server_client import create_session, open_play, open_watch, receive, receive_until
+from websockets.exceptions import ConnectionClosed
+
+from model.frame_spec import BUTTON_BITS
+from server import protocol as P
+from server.serve import ServerThread
+from server.settings import ServerSettings
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def server():
+    settings = ServerSettings(port=0, max_sessions=16, checkpoint=None)
+    with ServerThread(settings) as running:
+        yield running
+
+
+def stick_for(frame: int, port: int) -> float:
+    """A distinct, exactly representable stick value per frame and port."""
+    return round(((frame * 7 + port * 3) % 17) / 16 - 0.5, 4)
+
+
+def play_both_ports(ws, frames: int, delay: int, check_echo: bool = True) -> list[P.Frame]:
+    """Drive both ports from one connection for `frames` frames, resetting whenever the game
+    ends; checks frame order and that each frame was made with the inputs stamped for it."""
+    received: list[P.Frame] = []
+    welcome, _ = receive_until(ws, P.Welcome)
+    last = welcome.frame
+    sent: dict[tuple[int, int], float] = {}
+
+    def send_inputs(current: int) -> None:
+        for port in (1, 2):
+            target = current + delay
+            sent[(target, port)] = stick_for(target, port)
+            ws.send(P.encode(P.Input(frame=target, port=port, stick_x=sent[(target, port)])))
+
+    for f in range(last + 1, last + 1 + delay):  # the first `delay` frames
+        for port in (1, 2):
+            sent[(f, port)] = stick_for(f, port)
+            ws.send(P.encode(P.Input(frame=f, port=port, stick_x=sent[(f, port)])))
+    while len(received) < frames:
+        message = receive(ws)
+        if isinstance(message, P.Status) and message.status == "over":
+            ws.send(P.encode(P.Control(action="reset")))
+            while True:  # frames stepped before the reset may still arrive
+                status = receive(ws)
+                if isinstance(status, P.Status) and status.reason == "reset":
+                    break
+            last = status.frame
+            sent.clear()
+            for f in range(last + 1, last + 1 + delay):
+                for port in (1, 2):
+                    sent[(f, port)] = stick_for(f, port)
+                    ws.send(P.encode(P.Input(frame=f, port=port, stick_x=sent[(f, port)])))
+            continue
+        if not isinstance(message, P.Frame):
+            continue
+        assert message.frame == last + 1, f"frame {message.frame} after {last}"
+        last = message.frame
+        received.append(message)
+        if check_echo:
+            for player in message.players:
+                if player.port not in message.substituted:
+                    assert player.stick_x == pytest.approx(sent[(message.frame, player.port)])
+        send_inputs(message.frame)
+    return received
+
+
+def test_two_players_and_a_spectator_for_600_frames(server):
+    session = create_session(server.url, input_delay=2)
+    p1 = open_play(session, ports=(1,))
+    p2 = open_play(session, ports=(2,))
+    spectator = open_watch(session)
+    seen = {1: [], 2: []}
+
+    def player(ws, port):
+        welcome, _ = receive_until(ws, P.Welcome)
+        assert welcome.ports == [port]
+        last = welcome.frame
+        for f in range(last + 1, last + 3):
+            ws.send(
+                P.encode(P.Input(frame=f, port=port, stick_x=stick_for(f, port), buttons=["A"]))
+            )
+        while len(seen[port]) < 600:
+            message = receive(ws)
+            if isinstance(message, P.Status) and message.status == "over" and port == 1:
+                ws.send(P.encode(P.Control(action="reset")))
+            if not isinstance(message, P.Frame):
+                continue
+            seen[port].append(message)
+            target = message.frame + 2
+            ws.send(
+                P.encode(
+                    P.Input(frame=target, port=port, stick_x=stick_for(target, port), buttons=["A"])
+                )
+            )
+
+    threads = [threading.Thread(target=player, args=(ws, p)) for ws, p in ((p1, 1), (p2, 2))]
+    for t in threads:
+        t.start()
+    watched = []
+    receive_until(spectator, P.Welcome)
+    while any(t.is_alive() for t in threads):
+        try:
+            message = receive(spectator, timeout=5)
+        except TimeoutError:
+            continue
+        if isinstance(message, P.Frame):
+            watched.append(message.frame)
+    for t in threads:
+        t.join()
+
+    # Both players saw the same frames, in order (a reset restarts the count at the start).
+    assert [f.frame for f in seen[1]] == [f.frame for f in seen[2]]
+    starts = 0
+    for before, after in zip(seen[1], seen[1][1:], strict=False):
+        if after.frame != before.frame + 1:
+            assert after.frame == -122, "frames only jump back to the start, on a reset"
+            starts += 1
+    # Both players' inputs took effect at the frame they were stamped for.
+    checked = 0
+    for frame in seen[1]:
+        for player in frame.players:
+            if player.port not in frame.substituted:
+                assert player.stick_x == pytest.approx(stick_for(frame.frame, player.port))
+                assert player.buttons & BUTTON_BITS["A"]
+                checked += 1
+    assert checked > 1000, "most inputs arrived in time"
+    assert len(watched) > 100
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+    for ws in (p1, p2, spectator):
+        ws.close()
+
+
+def test_one_connection_drives_both_ports_and_inputs_land_on_their_frame(server):
+    session = create_session(server.url, input_delay=3, stage="fd", characters=["MARTH", "SHEIK"])
+    assert session["stage"] == 32
+    with open_play(session, ports=(1, 2)) as ws:
+        frames = play_both_ports(ws, 200, delay=3)
+    assert len(frames) == 200
+    state = httpx.get(f"{server.url}/v1/sessions/{session['session_id']}").json()
+    assert state["status"] in ("paused", "running", "over")
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+
+
+def test_eight_concurrent_sessions(server):
+    sessions = [create_session(server.url) for _ in range(8)]
+    results: dict[int, list] = {}
+    errors = []
+
+    def run(i):
+        try:
+            with open_play(sessions[i]) as ws:
+                results[i] = play_both_ports(ws, 120, delay=2)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(len(results[i]) == 120 for i in range(8))
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "playmodel_tick_seconds_count" in metrics
+    for s in sessions:
+        httpx.delete(f"{server.url}/v1/sessions/{s['session_id']}")
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_others(server):
+    stuck_session = create_session(server.url)
+    stuck = open_play(stuck_session)  # says hello, then never reads again
+    stuck_spectator = open_watch(stuck_session)
+    healthy = create_session(server.url)
+    start = time.monotonic()
+    with open_play(healthy) as ws:
+        frames = play_both_ports(ws, 240, delay=2)
+    assert len(frames) == 240
+    assert time.monotonic() - start < 120
+    httpx.delete(f"{server.url}/v1/sessions/{stuck_session['session_id']}")
+    httpx.delete(f"{server.url}/v1/sessions/{healthy['session_id']}")
+    stuck.close()
+    stuck_spectator.close()
+
+
+def test_policy_port_and_reset_from_rest(server):
+    session = create_session(server.url, policies={"2": "approach"})
+    assert list(session["tokens"]) == ["1"]
+    with open_play(session, ports=(1,)) as ws:
+        welcome, _ = receive_until(ws, P.Welcome)
+        assert welcome.status == "running"
+        _frame, _ = receive_until(ws, P.Frame)
+        sid = session["session_id"]
+        reset = httpx.post(f"{server.url}/v1/sessions/{sid}/reset").json()
+        assert reset["frame"] == -123
+        status, _ = receive_until(ws, P.Status)
+        while status.reason != "reset":
+            status, _ = receive_until(ws, P.Status)
+        after, _ = receive_until(ws, P.Frame)
+        while after.frame != -122:  # a frame already in flight may arrive first
+            after, _ = receive_until(ws, P.Frame)
+    httpx.delete(f"{server.url}/v1/sessions/{sid}")
+
+
+def test_match_endpoint_end_to_end(server):
+    response = httpx.post(
+        f"{server.url}/v1/matches",
+        json={"p1": "approach", "p2": "random:3", "stage": "yoshis", "max_frames": 400, "seed": 1},
+    )
+    assert response.status_code == 202, response.text
+    match_id = response.json()["match_id"]
+    done = httpx.get(f"{server.url}/v1/matches/{match_id}", params={"wait": "true"}, timeout=300)
+    info = done.json()
+    assert info["status"] == "done"
+    summary = info["summary"]
+    assert 1 <= summary["frames"] <= 400
+    assert set(summary) >= {"winner", "stocks", "percents", "kos", "frames"}
+    frames = httpx.get(f"{server.url}/v1/matches/{match_id}/frames", timeout=60).json()
+    assert len(frames) == summary["frames"] + 1
+    assert [f["frame"] for f in frames] == list(range(-123, -123 + len(frames)))
+    assert frames[-1]["players"][0]["stocks"] == summary["stocks"][0]
+    parquet = httpx.get(
+        f"{server.url}/v1/matches/{match_id}/frames", params={"format": "parquet"}, timeout=60
+    )
+    table = pq.read_table(pa.BufferReader(parquet.content))
+    assert table.num_rows == len(frames)
+    assert table.column("stage").to_pylist()[0] == 8
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\xc1\x00garbage", "bad_message"),
+        (P.encode({"type": "teleport"}), "unknown_type"),
+        (P.encode({"type": "input", "frame": 5, "port": 1, "stick_x": 3.0}), "invalid"),
+        (P.encode({"type": "input", "frame": 5, "port": 1, "buttons": ["TURBO"]}), "invalid"),
+        (P.encode(P.Input(frame=100_000, port=1)), "future_input"),
+        (P.encode(P.Input(frame=-100_000, port=1)), "stale_input"),
+        (P.encode(P.Input(frame=0, port=2)), "wrong_port"),
+        (P.encode(P.Hello()), "unexpected"),
+    ],
+)
+def test_bad_messages_get_an_error_and_the_connection_lives_on(server, data, code):
+    session = create_session(server.url, policies={"2": "noop"})
+    with open_play(session, ports=(1,)) as ws:
+        receive_until(ws, P.Welcome)
+        ws.send(data)
+        error, _ = receive_until(ws, P.Error)
+        assert error.code == code
+        assert error.message
+        ws.send(P.encode(P.Ping(t=1.5)))
+        pong, _ = receive_until(ws, P.Pong)
+        assert pong.t == 1.5
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+
+
+def close_code(ws) -> int:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.recv(timeout=30)
+    return ws.close_code if ws.close_code is not None else ws.protocol.close_rcvd.code
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no_token", P.CLOSE_POLICY_VIOLATION),
+        ("wrong_token", P.CLOSE_POLICY_VIOLATION),
+        ("unknown_session", P.CLOSE_POLICY_VIOLATION),
+        ("text", P.CLOSE_UNSUPPORTED_DATA),
+        ("oversized", P.CLOSE_MESSAGE_TOO_BIG),
+        ("flood", P.CLOSE_POLICY_VIOLATION),
+        ("no_hello", P.CLOSE_PROTOCOL_ERROR),
+        ("old_version", P.CLOSE_PROTOCOL_ERROR),
+    ],
+)
+def test_refused_connections_close_with_the_right_code(server, case, expected):
+    from websockets.sync.client import connect
+
+    session = create_session(server.url, policies={"2": "noop"})
+    token = session["tokens"]["1"]
+    url = session["play_url"]
+    if case == "no_token":
+        ws = connect(url).__enter__()
+    elif case == "wrong_token":
+        ws = connect(url + "?token=" + "x" * len(token)).__enter__()
+    elif case == "unknown_session":
+        ws = connect(
+            url.replace(session["session_id"], "nosuchsession") + f"?token={token}"
+        ).__enter__()
+    else:
+        ws = connect(url + f"?token={token}").__enter__()
+    if case in ("text", "oversized", "flood"):
+        ws.send(P.encode(P.Hello()))
+        receive_until(ws, P.Welcome)
+    if case == "text":
+        ws.send('{"type": "input"}')
+    elif case == "oversized":
+        ws.send(b"\x00" * (P.MAX_CLIENT_MESSAGE_BYTES + 1))
+    elif case == "flood":
+        ping = P.encode(P.Ping(t=0))
+        try:
+            for _ in range(5000):
+                ws.send(ping)
+        except ConnectionClosed:
+            pass
+    elif case == "no_hello":
+        ws.send(P.encode(P.Input(frame=0, port=1)))
+    elif case == "old_version":
+        ws.send(P.encode(P.Hello(version=0)))
+    assert close_code(ws) == expected
+    # The server and other sessions carry on.
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+
+
+def test_rest_refuses_bad_requests_with_a_reason(server):
+    bad = httpx.post(f"{server.url}/v1/sessions", json={"stage": "hyrule"})
+    assert bad.status_code == 400 and "stage" in bad.json()["detail"]
+    bad = httpx.post(f"{server.url}/v1/sessions", json={"characters": ["FOX", "NOBODY"]})
+    assert bad.status_code == 400 and "characters[1]" in bad.json()["detail"]
+    bad = httpx.post(f"{server.url}/v1/sessions", json={"start": {"replay": "../pyproject.toml"}})
+    assert bad.status_code == 400 and "outside" in bad.json()["detail"]
+    bad = httpx.post(f"{server.url}/v1/sessions", json={"start": {"data": "bm90IGEgcmVwbGF5"}})
+    assert bad.status_code == 400 and "start.data" in bad.json()["detail"]
+    bad = httpx.post(f"{server.url}/v1/matches", json={"p1": "os:system"})
+    assert bad.status_code == 400 and "disabled" in bad.json()["detail"]
+    bad = httpx.post(f"{server.url}/v1/sessions", json={"input_delay": 99})
+    assert bad.status_code == 422
+    assert httpx.get(f"{server.url}/v1/sessions/nope").status_code == 404
+    assert httpx.get(f"{server.url}/v1/matches/nope").status_code == 404
+
+
+def test_session_from_a_replay_in_the_replay_folder(server):
+    session = create_session(server.url, start={"replay": "v3.18.slp", "frame": 600})
+    with open_play(session) as ws:
+        welcome, _ = receive_until(ws, P.Welcome)
+        assert welcome.frame == 600 - 123
+        frame, _ = receive_until(ws, P.Frame)
+        assert frame.frame == welcome.frame + 1
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+
+
+def test_limits_api_key_and_shutdown_with_clients_connected():
+    settings = ServerSettings(port=0, max_sessions=2, api_key="s3cret", checkpoint=None)
+    server = ServerThread(settings).__enter__()
+    try:
+        headers = {"X-API-Key": "s3cret"}
+        assert httpx.post(f"{server.url}/v1/sessions", json={}).status_code == 401
+        wrong = httpx.post(f"{server.url}/v1/sessions", json={}, headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401
+        sessions = [
+            httpx.post(f"{server.url}/v1/sessions", json={}, headers=headers).json()
+            for _ in range(2)
+        ]
+        full = httpx.post(f"{server.url}/v1/sessions", json={}, headers=headers)
+        assert full.status_code == 503 and "full" in full.json()["detail"]
+        player = open_play(sessions[0])
+        spectator = open_watch(sessions[1])
+        receive_until(player, P.Welcome)
+        receive_until(spectator, P.Welcome)
+    finally:
+        server.stop()
+    for ws in (player, spectator):
+        bye, _ = receive_until(ws, P.Bye)
+        assert "shutting down" in bye.reason
+        assert close_code(ws) == P.CLOSE_GOING_AWAY
+
+
+def test_protocol_buttons_match_the_dataset_bits_and_need_no_torch():
+    import subprocess
+    import sys
+
+    assert set(P.BUTTON_NAMES) == set(BUTTON_BITS)
+    code = "import sys, server.protocol; assert 'torch' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+    message = P.Input(frame=7, port=2, stick_x=-0.5, trigger_r=1.0, buttons=["A", "Z"])
+    assert P.decode_client(P.encode(message)) == message
