@@ -39,7 +39,7 @@ from client.net import (
     http_base,
     ws_url,
 )
-from client.render import PORT_COLOURS, TEXT, Renderer
+from client.render import PORT_COLOURS, TEXT, Renderer, event_port
 from client.replay import Recording
 from server.protocol import Bye, Control, Error, Frame, Status
 
@@ -91,6 +91,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--frames", type=int, default=None, help="quit after this many frames")
     p.add_argument("--screenshot", type=Path, default=None, help="save the last frame as PNG")
+    p.add_argument("--overlay", action="store_true", help="start with the F1 overlay shown")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if (args.session or args.token) and not args.server:
@@ -156,7 +157,7 @@ class App:
         self.controls = Controls(ControlsConfig.load(args.controls))
         self.font = pygame.font.Font(None, 30)
         self.big_font = pygame.font.Font(None, 72)
-        self.show_overlay = False
+        self.show_overlay = args.overlay
         self.frames_drawn = 0
 
     # ------------------------------------------------------------------ shared pieces
@@ -483,8 +484,8 @@ class LiveLoop:
                 self.renderer.update(message, INPUT_STEP)
                 for event in message.events:
                     if event.type == "game_end":
-                        winner = f"P{event.player} wins" if event.player else "no contest"
-                        self.game_over = winner
+                        port = event_port(event)
+                        self.game_over = f"P{port} wins" if port else "a draw"
             elif isinstance(message, Status):
                 self.status = message.status
                 self.paused = message.status == "paused"

@@ -37,6 +37,7 @@ from server.protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Status,
     Welcome,
     decode_server,
     encode,
@@ -375,6 +376,8 @@ class Connection:
             self.stats.ping_ms = (time.monotonic() - message.t) * 1000.0
         elif isinstance(message, Error):
             self.stats.errors.append(f"{message.code}: {message.message}")
+        elif isinstance(message, Status) and message.reason == "reset":
+            self.last_frame = message.frame  # the game starts over from this frame
         elif isinstance(message, Bye):
             self.closed = f"server closed: {message.reason}"
 

@@ -37,6 +37,12 @@ KO_EFFECT_FRAMES = 50
 RESPAWN_EFFECT_FRAMES = 30
 
 
+def event_port(event: GameEvent) -> int | None:
+    """The port an event is about. Events carry the rules' player index (0 = p1, 1 = p2, as in
+    model/rules.py's Event), while players carry their port (1, 2)."""
+    return None if event.player is None else event.player + 1
+
+
 def body_size(character: int) -> tuple[float, float]:
     name = assets.character_name(character)
     return BODY_SIZES["small" if name in SMALL else "large" if name in LARGE else "medium"]
@@ -76,12 +82,12 @@ class Camera:
     shows past the blast zones, and eases towards its target instead of jumping."""
 
     MARGIN_X = 50.0  # world units beside the outermost players
-    MARGIN_TOP = 40.0
+    MARGIN_TOP = 50.0
     MARGIN_BOTTOM = 45.0  # the HUD covers the bottom of the window
     MIN_WIDTH = 230.0  # the closest zoom, in world units across the window
     EASE = 3.0  # per second: how fast the view closes in on its target
     EASE_OUT = 10.0  # and how fast it backs out
-    KEEP_X, KEEP_BOTTOM, KEEP_TOP = 12.0, 5.0, 30.0  # a player is never closer to the edge
+    KEEP_X, KEEP_BOTTOM, KEEP_TOP = 12.0, 5.0, 40.0  # a player is never closer to the edge
 
     def __init__(self, stage: assets.StageGeometry, size: tuple[int, int]):
         self.stage = stage
@@ -223,10 +229,11 @@ class Renderer:
         self.camera.follow(points, dt, snap=snap)
 
     def _start_effect(self, event: GameEvent, frame: Frame, previous: Frame | None) -> None:
-        if event.player is None or event.type not in ("ko", "respawn"):
+        port = event_port(event)
+        if port is None or event.type not in ("ko", "respawn"):
             return
         source = previous if event.type == "ko" and previous is not None else frame
-        player = next((p for p in source.players if p.port == event.player), None)
+        player = next((p for p in source.players if p.port == port), None)
         if player is None:
             return
         x, y = player.x, player.y
@@ -234,7 +241,7 @@ class Renderer:
             s = self.stage
             x = min(max(x, s.blast_left), s.blast_right)
             y = min(max(y, s.blast_bottom), s.blast_top)
-        colour = PORT_COLOURS.get(event.player, NO_OWNER_COLOUR)
+        colour = PORT_COLOURS.get(port, NO_OWNER_COLOUR)
         self.effects.append(Effect(event.type, x, y, colour))
 
     # ------------------------------------------------------------------ drawing
@@ -337,10 +344,10 @@ class Renderer:
                 t = effect.age / KO_EFFECT_FRAMES
                 for i in range(12):
                     angle = i * math.pi / 6 + 0.2
-                    r0, r1 = 20 + 200 * t, 60 + 320 * t
+                    r0, r1 = 15 + 90 * t, 40 + 150 * t
                     a = (x + r0 * math.cos(angle), y + r0 * math.sin(angle))
                     b = (x + r1 * math.cos(angle), y + r1 * math.sin(angle))
-                    pygame.draw.line(surface, effect.colour, a, b, max(1, int(8 * (1 - t))))
+                    pygame.draw.line(surface, effect.colour, a, b, max(1, int(6 * (1 - t))))
             else:
                 t = effect.age / RESPAWN_EFFECT_FRAMES
                 radius = int(10 + 60 * t)

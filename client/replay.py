@@ -108,17 +108,17 @@ class Recording:
 
     def events(self, i: int) -> list[GameEvent]:
         """ko when a player's stocks drop, respawn when one enters the revival platform, and
-        game_end on the last frame."""
+        game_end on the last frame; `player` is the player index (0 = p1) as the server sends."""
         frame = int(self.frame_ids[i])
         out = []
         for index, p in enumerate(self.players):
             if i > 0 and p["stocks"][i] < p["stocks"][i - 1]:
-                out.append(GameEvent(type="ko", frame=frame, player=index + 1))
+                out.append(GameEvent(type="ko", frame=frame, player=index))
             if i > 0 and p["action"][i] == ON_HALO_DESCENT != p["action"][i - 1]:
-                out.append(GameEvent(type="respawn", frame=frame, player=index + 1))
+                out.append(GameEvent(type="respawn", frame=frame, player=index))
         if i == len(self) - 1:
             stocks = [int(p["stocks"][i]) for p in self.players]
-            winner = None if stocks[0] == stocks[1] else 1 + int(np.argmax(stocks))
+            winner = None if stocks[0] == stocks[1] else int(np.argmax(stocks))
             out.append(GameEvent(type="game_end", frame=frame, player=winner))
         return out
 

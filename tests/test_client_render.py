@@ -140,6 +140,12 @@ def test_ko_and_respawn_events_start_effects(throw_grab):
     renderer.update(throw_grab.frame(ko_row - 1), 1 / 60)
     renderer.update(throw_grab.frame(ko_row), 1 / 60)
     assert [e.kind for e in renderer.effects] == ["ko"]
+    # events name the player index (0 = p1); the burst has the KO'd player's colour
+    before, after = throw_grab.frame(ko_row - 1), throw_grab.frame(ko_row)
+    lost = next(
+        b.port for a, b in zip(before.players, after.players, strict=True) if b.stocks < a.stocks
+    )
+    assert renderer.effects[0].colour == PORT_COLOURS[lost]
     surface = pygame.Surface(SIZE)
     renderer.draw(surface)  # draws without error, effect included
 

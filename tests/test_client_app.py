@@ -1,0 +1,83 @@
+"""`playmodel play` as a user runs it, headless: options, the start screen, replay playback,
+spectating, and a live game against a local server."""
+
+import importlib.util
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import pygame
+import pytest
+
+from client import app, assets
+from client.app import App, GameChoice, StartScreen, parse_args
+
+
+def test_options():
+    args = parse_args(["--cpu", "2:approach", "--size", "800x450", "--delay", "3"])
+    assert args.policies == {"2": "approach"} and args.size == (800, 450)
+    assert GameChoice(31, [1, 22], args.policies).request(args) == {
+        "stage": 31,
+        "characters": [1, 22],
+        "policies": {"2": "approach"},
+        "input_delay": 3,
+    }
+    with pytest.raises(SystemExit):
+        parse_args(["--session", "abc"])  # joining needs --server
+    with pytest.raises(SystemExit):
+        parse_args(["--cpu", "3:noop"])
+
+
+def test_names_resolve_to_ids():
+    assert assets.resolve_stage("final destination") == 32
+    assert assets.resolve_stage("31") == 31
+    assert assets.resolve_character("captain falcon") == 2
+    with pytest.raises(ValueError, match="legal stages"):
+        assets.resolve_stage("hyrule")
+
+
+def test_start_screen_picks_stage_characters_and_opponent():
+    screen = StartScreen(App(parse_args([])), GameChoice(31, [1, 22]), server=None)
+    stages = assets.legal_stages()
+    for key in (pygame.K_RIGHT, pygame.K_DOWN, pygame.K_DOWN, pygame.K_DOWN, pygame.K_RIGHT):
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key))
+    pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_RETURN))
+    choice = screen.run()
+    assert choice.stage == stages[(stages.index(31) + 1) % len(stages)]
+    assert choice.characters == [1, 22]
+    assert choice.policies == {"2": "approach"}
+
+
+def test_replay_playback_writes_a_screenshot(replays, tmp_path):
+    shot = tmp_path / "replay.png"
+    slp = replays / "dev" / "peppi__tests__data__v2.0.slp"
+    argv = ["--replay", str(slp), "--seek", "3000", "--frames", "30", "--screenshot", str(shot)]
+    assert app.main(argv) == 0
+    assert pygame.image.load(str(shot)).get_size() == app.DEFAULT_SIZE
+
+
+def test_bad_replay_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "broken.slp"
+    bad.write_bytes(b"not a replay")
+    assert app.main(["--replay", str(bad)]) == 1
+    assert "broken.slp" in capsys.readouterr().err
+
+
+def test_spectating_a_session(tmp_path):
+    from test_client_net import ScriptedServer, stream_frames
+
+    with ScriptedServer(stream_frames(40)) as server:
+        url = server.url.replace("/play", "/watch")
+        assert app.main(["--watch", url, "--frames", "20"]) == 0
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("server.serve") is None or importlib.util.find_spec("torch") is None,
+    reason="the game server (server/serve.py, torch, fastapi) is not available here",
+)
+def test_play_with_no_server_given_starts_one(tmp_path):
+    shot = tmp_path / "live.png"
+    argv = ["--no-menu", "--cpu", "2:approach", "--frames", "90", "--screenshot", str(shot)]
+    assert app.main(argv) == 0
+    assert shot.exists()
