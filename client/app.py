@@ -80,6 +80,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "the other ports' tokens are printed for a friend to join with",
     )
     p.add_argument("--seek", type=int, default=0, metavar="ROW", help="--replay: start at row")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="weights for the local server (default: demo)"
+    )
     p.add_argument("--start-replay", metavar="NAME[:ROW]", help="start from a server replay")
     p.add_argument("--api-key", default=os.environ.get("PLAYMODEL_API_KEY"), help="X-API-Key")
     p.add_argument("--no-menu", action="store_true", help="skip the start screen")
@@ -227,7 +230,7 @@ class App:
         if args.server:
             base = http_base(args.server)
         else:
-            server = LocalServer()
+            server = LocalServer(checkpoint=args.checkpoint)
             server.start()
             base = server.url
         try:

@@ -164,18 +164,21 @@ class LocalServer:
     """`python -m server serve` in a subprocess on a free loopback port, or the server
     already answering on the default port. Stop it with `stop()` (only if we started it)."""
 
-    def __init__(self, port: int | None = None, reuse_default: bool = True):
+    def __init__(
+        self, port: int | None = None, reuse_default: bool = True, checkpoint: Path | None = None
+    ):
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self._reuse = reuse_default
         self.port = port
         self.url = ""
         self.command: list[str] | None = None  # default: python -m server serve on `port`
+        self.checkpoint = checkpoint
 
     def start(self) -> None:
         """Start without waiting (the start screen shows while the model loads)."""
         default = f"http://127.0.0.1:{DEFAULT_PORT}"
-        if self._reuse and self.port is None and healthy(default):
+        if self._reuse and self.port is None and self.checkpoint is None and healthy(default):
             log.info("using the server already running at %s", default)
             self.url = default
             return
@@ -186,6 +189,7 @@ class LocalServer:
         command = self.command or [
             *(sys.executable, "-m", "server", "serve"),
             *("--host", "127.0.0.1", "--port", str(self.port)),
+            *(("--checkpoint", str(self.checkpoint.resolve())) if self.checkpoint else ()),
         ]
         log.info("starting a local server: %s (log: %s)", " ".join(command), name)
         repo = Path(__file__).resolve().parent.parent

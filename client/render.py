@@ -87,7 +87,11 @@ class Camera:
     MIN_WIDTH = 230.0  # the closest zoom, in world units across the window
     EASE = 3.0  # per second: how fast the view closes in on its target
     EASE_OUT = 10.0  # and how fast it backs out
-    KEEP_X, KEEP_BOTTOM, KEEP_TOP = 12.0, 5.0, 40.0  # a player is never closer to the edge
+    KEEP_X, KEEP_BOTTOM, KEEP_TOP = (
+        12.0,
+        30.0,
+        40.0,
+    )  # never closer to the edge (the HUD covers the bottom)
 
     def __init__(self, stage: assets.StageGeometry, size: tuple[int, int]):
         self.stage = stage
