@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pyarrow.parquet as pq
+import torch
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -56,8 +57,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = settings.resolved_device()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
         model, model_name = await asyncio.to_thread(
-            load_model, settings.resolved_checkpoint(), settings.untrained_config, device
+            load_model, settings.checkpoint, settings.untrained_config, device
         )
         engine = Engine(model, model_name, settings)
         matches = MatchService(engine)

@@ -125,6 +125,7 @@ class Engine:
                 duration = end - start
                 self.metrics.ticks.inc()
                 self.metrics.tick_seconds.observe(duration)
+                self.metrics.recent_ticks.observe(duration)
                 self.tick_ema = (
                     duration if self.tick_ema == 0 else 0.9 * self.tick_ema + 0.1 * duration
                 )

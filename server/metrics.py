@@ -4,6 +4,7 @@ the server needs a handful of counters, gauges and one histogram."""
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable
 
 TICK_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.0125, 0.0150, 0.0167, 0.020, 0.033)
@@ -71,12 +72,44 @@ class Histogram(Metric):
         return lines
 
 
+class RecentQuantiles(Metric):
+    """A Prometheus summary over the last `window` observations (the last minute of ticks at
+    60 Hz): exact quantiles where the histogram's buckets are coarse."""
+
+    QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+    def __init__(self, name: str, help_text: str, window: int):
+        self.name, self.help = name, help_text
+        self.values: deque[float] = deque(maxlen=window)
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.values)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def render(self) -> list[str]:
+        lines = self._header("summary")
+        lines += [f'{self.name}{{quantile="{q}"}} {self.quantile(q)}' for q in self.QUANTILES]
+        return [
+            *lines,
+            f"{self.name}_sum {sum(self.values)}",
+            f"{self.name}_count {len(self.values)}",
+        ]
+
+
 class ServerMetrics:
     def __init__(self, sessions: Callable[[], int], matches: Callable[[], int]):
         self.tick_seconds = Histogram(
             "playmodel_tick_seconds", "duration of one tick (all sessions)", TICK_BUCKETS
         )
-        self.ticks = Counter("playmodel_ticks_total", "ticks run")
+        self.recent_ticks = RecentQuantiles(
+            "playmodel_recent_tick_seconds", "tick duration over the last 3600 ticks", 3600
+        )
+        self.ticks = Counter("playmodel_ticks_total", "ticks that stepped at least one session")
         self.late_ticks = Counter("playmodel_late_ticks_total", "ticks that ended past their slot")
         self.frames_stepped = Counter("playmodel_session_frames_total", "session frames stepped")
         self.substituted_inputs = Counter(
@@ -97,6 +130,7 @@ class ServerMetrics:
             Gauge("playmodel_matches_active", "matches queued or running", matches),
             self.ticks,
             self.tick_seconds,
+            self.recent_ticks,
             self.late_ticks,
             self.frames_stepped,
             self.substituted_inputs,

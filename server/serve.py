@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument("--checkpoint", type=Path, help="default: the bundled demo checkpoint")
+    parser.add_argument("--config", help="serve an UNTRAINED model of this config (load tests)")
     parser.add_argument("--device", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--max-sessions", type=int)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--tick-rate", type=float)
     parser.add_argument("--log-level", default="info")
     return parser
@@ -123,9 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": args.host,
             "port": args.port,
             "checkpoint": args.checkpoint,
+            "untrained_config": args.config,
             "device": args.device,
             "max_sessions": args.max_sessions,
             "tick_rate": args.tick_rate,
+            "threads": args.threads,
         }.items()
         if value is not None
     }

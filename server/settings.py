@@ -22,10 +22,15 @@ class ServerSettings(BaseSettings):
     checkpoint: Path | None = Field(
         None, description="weights to serve; default: the bundled demo checkpoint"
     )
-    untrained_config: str = Field(
-        "mamba2-small", description="model config played untrained when there is no checkpoint"
+    untrained_config: str | None = Field(
+        None,
+        description="serve an untrained model of this config instead of a checkpoint (load "
+        "tests); with neither and no demo checkpoint, an untrained mamba2-small is served",
     )
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: torch's choice, one per core)"
+    )
     temperature: float = Field(0.0, ge=0.0, description="0: argmax decoding")
     tick_rate: float = Field(60.0, gt=0.0, le=1000.0)
     max_sessions: int = Field(32, ge=1)
@@ -63,6 +68,6 @@ class ServerSettings(BaseSettings):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolved_checkpoint(self) -> Path | None:
-        if self.checkpoint is not None:
+        if self.checkpoint is not None or self.untrained_config is not None:
             return self.checkpoint
         return DEMO_CHECKPOINT if DEMO_CHECKPOINT.exists() else None

@@ -1,0 +1,217 @@
+"""Live-server load: N sessions over real websockets on loopback, two players each.
+
+    python bench/server_load.py [--sessions 1,8,16] [--seconds 60] [--config mamba2-large]
+                                [--checkpoint CKPT] [--delay 2] [--json OUT]
+
+Starts `python -m server serve` in its own process, then for each N opens N sessions and two
+play connections per session (one per port, as two people on two machines would), each sending
+its port's input on its own 60 Hz clock, stamped with the last frame it received plus the
+input delay. Reports, per N:
+- tick duration p50 / p99 and the share of late ticks (from the server's /metrics: ticks that
+  ended after their slot);
+- input-to-frame latency p50 / p99: from sending an input to receiving the frame that used it,
+  minus the input delay (so it is what the server and the network add).
+A game that ends is reset at once, so every session keeps stepping for the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import describe_machine
+
+from server import protocol as P
+from server.serve import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = 1 / 60
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise KeyError(name)
+
+
+class Player:
+    def __init__(self, session: dict, port: int, delay: int):
+        self.session, self.port, self.delay = session, port, delay
+        self.last_frame: int | None = None
+        self.sent_at: dict[int, float] = {}
+        self.latencies: list[float] = []
+        self.frames = 0
+        self.measuring = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        url = f"{self.session['play_url']}?token={self.session['tokens'][str(self.port)]}"
+        async with websockets.connect(url, max_size=2**20) as ws:
+            await ws.send(P.encode(P.Hello()))
+            sender = asyncio.create_task(self._send(ws, stop))
+            try:
+                while not stop.is_set():
+                    try:
+                        data = await asyncio.wait_for(ws.recv(), 1.0)
+                    except TimeoutError:
+                        continue
+                    message = P.decode_server(data)
+                    now = time.perf_counter()
+                    if isinstance(message, P.Welcome):
+                        self.last_frame = message.frame
+                    elif isinstance(message, P.Frame):
+                        self.last_frame = message.frame
+                        self.frames += 1
+                        sent = self.sent_at.pop(message.frame, None)
+                        used = self.port not in message.substituted
+                        if sent is not None and self.measuring and used:
+                            self.latencies.append(now - sent - self.delay * TICK)
+                    elif isinstance(message, P.Status):
+                        if message.status == "over" and self.port == 1:
+                            await ws.send(P.encode(P.Control(action="reset")))
+                        if message.reason == "reset":
+                            self.sent_at.clear()
+                            self.last_frame = message.frame
+            finally:
+                sender.cancel()
+
+    async def _send(self, ws, stop: asyncio.Event) -> None:
+        next_at = time.perf_counter()
+        while not stop.is_set():
+            next_at += TICK
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            if self.last_frame is None:
+                continue
+            target = self.last_frame + self.delay
+            self.sent_at[target] = time.perf_counter()
+            await ws.send(P.encode(P.Input(frame=target, port=self.port, stick_x=0.5)))
+
+
+async def run_load(base: str, sessions: int, seconds: float, delay: int) -> dict:
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        created = []
+        for _ in range(sessions):
+            response = await client.post("/v1/sessions", json={"input_delay": delay})
+            response.raise_for_status()
+            created.append(response.json())
+        players = [Player(s, port, delay) for s in created for port in (1, 2)]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(p.run(stop)) for p in players]
+        await asyncio.sleep(3.0)  # connect, warm up
+        before = (await client.get("/metrics")).text
+        for p in players:
+            p.measuring = True
+        await asyncio.sleep(seconds)
+        after = (await client.get("/metrics")).text
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in created:
+            await client.delete(f"/v1/sessions/{s['session_id']}")
+    ticks = metric(after, "playmodel_ticks_total") - metric(before, "playmodel_ticks_total")
+    late = metric(after, "playmodel_late_ticks_total") - metric(
+        before, "playmodel_late_ticks_total"
+    )
+    substituted = metric(after, "playmodel_substituted_inputs_total") - metric(
+        before, "playmodel_substituted_inputs_total"
+    )
+    latencies = sorted(x for p in players for x in p.latencies)
+
+    def q(values, fraction):
+        return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
+
+    return {
+        "sessions": sessions,
+        "seconds": seconds,
+        "ticks": int(ticks),
+        "ticks_per_second": round(ticks / seconds, 1),
+        "tick_p50_ms": round(
+            1e3 * metric(after, 'playmodel_recent_tick_seconds{quantile="0.5"}'), 2
+        ),
+        "tick_p99_ms": round(
+            1e3 * metric(after, 'playmodel_recent_tick_seconds{quantile="0.99"}'), 2
+        ),
+        "late_tick_share": round(late / max(ticks, 1), 5),
+        "substituted_input_share": round(substituted / max(1, 2 * ticks * sessions), 5),
+        "latency_p50_ms": round(1e3 * q(latencies, 0.5), 2),
+        "latency_p99_ms": round(1e3 * q(latencies, 0.99), 2),
+        "latency_mean_ms": round(1e3 * statistics.fmean(latencies), 2) if latencies else None,
+        "frames_received": sum(p.frames for p in players),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="1,8,16")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--config", help="serve an untrained model of this config")
+    parser.add_argument("--checkpoint", help="serve this checkpoint (default: the demo one)")
+    parser.add_argument("--delay", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads in the server")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    command += ["--max-sessions", "256"]
+    if args.config:
+        command += ["--config", args.config]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.checkpoint:
+        command += ["--checkpoint", args.checkpoint]
+    server = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"{base}/healthz", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the server did not start") from None
+                time.sleep(0.3)
+        print(f"# {describe_machine()}; model {health['model']} on {health['device']}")
+        results = []
+        for n in [int(x) for x in args.sessions.split(",")]:
+            result = asyncio.run(run_load(base, n, args.seconds, args.delay))
+            results.append(result)
+            holds = result["tick_p99_ms"] <= 16.7 and result["late_tick_share"] < 0.001
+            print(json.dumps(result), "HOLDS" if holds else "does not hold", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"machine": describe_machine(), "model": health["model"], "results": results},
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
