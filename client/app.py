@@ -248,10 +248,8 @@ class App:
                 choice = StartScreen(self, choice, server).run()
                 if choice is None:
                     return 0
-            if server is not None:
-                self._message("Starting the model…", ["loading the server (first time: a while)"])
-                pygame.display.flip()
-                server.wait(args.server_timeout)
+            if server is not None and not self._wait_for(server):
+                return 0
             session = create_session(base, choice.request(args), api_key=args.api_key)
             humans = [p for p in ("1", "2") if p not in choice.policies]
             mine = args.ports.split(",") if args.ports else humans
@@ -272,6 +270,21 @@ class App:
                 delete_session(base, session.session_id, args.api_key)
             if server is not None:
                 server.stop()
+
+    def _wait_for(self, server: LocalServer) -> bool:
+        """Keep the window alive while the local server loads; False if the user quits."""
+        deadline = time.monotonic() + self.args.server_timeout
+        try:
+            while not server.ready():
+                if time.monotonic() > deadline:
+                    raise server.gave_up(self.args.server_timeout)
+                self._events()
+                self._message("Starting the model…", ["loading the local server"])
+                pygame.display.flip()
+                self.clock.tick(10)
+        except _Quit:
+            return False
+        return True
 
     def _play(self, connection: Connection, local: bool) -> int:
         welcome = connection.open()

@@ -88,11 +88,27 @@ def playable_characters() -> list[tuple[int, str]]:
     return [(int(k), v) for k, v in names.items() if v not in excluded]
 
 
+# Short names players use for the legal stages.
+STAGE_ALIASES = {
+    "fd": "FINAL_DESTINATION",
+    "bf": "BATTLEFIELD",
+    "dl": "DREAM_LAND_N64",
+    "dreamland": "DREAM_LAND_N64",
+    "ys": "YOSHIS_STORY",
+    "yoshis": "YOSHIS_STORY",
+    "fod": "FOUNTAIN_OF_DREAMS",
+    "ps": "POKEMON_STADIUM",
+    "stadium": "POKEMON_STADIUM",
+}
+
+
 def resolve_stage(value: str | int) -> int:
-    """A stage id from an id or a name ('battlefield', 'final destination', 'FD' is not known)."""
+    """A stage id from an id, a name ('battlefield', 'final destination') or a short name
+    ('fd', 'bf', 'dl', 'ys', 'fod', 'ps')."""
     if isinstance(value, int) or str(value).isdigit():
         return int(value)
-    key = str(value).strip().upper().replace(" ", "_").replace("'", "")
+    text = str(value).strip()
+    key = STAGE_ALIASES.get(text.lower(), text.upper().replace(" ", "_").replace("'", ""))
     for sid, name in _load("melee_ids.json")["stages"].items():
         if name == key:
             return int(sid)

@@ -211,13 +211,17 @@ class LocalServer:
         deadline = time.monotonic() + timeout
         while not self.ready():
             if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(
-                    f"the local server at {self.url} did not answer /healthz within {timeout:.0f}"
-                    f" s. Its log ({self.log_path}) ends with:\n{self.log_tail()}"
-                )
+                raise self.gave_up(timeout)
             time.sleep(0.2)
         return self.url
+
+    def gave_up(self, timeout: float) -> ServerError:
+        """Stop the server that did not come up in time; the error to raise, log included."""
+        self.stop()
+        return ServerError(
+            f"the local server at {self.url} did not answer /healthz within {timeout:.0f} s. "
+            f"Its log ({self.log_path}) ends with:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 15) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -32,6 +32,7 @@ def test_options():
 def test_names_resolve_to_ids():
     assert assets.resolve_stage("final destination") == 32
     assert assets.resolve_stage("31") == 31
+    assert assets.resolve_stage("fd") == 32
     assert assets.resolve_character("captain falcon") == 2
     with pytest.raises(ValueError, match="legal stages"):
         assets.resolve_stage("hyrule")
