@@ -9,6 +9,7 @@ nothing for that game, rather than teaching the model the default value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,11 +96,15 @@ def compute_losses(
     target: dict[str, Tensor],
     masks: dict[str, Tensor] | None = None,
     weights: LossWeights | None = None,
+    denominator: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total weighted loss and the mean loss of every head (for logging).
 
     preds: the model's output over (B, T); prev / target: frames t-1 and t, (B, T, ...);
-    masks: {column: (B,) bool, True where recorded}, for columns missing in some games.
+    masks: {column: (B,) bool, True where recorded}, for columns missing in some games;
+    denominator: maps a head's weight sum in this batch to what its mean divides by (default:
+    the sum itself, at least 1); data-parallel training passes one that sums it over the ranks
+    (training/train.py), so that the ranks' losses add up to the global batch's.
     """
     weights = weights or LossWeights()
     masks = masks or {}
@@ -117,7 +122,9 @@ def compute_losses(
         recorded = masks.get(source_column(key))
         if recorded is not None:
             weight = weight * recorded.float().view(-1, *([1] * (loss.dim() - 1)))
-        mean = (loss * weight).sum() / weight.sum().clamp(min=1.0)
+        count = weight.sum()
+        count = count.clamp(min=1.0) if denominator is None else denominator(count)
+        mean = (loss * weight).sum() / count
         per_head[key] = mean.detach()
         group = "items" if key.startswith("item_") else head_group(spec.name)
         total = total + getattr(weights, group) * mean
