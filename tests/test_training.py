@@ -1,17 +1,32 @@
-"""Training: losses, masks, a short run that learns, exact resume, the CLI."""
+"""Training: losses, masks, a short run that learns, exact resume, the CLI, scheduled
+sampling, the autoregressive unroll, mixed precision (on CUDA) and wandb."""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
+import types
 
 import pytest
 import torch
 import yaml
 
 from model.checkpoint import load_checkpoint
+from model.heads import decode
+from training import train as train_module
 from training.dataset import GameDataset
 from training.losses import compute_losses
-from training.train import TrainConfig, Trainer, learning_rate, main, split_window
+from training.train import (
+    Distributed,
+    TrainConfig,
+    Trainer,
+    learning_rate,
+    main,
+    resolve_amp,
+    split_window,
+    unroll,
+)
 
 TINY_MODEL = {"d_model": 32, "n_layers": 2, "d_state": 16, "expand": 2, "headdim": 16}
 
@@ -122,7 +137,7 @@ def test_perfect_predictions_cost_almost_nothing(dataset_dir):
 
 
 def test_scheduled_sampling_mixes_in_predictions(dataset_dir, tiny_model_yaml, tmp_path):
-    from training.train import mix_in_predictions, sampling_fraction
+    from training.train import choose_frames, mix_in_predictions, sampling_fraction
 
     c = config(tiny_model_yaml, sampling_max=0.5, sampling_start=10, sampling_ramp=20)
     assert sampling_fraction(c, 5) == 0 and sampling_fraction(c, 20) == pytest.approx(0.25)
@@ -130,7 +145,8 @@ def test_scheduled_sampling_mixes_in_predictions(dataset_dir, tiny_model_yaml, t
     trainer = Trainer(c, dataset_dir, tmp_path)
     frames, _ = trainer.train_data.batch(0, 4, 20)
     prev, controls, _ = split_window(frames)
-    mixed = mix_in_predictions(trainer.model, prev, controls, 0.5, torch.Generator().manual_seed(0))
+    chosen = choose_frames(0.5, 4, 20, torch.Generator().manual_seed(0))
+    mixed = mix_in_predictions(trainer.model, prev, controls, chosen)
     replaced = mixed["p1_x"] != prev["p1_x"]
     assert not replaced[:, 0].any() and 0.2 < replaced.float().mean() < 0.6
     assert torch.equal(mixed["p1_character"], prev["p1_character"])  # constants stay
@@ -138,3 +154,180 @@ def test_scheduled_sampling_mixes_in_predictions(dataset_dir, tiny_model_yaml, t
     trainer.step = 30
     loss, _ = trainer.train_step()
     assert loss == loss and loss > 0  # finite
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    pairs = zip(a.state_dict().items(), b.state_dict().items(), strict=True)
+    return all(name == other and torch.equal(x, y) for (name, x), (other, y) in pairs)
+
+
+def test_unroll_feeds_back_the_models_own_frames(dataset_dir, tiny_model_yaml, tmp_path):
+    model = Trainer(config(tiny_model_yaml), dataset_dir, tmp_path).model
+    frames, _ = GameDataset(dataset_dir, "all").batch(0, 4, 20)
+    prev, controls, _ = split_window(frames)
+    preds, inputs = unroll(model, prev, controls, 5)
+    teacher = model(prev, controls)
+    for key in ("p1_x", "p2_action", "item_exists"):  # real frames up to the unroll
+        assert torch.equal(inputs[key][:, :15], prev[key][:, :15])
+        torch.testing.assert_close(preds[key][:, :15], teacher[key][:, :15])
+    # The first unrolled position reads the frame decoded from the prediction before it...
+    at = {k: v[:, 14] for k, v in prev.items()}
+    expected = decode(
+        {k: v[:, 14] for k, v in teacher.items()}, at, {k: v[:, 14] for k, v in controls.items()}
+    )
+    torch.testing.assert_close(inputs["p1_x"][:, 15], expected["p1_x"])
+    assert torch.equal(inputs["p1_action"][:, 15], expected["p1_action"])
+    # ...the unrolled frames are the model's, not the real ones, and the inputs stay real.
+    assert not torch.equal(inputs["p1_x"][:, 15:], prev["p1_x"][:, 15:])
+    assert torch.equal(inputs["p1_buttons"], prev["p1_buttons"])
+    assert {k: v.dtype for k, v in inputs.items()} == {k: v.dtype for k, v in prev.items()}
+
+
+def test_unroll_backpropagates_through_the_recurrent_state(dataset_dir, tiny_model_yaml, tmp_path):
+    model = Trainer(config(tiny_model_yaml), dataset_dir, tmp_path).model
+    frames, _ = GameDataset(dataset_dir, "all").batch(1, 2, 20)
+    prev, controls, _ = split_window(frames)
+    encoded = []
+
+    def keep(module, args, out):
+        out.retain_grad()
+        encoded.append(out)
+
+    handle = model.encoder.register_forward_hook(keep)
+    preds, _ = unroll(model, prev, controls, 3)
+    handle.remove()
+    preds["p1_x"][:, -1].sum().backward()  # the last unrolled position only
+    assert encoded[0].shape[1] == 17  # the teacher-forced positions, in one forward
+    assert encoded[0].grad[:, :17].abs().sum() > 0  # reached through the steps' state
+
+
+def test_unroll_changes_the_loss_and_resumes_exactly(dataset_dir, tiny_model_yaml, tmp_path):
+    plain = Trainer(config(tiny_model_yaml), dataset_dir, tmp_path / "plain")
+    c = config(tiny_model_yaml, unroll=5, max_steps=6, checkpoint_every=3, val_every=3)
+    unrolled = Trainer(c, dataset_dir, tmp_path / "straight")
+    assert same_weights(plain.model, unrolled.model)  # the same start, the same batch
+    loss, scalars = unrolled.train_step()
+    assert math.isfinite(loss) and loss != plain.train_step()[0]
+    assert math.isfinite(scalars["unroll_loss"]) and scalars["unroll_loss"] > 0
+    unrolled.run(progress=False)
+    first = Trainer(c, dataset_dir, tmp_path / "resumed")
+    first.run(max_steps=3, progress=False)
+    second = Trainer(c, dataset_dir, tmp_path / "resumed")
+    second.resume()
+    second.run(progress=False)
+    assert second.step == 6 and same_weights(unrolled.model, second.model)
+    records = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert any("unroll_loss" in json.loads(line) for line in records)
+
+
+def test_config_checks_amp_and_unroll():
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="unroll"):
+        TrainConfig(seq_len=20, unroll=20)
+    with pytest.raises(ValueError, match="unroll"):
+        TrainConfig.from_dict({"unroll": -1}, "test.yaml")
+
+
+def test_amp_is_bf16_where_supported_fp16_otherwise_and_off_on_cpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_amp("auto", cuda, bf16_supported=True) is torch.bfloat16
+    assert resolve_amp("auto", cuda, bf16_supported=False) is torch.float16
+    assert resolve_amp("fp16", cuda, bf16_supported=True) is torch.float16
+    assert resolve_amp("off", cuda) is None
+    for mode in ("auto", "bf16", "fp16", "off"):
+        assert resolve_amp(mode, cpu) is None
+
+
+def test_batch_shards_are_disjoint_and_cover_the_batch():
+    rows = [Distributed(rank, 4).shard(32) for rank in range(4)]
+    assert [list(range(32))[r] for r in rows] == [list(range(i, i + 8)) for i in (0, 8, 16, 24)]
+    with pytest.raises(ValueError, match="split evenly"):
+        Distributed(0, 3).shard(32)
+
+
+class FakeWandbRun:
+    id = "fake-run-id"
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.logged, self.finished = kwargs, [], False
+
+    def log(self, values: dict, step: int) -> None:
+        self.logged.extend((step, key, value) for key, value in values.items())
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+class FakeSummaryWriter:
+    def __init__(self):
+        self.logged = []
+
+    def add_scalar(self, key, value, step):
+        self.logged.append((step, key, value))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_wandb_logs_what_tensorboard_logs(dataset_dir, tiny_model_yaml, tmp_path, monkeypatch):
+    runs = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: runs.append(FakeWandbRun(**kwargs)) or runs[-1]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    writer = FakeSummaryWriter()
+    monkeypatch.setattr(train_module, "_summary_writer", lambda run_dir: writer)
+    c = config(tiny_model_yaml, max_steps=4, val_every=4, wandb=True, wandb_project="melee")
+    trainer = Trainer(c, dataset_dir, tmp_path)
+    trainer.run(progress=False)
+    trainer.close()
+    (run,) = runs
+    assert run.kwargs["project"] == "melee" and run.kwargs["config"]["wandb"] and run.finished
+    assert run.logged == writer.logged
+    keys = {key for _, key, _ in run.logged}
+    assert {"loss", "lr", "frames_per_s", "val_loss", "head/p1_action"} <= keys
+    assert {step for step, _, _ in run.logged} == {2, 4}
+    assert (tmp_path / "wandb_id").read_text() == "fake-run-id"  # a resume continues it
+
+
+def test_wandb_is_optional(dataset_dir, tiny_model_yaml, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    trainer = Trainer(config(tiny_model_yaml, wandb=True), dataset_dir, tmp_path)
+    assert trainer.wandb is None and "wandb is enabled but not installed" in caplog.text
+    assert main(["--config", "nope", "--data", "x", "--out", str(tmp_path / "r"), "--wandb"]) == 2
+
+
+# ---------------------------------------------------------------------- CUDA only
+def cuda_trainer(tiny_model_yaml, dataset_dir, run_dir, **overrides) -> Trainer:
+    return Trainer(config(tiny_model_yaml, **overrides), dataset_dir, run_dir, device="cuda")
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_keeps_weights_and_ssm_parameters_fp32(
+    dataset_dir, tiny_model_yaml, tmp_path
+):
+    trainer = cuda_trainer(tiny_model_yaml, dataset_dir, tmp_path, amp="auto", unroll=4)
+    assert trainer.amp_dtype is (
+        torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    )
+    losses = [trainer.train_step()[0] for _ in range(3)]
+    assert all(math.isfinite(x) for x in losses)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    cache = trainer.model.allocate_inference_cache(2, device="cuda")
+    assert all(layer.ssm_state.dtype == torch.float32 for layer in cache.layers)
+    assert math.isfinite(trainer.validate())
+
+
+@pytest.mark.gpu
+def test_fp16_scales_the_loss_and_resumes_the_scaler(dataset_dir, tiny_model_yaml, tmp_path):
+    trainer = cuda_trainer(tiny_model_yaml, dataset_dir, tmp_path, amp="fp16", max_steps=4)
+    assert trainer.amp_dtype is torch.float16 and trainer.scaler.is_enabled()
+    trainer.run(progress=False)
+    scale = trainer.scaler.get_scale()
+    resumed = cuda_trainer(tiny_model_yaml, dataset_dir, tmp_path, amp="fp16", max_steps=4)
+    resumed.resume()
+    assert resumed.step == 4 and resumed.scaler.get_scale() == scale
+    assert math.isfinite(resumed.train_step()[0])

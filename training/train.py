@@ -1,54 +1,69 @@
-"""`playmodel train --config CONFIG --data DIR --out RUN [--resume] [--max-steps N]`.
+"""`playmodel train --config CONFIG --data DIR --out RUN [--resume] [--max-steps N] [--wandb]`.
 
 Trains the world model on a parquet dataset (docs/DATA.md) with teacher forcing: windows of
 `seq_len` + 1 real frames, the model reading frames 0..seq_len-1 and both controllers of the
-next frame, and predicting frames 1..seq_len at every position.
+next frame, and predicting frames 1..seq_len at every position. Optionally a fraction of the
+input frames are the model's own predictions (scheduled sampling), and the last `unroll`
+positions of each window are a true autoregressive rollout through the recurrent step.
 
 AdamW (no weight decay on A_log, D, dt_bias, norms and biases), linear warm-up then cosine
-decay, gradient clipping. The run folder holds `config.yaml`, `last.safetensors` (the model)
-with `last.state.pt` (optimiser, step and random state; the schedule is a function of the
-step), `best.safetensors` (lowest validation loss), `metrics.jsonl` and TensorBoard logs.
-Every write is atomic, and `--resume` continues a killed run exactly where its last
-checkpoint left it: batches are a pure function of (seed, step), so the data position is the
-step.
+decay, gradient clipping, bf16 / fp16 autocast on CUDA. The run folder holds `config.yaml`,
+`last.safetensors` (the model) with `last.state.pt` (optimiser, gradient scaler, step and random
+state; the schedule is a function of the step), `best.safetensors` (lowest validation loss),
+`metrics.jsonl` and TensorBoard logs (and wandb, when installed and enabled). Every write is
+atomic, and `--resume` continues a killed run exactly where its last checkpoint left it: batches
+are a pure function of (seed, step), so the data position is the step.
+
+Several GPUs (or CPU processes): `torchrun --nproc-per-node=N -m training train ...`. Every rank
+draws the same global batch of `batch_size` windows and trains on its own contiguous share of
+it under DistributedDataParallel (nccl on CUDA, gloo on CPU); per-head loss means are divided
+by the global batch's weights, so the update is the one a single process would make on the
+whole batch. Rank 0 alone writes the run folder and shows the progress bar; validation windows
+are shared out between the ranks and their losses summed over all of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.atomic_file import atomic_path
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig, load_config
-from model.frames import controls_of
+from model.frames import Frames, controls_of
 from model.heads import decode
-from model.world_model import WorldModel
+from model.mamba2 import Mamba2Cache
+from model.world_model import WorldModel, WorldModelCache
 from training.dataset import GameDataset
 from training.losses import LossWeights, compute_losses
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "mamba2-small"  # a preset name or a model YAML
     seq_len: int = 60  # frames per training window (the old design's context length K)
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: shared out between the ranks under torchrun
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
@@ -72,6 +87,23 @@ class TrainConfig:
     sampling_max: float = 0.0
     sampling_start: int = 0
     sampling_ramp: int = 1000
+    # True autoregressive unroll: the last `unroll` positions of every window read the frame
+    # decoded from the model's own prediction at the position before, one recurrent step at a
+    # time, and their loss counts with the others'. 0 turns it off; at most seq_len - 1.
+    unroll: int = 0
+    # Mixed precision on CUDA: "auto" is bf16 where the GPU supports it, else fp16 with a
+    # gradient scaler; "bf16", "fp16" and "off" choose. CPU training always runs in fp32.
+    amp: str = "auto"
+    # Weights & Biases, when the `wandb` package is installed (never required): the same
+    # scalars as TensorBoard, from rank 0. `--wandb` on the command line turns it on too.
+    wandb: bool = False
+    wandb_project: str = "play-the-model"
+
+    def __post_init__(self):
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (got {self.amp!r})")
+        if not 0 <= self.unroll < self.seq_len:
+            raise ValueError(f"unroll must be in 0..seq_len-1 = {self.seq_len - 1}")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -95,7 +127,10 @@ class TrainConfig:
         for name in ("betas", "stages", "characters"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -112,6 +147,24 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def resolve_amp(
+    mode: str, device: torch.device, bf16_supported: bool | None = None
+) -> torch.dtype | None:
+    """The autocast dtype for `mode` on `device`, or None for fp32 (always on CPU)."""
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            log.warning("amp %s needs CUDA: training in fp32 on %s", mode, device)
+        return None
+    if mode == "off":
+        return None
+    if mode == "auto":
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_bf16_supported()
+        mode = "bf16" if bf16_supported else "fp16"
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+# ---------------------------------------------------------------------- scheduled sampling
 def sampling_fraction(config: TrainConfig, step: int) -> float:
     if config.sampling_max <= 0 or step < config.sampling_start:
         return 0.0
@@ -120,16 +173,19 @@ def sampling_fraction(config: TrainConfig, step: int) -> float:
     )
 
 
-def mix_in_predictions(
-    model: WorldModel, prev: dict, controls: dict, fraction: float, generator: torch.Generator
-) -> dict:
-    """`prev` with a `fraction` of its frames (positions 1.., never the first) replaced by
-    the model's own decoded prediction of that frame from the previous position."""
+def choose_frames(fraction: float, batch: int, length: int, generator: torch.Generator) -> Tensor:
+    """Which input frames scheduled sampling replaces: (B, L) bool, never position 0."""
+    chosen = torch.rand(batch, length, generator=generator) < fraction
+    chosen[:, 0] = False
+    return chosen
+
+
+def mix_in_predictions(model: WorldModel, prev: Frames, controls: Frames, chosen: Tensor) -> Frames:
+    """`prev` with the frames where `chosen` (B, L) is True replaced by the model's own decoded
+    prediction of that frame from the previous position."""
     with torch.no_grad():
         predicted = decode(model(prev, controls), prev, controls)  # frame t+1 at position t
     batch, length = prev["frame"].shape
-    chosen = torch.rand(batch, length, generator=generator) < fraction
-    chosen[:, 0] = False
     chosen = chosen.to(prev["frame"].device)
     mixed = {}
     for key, real in prev.items():
@@ -139,6 +195,94 @@ def mix_in_predictions(
     return mixed
 
 
+# ---------------------------------------------------------------------- autoregressive unroll
+def unroll(
+    model: WorldModel, prev: Frames, controls: Frames, steps: int
+) -> tuple[dict[str, Tensor], Frames]:
+    """Teacher forcing over positions 0..L-steps-1, then `steps` recurrent steps, each reading
+    the frame decoded (argmax, `model.heads.decode`) from the prediction at the position before.
+
+    Returns the predictions at every position, (B, L, ...), and the frames the positions read:
+    the given ones, then the model's own. The decoded frames are inputs, not part of the graph
+    (argmax has no gradient, and the continuous fields are cut too, as in scheduled sampling);
+    the gradient does flow through the recurrent state across the unrolled steps.
+    """
+    batch, length = prev["frame"].shape
+    split = length - steps
+    assert 1 <= split < length, (steps, length)
+    head = {k: v[:, :split] for k, v in prev.items()}
+    cache = model.allocate_inference_cache(batch, device=prev["frame"].device)
+    first = model(head, {k: v[:, :split] for k, v in controls.items()}, cache=cache)
+    pred = {k: v[:, -1] for k, v in first.items()}  # (B, ...): predicts frame `split`
+    frame = {k: v[:, split - 1] for k, v in prev.items()}
+    preds, frames = [], []
+    with _differentiable_steps(model):
+        for t in range(split, length):
+            with torch.no_grad():
+                decoded = decode(pred, frame, {k: v[:, t - 1] for k, v in controls.items()})
+            frame = {k: decoded[k].to(prev[k].dtype) for k in prev}
+            # step() updates its cache in place, which autograd forbids for tensors it saved
+            # for the backward pass; every step therefore works on a fresh copy.
+            cache = WorldModelCache(
+                [Mamba2Cache(c.conv_state.clone(), c.ssm_state.clone()) for c in cache.layers]
+            )
+            pred = model.step(frame, {k: v[:, t] for k, v in controls.items()}, cache)
+            preds.append(pred)
+            frames.append(frame)
+    all_preds = {k: torch.cat([first[k], torch.stack([p[k] for p in preds], 1)], 1) for k in first}
+    inputs = {k: torch.cat([head[k], torch.stack([f[k] for f in frames], 1)], 1) for k in prev}
+    return all_preds, inputs
+
+
+@contextlib.contextmanager
+def _differentiable_steps(model: WorldModel):
+    """The fused single-step kernels of mamba_ssm (CUDA) have no backward pass: step through
+    the pure PyTorch path while unrolling for training."""
+    saved = [block.mixer.use_kernels for block in model.blocks]
+    for block in model.blocks:
+        block.mixer.use_kernels = False
+    try:
+        yield
+    finally:
+        for block, value in zip(model.blocks, saved, strict=True):
+            block.mixer.use_kernels = value
+
+
+class WindowLoss(nn.Module):
+    """The training loss of a batch of windows, in one module so that DistributedDataParallel
+    sees the whole computation (including the unrolled steps) in its forward."""
+
+    def __init__(self, model: WorldModel, weights: LossWeights, unroll_steps: int = 0):
+        super().__init__()
+        self.model, self.weights, self.unroll_steps = model, weights, unroll_steps
+
+    def forward(
+        self,
+        prev: Frames,
+        controls: Frames,
+        target: Frames,
+        masks: dict[str, Tensor],
+        denominator: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+        """-> total loss, per-head means, and the loss of the unrolled positions alone (for
+        logging; None without an unroll)."""
+        if self.unroll_steps == 0:
+            preds = self.model(prev, controls)
+            return (*compute_losses(preds, prev, target, masks, self.weights, denominator), None)
+        preds, inputs = unroll(self.model, prev, controls, self.unroll_steps)
+        loss, per_head = compute_losses(preds, inputs, target, masks, self.weights, denominator)
+        with torch.no_grad():
+            tail = slice(-self.unroll_steps, None)
+            unrolled, _ = compute_losses(
+                *({k: v[:, tail] for k, v in d.items()} for d in (preds, inputs, target)),
+                masks,
+                self.weights,
+                denominator,
+            )
+        return loss, per_head, unrolled
+
+
+# ---------------------------------------------------------------------- optimiser and data
 def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for parameter in model.parameters():
@@ -160,9 +304,66 @@ def split_window(frames: dict[str, torch.Tensor]):
     return prev, controls_of(target), target
 
 
+# ---------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among the data-parallel ranks (torchrun's RANK, WORLD_SIZE and
+    LOCAL_RANK); one process on its own is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        env = os.environ
+        return cls(
+            int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+        )
+
+    def shard(self, batch_size: int) -> slice:
+        """This rank's rows of a global batch: a contiguous block of batch_size / world_size."""
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {batch_size} does not split evenly over {self.world_size} ranks"
+            )
+        share = batch_size // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+
+def init_distributed(ranks: Distributed, device: str) -> torch.device:
+    """Join the process group torchrun describes (nccl on CUDA, gloo otherwise); returns this
+    rank's device (cuda:LOCAL_RANK on CUDA). A single process needs no group."""
+    chosen = torch.device(device)
+    if ranks.world_size == 1:
+        return chosen
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(chosen)
+        dist.init_process_group("nccl", device_id=chosen)
+    else:
+        dist.init_process_group("gloo")
+    log.info("rank %d of %d on %s", ranks.rank, ranks.world_size, chosen)
+    return chosen
+
+
+# ---------------------------------------------------------------------- the trainer
 class Trainer:
-    def __init__(self, config: TrainConfig, data_dir: Path, run_dir: Path, device: str = "cpu"):
+    def __init__(
+        self,
+        config: TrainConfig,
+        data_dir: Path,
+        run_dir: Path,
+        device: str | torch.device = "cpu",
+        ranks: Distributed | None = None,
+    ):
         self.config, self.run_dir, self.device = config, Path(run_dir), torch.device(device)
+        self.ranks = ranks or Distributed()
+        self.rows = self.ranks.shard(config.batch_size)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model_config: ModelConfig = load_config(config.model)
         kwargs = dict(stages=config.stages, characters=config.characters)
@@ -175,21 +376,37 @@ class Trainer:
                 config.val_fraction,
             )
             self.val_data = self.train_data
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = WorldModel(self.model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, config)
+        self.amp_dtype = resolve_amp(config.amp, self.device)
+        # The scaler only acts under fp16 (bf16 has fp32's range); disabled, it is a no-op.
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.loss = WindowLoss(self.model, config.loss_weights, config.unroll)
+        self.train_module: nn.Module = self.loss
+        if self.ranks.world_size > 1:
+            self.train_module = DistributedDataParallel(
+                self.loss, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.step = 0
         self.best_val = math.inf
-        self.writer = _summary_writer(self.run_dir)
+        main = self.ranks.is_main
+        self.writer = _summary_writer(self.run_dir) if main else None
+        self.wandb = _wandb_run(config, self.run_dir) if main and config.wandb else None
 
     # ------------------------------------------------------------------ state
     def save(self) -> None:
+        if not self.ranks.is_main:
+            return
         provenance = {"step": self.step, "train": self.config.to_dict()}
         save_checkpoint(self.run_dir / "last.safetensors", self.model, provenance)
         state = {
             "step": self.step,
             "best_val": self.best_val,
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
         with atomic_path(self.run_dir / "last.state.pt") as tmp:
@@ -199,105 +416,164 @@ class Trainer:
         model, _ = load_checkpoint(self.run_dir / "last.safetensors", self.model_config)
         self.model.load_state_dict(model.state_dict())
         # weights_only: tensors and plain containers only, never arbitrary objects. The only
-        # randomness in a step is torch's (batches are a pure function of seed and step).
-        state = torch.load(self.run_dir / "last.state.pt", weights_only=True)
+        # randomness in a step is torch's (batches are a pure function of seed and step), and
+        # it is the same on every rank.
+        state = torch.load(self.run_dir / "last.state.pt", map_location="cpu", weights_only=True)
         self.step, self.best_val = state["step"], state["best_val"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params
+        if state.get("scaler"):  # empty when the scaler is off (and in older runs)
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at step %d", self.run_dir, self.step)
 
     # ------------------------------------------------------------------ training
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _global_count(self, count: Tensor) -> Tensor:
+        """A head's weight sum over the global batch, divided by the number of ranks: each
+        rank's mean divides by it, and DDP averages the ranks' gradients, so the update is
+        the global batch's mean even where ranks count different numbers of frames (items,
+        fields missing in some games)."""
+        count = count.detach().clone()
+        dist.all_reduce(count)
+        return count.clamp(min=1.0) / self.ranks.world_size
+
     def train_step(self) -> tuple[float, dict[str, float]]:
-        config = self.config
+        """One optimiser step on the global batch of this step. Returns the loss and the
+        scalars to log (`head/<name>` per head, `unroll_loss`), averaged over the ranks."""
+        config, rows = self.config, self.rows
         frames, masks = self.train_data.batch(
             self.step, config.batch_size, config.seq_len, config.seed
         )
-        frames = {k: v.to(self.device) for k, v in frames.items()}
-        masks = {k: v.to(self.device) for k, v in masks.items()}
+        frames = {k: v[rows].to(self.device) for k, v in frames.items()}
+        masks = {k: v[rows].to(self.device) for k, v in masks.items()}
         prev, controls, target = split_window(frames)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config, self.step)
         self.model.train()
-        fraction = sampling_fraction(config, self.step)
-        if fraction > 0:
-            # Seeded by (seed, step) like the batches, so that --resume stays exact.
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.step)
-            prev = mix_in_predictions(self.model, prev, controls, fraction, generator)
-        preds = self.model(prev, controls)
-        loss, per_head = compute_losses(preds, prev, target, masks, config.loss_weights)
+        distributed = self.ranks.world_size > 1
+        with self._autocast():
+            fraction = sampling_fraction(config, self.step)
+            if fraction > 0:
+                # Seeded by (seed, step) like the batches, so that --resume stays exact; drawn
+                # for the global batch, so that every rank mixes its rows as one process would.
+                generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.step)
+                chosen = choose_frames(fraction, config.batch_size, config.seq_len, generator)
+                prev = mix_in_predictions(self.model, prev, controls, chosen[rows])
+            loss, per_head, unrolled = self.train_module(
+                prev, controls, target, masks, self._global_count if distributed else None
+            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
-        return float(loss.detach()), {k: float(v) for k, v in per_head.items()}
+
+        names = [f"head/{k}" for k in per_head] + (["unroll_loss"] if unrolled is not None else [])
+        values = [loss.detach(), *per_head.values()] + ([unrolled] if unrolled is not None else [])
+        values = torch.stack([v.float() for v in values])  # one transfer, one reduction
+        if distributed:
+            dist.all_reduce(values)
+            values /= self.ranks.world_size
+        total, *rest = values.tolist()
+        return total, dict(zip(names, rest, strict=True))
 
     @torch.no_grad()
     def validate(self) -> float:
+        """Mean teacher-forced loss over the first `val_windows` validation windows; under
+        torchrun each rank takes every world_size-th window and the sums are all-reduced."""
         self.model.eval()
-        losses = []
+        total, count = 0.0, 0
         for i, (frames, masks) in enumerate(self.val_data.windows(self.config.seq_len)):
             if i >= self.config.val_windows:
                 break
+            if i % self.ranks.world_size != self.ranks.rank:
+                continue
             frames = {k: v.to(self.device) for k, v in frames.items()}
+            masks = {k: v.to(self.device) for k, v in masks.items()}
             prev, controls, target = split_window(frames)
-            loss, _ = compute_losses(
-                self.model(prev, controls), prev, target, masks, self.config.loss_weights
-            )
-            losses.append(float(loss))
-        return float(np.mean(losses)) if losses else math.nan
+            with self._autocast():
+                loss, _ = compute_losses(
+                    self.model(prev, controls), prev, target, masks, self.config.loss_weights
+                )
+            total, count = total + float(loss), count + 1
+        if self.ranks.world_size > 1:
+            sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            dist.all_reduce(sums)
+            total, count = sums.tolist()
+        return total / count if count else math.nan
 
     def run(self, max_steps: int | None = None, progress: bool | None = None) -> None:
         config = self.config
         end = min(max_steps or config.max_steps, config.max_steps)
-        frames_per_step = config.batch_size * config.seq_len
+        frames_per_step = config.batch_size * config.seq_len  # the global batch
         bar = tqdm(
             total=end,
             initial=self.step,
             unit="step",
             desc="train",
-            disable=None if progress is None else not progress,
+            disable=(None if progress is None else not progress) if self.ranks.is_main else True,
         )
         started, started_step = time.perf_counter(), self.step
         while self.step < end:
-            loss, per_head = self.train_step()
+            loss, scalars = self.train_step()
             fps = (self.step - started_step) * frames_per_step / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{loss:.3f}", frames_s=f"{fps:,.0f}")
             bar.update()
             if self.step % config.log_every == 0:
-                self._log(
-                    {
-                        "step": self.step,
-                        "loss": loss,
-                        "frames_per_s": fps,
-                        "lr": learning_rate(config, self.step - 1),
-                    },
-                    per_head,
-                )
+                record = {
+                    "step": self.step,
+                    "loss": loss,
+                    "frames_per_s": fps,
+                    "lr": learning_rate(config, self.step - 1),
+                }
+                if "unroll_loss" in scalars:
+                    record["unroll_loss"] = scalars.pop("unroll_loss")
+                self._log(record, scalars)
             if self.step % config.val_every == 0 or self.step == end:
-                val = self.validate()
+                val = self.validate()  # on every rank: they share the windows
                 self._log({"step": self.step, "val_loss": val})
                 if val < self.best_val:
                     self.best_val = val
-                    save_checkpoint(
-                        self.run_dir / "best.safetensors",
-                        self.model,
-                        {"step": self.step, "val_loss": val, "train": config.to_dict()},
-                    )
+                    if self.ranks.is_main:
+                        save_checkpoint(
+                            self.run_dir / "best.safetensors",
+                            self.model,
+                            {"step": self.step, "val_loss": val, "train": config.to_dict()},
+                        )
             if self.step % config.checkpoint_every == 0 or self.step == end:
                 self.save()
         bar.close()
+        if self.writer is not None:
+            self.writer.flush()
 
-    def _log(self, record: dict, per_head: dict[str, float] | None = None) -> None:
+    def close(self) -> None:
+        """Flush and close the loggers (TensorBoard, wandb)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+    def _log(self, record: dict, scalars: dict[str, float] | None = None) -> None:
+        """metrics.jsonl gets `record`; TensorBoard and wandb get it and `scalars`. Rank 0 only."""
+        if not self.ranks.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        values = {k: v for k, v in record.items() if k != "step"} | (scalars or {})
         if self.writer is not None:
-            step = record["step"]
-            for key, value in record.items():
-                if key != "step":
-                    self.writer.add_scalar(key, value, step)
-            for key, value in (per_head or {}).items():
-                self.writer.add_scalar(f"head/{key}", value, step)
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
 
 
 def _summary_writer(run_dir: Path):
@@ -309,6 +585,31 @@ def _summary_writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def _wandb_run(config: TrainConfig, run_dir: Path):
+    """A wandb run named after the run folder; a resumed run continues the same wandb run (its
+    id is kept in `wandb_id` in the run folder). None when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is enabled but not installed (pip install wandb); not logging to it")
+        return None
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text(encoding="utf-8").strip() if id_file.exists() else None
+    run = wandb.init(
+        project=config.wandb_project,
+        name=run_dir.name,
+        dir=str(run_dir),
+        config=config.to_dict(),
+        id=run_id,
+        resume="allow",
+    )
+    if run_id is None:
+        with atomic_path(id_file) as tmp:
+            tmp.write_text(str(run.id), encoding="utf-8")
+    return run
+
+
+# ---------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="playmodel train", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -318,13 +619,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--max-steps", type=int, help="stop at this step (default: the config's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda or cpu (under torchrun, each rank takes cuda:LOCAL_RANK)",
+    )
+    parser.add_argument("--wandb", action="store_true", help="also log to wandb (if installed)")
+    parser.add_argument("--wandb-project", help="wandb project (default: the config's)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ranks = Distributed.from_env()
+    logging.basicConfig(
+        level=logging.INFO if ranks.is_main else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = TrainConfig.load(args.config)
         run_dir: Path = args.out
@@ -335,26 +646,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = TrainConfig.from_dict(yaml.safe_load(saved.read_text())["train"], str(saved))
         elif (run_dir / "last.state.pt").exists():
             raise ValueError(f"{run_dir} already holds a run: pass --resume, or another --out")
+        if args.wandb:
+            config = dataclasses.replace(config, wandb=True)
+        if args.wandb_project:
+            config = dataclasses.replace(config, wandb_project=args.wandb_project)
+        ranks.shard(config.batch_size)  # fails early when the batch does not split
         run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(config, args.data, run_dir, args.device)
+    except (ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    device = init_distributed(ranks, args.device)
+    try:
+        return _train(args, config, run_dir, device, ranks)
+    finally:
+        if ranks.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(args, config: TrainConfig, run_dir: Path, device, ranks: Distributed) -> int:
+    try:
+        trainer = Trainer(config, args.data, run_dir, device, ranks)
     except (ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
     if args.resume:
         trainer.resume()
-    else:
-        with atomic_path(saved) as tmp:
+    elif ranks.is_main:
+        with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump({"train": config.to_dict()}, sort_keys=False))
     log.info(
-        "%d training games (%d frames), %d validation games; model %s, %s parameters",
+        "%d training games (%d frames), %d validation games; model %s, %s parameters; "
+        "%d rank(s), amp %s",
         len(trainer.train_data),
         trainer.train_data.total_frames,
         len(trainer.val_data),
         config.model,
         f"{trainer.model.num_parameters():,}",
+        ranks.world_size,
+        trainer.amp_dtype or "off",
     )
-    trainer.run(args.max_steps)
-    print(f"step {trainer.step}: best validation loss {trainer.best_val:.4f} -> {run_dir}")
+    try:
+        trainer.run(args.max_steps)
+    finally:
+        trainer.close()
+    if ranks.is_main:
+        print(f"step {trainer.step}: best validation loss {trainer.best_val:.4f} -> {run_dir}")
     return 0
 
 
