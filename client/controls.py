@@ -92,9 +92,12 @@ class ControllerState:
 BUILTIN_PROFILES: list[dict[str, Any]] = [
     {
         # The official Nintendo adapter (WUP-028) and Mayflash in Wii U mode, read by SDL 2's
-        # HIDAPI GameCube driver, which reports the controls in SDL's game-controller order.
+        # HIDAPI GameCube driver (SDL 2.28 src/joystick/hidapi/SDL_hidapi_gamecube.c, the SDL
+        # that pygame 2.6 ships): buttons A, B, X, Y, d-pad left, right, down, up, Start, Z,
+        # then the R and L trigger clicks; axes main x, y, C x, y, L, R. It passes the
+        # controller's own y through, which points up as Melee's does: nothing is inverted.
         "name": "gamecube",
-        "match": ["gamecube", "wup-028", "nintendo co., ltd"],
+        "match": ["gamecube", "wup-028"],
         "axes": {
             "stick_x": 0,
             "stick_y": 1,
@@ -103,10 +106,10 @@ BUILTIN_PROFILES: list[dict[str, Any]] = [
             "trigger_l": 4,
             "trigger_r": 5,
         },
-        "invert": ["stick_y", "cstick_y"],
-        "buttons": {"A": 0, "B": 1, "X": 2, "Y": 3, "START": 6, "Z": 10},
+        "invert": [],
+        "buttons": {"A": 0, "B": 1, "X": 2, "Y": 3, "START": 8, "Z": 9, "R": 10, "L": 11},
         "hat": None,
-        "dpad_buttons": {"DPAD_UP": 11, "DPAD_DOWN": 12, "DPAD_LEFT": 13, "DPAD_RIGHT": 14},
+        "dpad_buttons": {"DPAD_LEFT": 4, "DPAD_RIGHT": 5, "DPAD_DOWN": 6, "DPAD_UP": 7},
     },
     {
         # DualShock 4 / DualSense (SDL 2 HIDAPI order, as in pygame's joystick docs). Melee's

@@ -128,12 +128,15 @@ def test_gamecube_adapter_mapping():
     pad = FakeJoystick(3, "Nintendo GameCube Controller")
     plug(controls, pad)
     pad.axes[2] = -1.0  # c-stick left
-    pad.axes[1] = 0.5  # main stick half down
-    pad.buttons[10] = 1  # Z
-    pad.buttons[6] = 1  # Start
+    pad.axes[1] = -0.5  # main stick half down (the adapter's y points up, like Melee's)
+    pad.buttons[9] = 1  # Z
+    pad.buttons[8] = 1  # Start
+    pad.buttons[7] = 1  # d-pad up
     state = controls.state(0)
     assert state.cstick_x == -1.0 and state.stick_y == pytest.approx(-0.5)
-    assert state.buttons == {"Z", "START"}
+    assert state.buttons == {"Z", "START", "DPAD_UP"}
+    pad.buttons[11] = 1  # the L trigger's click: a full press
+    assert controls.state(0).trigger_l == 1.0 and "L" in controls.state(0).buttons
 
 
 def test_hotplug_by_instance_id_assigns_and_frees_slots():
