@@ -554,7 +554,7 @@ class ReplayLoop:
         self.app = app
         self.recording = recording
         self.renderer = Renderer(
-            app.screen.get_size(), recording.stage, recording.characters, timer_frames=None
+            app.screen.get_size(), recording.stage, recording.characters, recording.timer_frames
         )
         self.index = float(min(max(app.args.seek, 0), len(recording) - 1))
         self.speed = 2

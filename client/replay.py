@@ -47,6 +47,7 @@ ITEM_COLUMNS = {
     "owner": "owner",
 }
 ON_HALO_DESCENT = 12  # revival platform (assets/actions.json)
+DEFAULT_TIMER_FRAMES = 8 * 60 * 60  # Melee's versus default, 8:00 (the dataset keeps no timer)
 HITSTUN_FLAG_BYTE, HITSTUN_FLAG_BIT = 3, 0x02  # post.state_flags, as model/game_state.py
 
 
@@ -59,6 +60,7 @@ class Recording:
     frame_ids: np.ndarray
     players: list[dict[str, np.ndarray]]
     items: list[list[tuple[int, int, float, float, int]]]  # per frame: (slot, type, x, y, owner)
+    timer_frames: int = DEFAULT_TIMER_FRAMES  # the clock runs out at this frame
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -223,10 +225,12 @@ def _load_slp(path: Path) -> Recording:
                         owner_of.get(item.get("owner"), 0) - 1,
                     )
                 )
+    timer = start.get("timer")  # seconds, from the game's rules
     return Recording(
         source=str(path),
         stage=int(start["stage"]),
         frame_ids=ids[keep],
         players=players,
         items=items,
+        timer_frames=int(timer) * 60 if timer else DEFAULT_TIMER_FRAMES,
     )

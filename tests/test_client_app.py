@@ -70,7 +70,7 @@ def test_spectating_a_session(tmp_path):
 
     with ScriptedServer(stream_frames(40)) as server:
         url = server.url.replace("/play", "/watch")
-        assert app.main(["--watch", url, "--frames", "20"]) == 0
+        assert app.main(["--watch", url, "--frames", "20", "--overlay"]) == 0
 
 
 @pytest.mark.skipif(
