@@ -9,3 +9,8 @@
 
 May import `server.protocol` (torch-free) and nothing else of ours: never torch, never `model`.
 """
+
+import os
+
+# pygame prints a greeting on import unless told not to; the command line has its own output.
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")

@@ -153,7 +153,10 @@ class GameChoice:
 class App:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        pygame.init()
+        # Only what the client uses: no mixer (it would complain on machines without sound).
+        pygame.display.init()
+        pygame.font.init()
+        pygame.joystick.init()
         pygame.display.set_caption("Play the Model")
         self.screen = pygame.display.set_mode(args.size, pygame.RESIZABLE)
         self.clock = pygame.time.Clock()
