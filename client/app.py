@@ -27,7 +27,7 @@ from pathlib import Path
 import pygame
 
 from client import assets
-from client.controls import ControllerState, Controls, ControlsConfig
+from client.controls import ControllerState, Controls, ControlsConfig, InputClock
 from client.net import (
     Connection,
     InputSender,
@@ -441,17 +441,14 @@ class LiveLoop:
 
     def run(self) -> int:
         app = self.app
-        accumulator, last_ping, last = 0.0, 0.0, time.perf_counter()
+        clock, last_ping = InputClock(INPUT_HZ, MAX_CATCH_UP), 0.0
         try:
             while True:
                 for event in app._events():
                     if event.type == pygame.KEYDOWN:
                         self._key(event.key)
                 now = time.perf_counter()
-                accumulator = min(accumulator + now - last, MAX_CATCH_UP)
-                last = now
-                while accumulator >= INPUT_STEP:  # fixed 60 Hz input clock
-                    accumulator -= INPUT_STEP
+                for _ in range(clock.due(now)):  # the fixed 60 Hz input clock
                     self._input_tick()
                 if now - last_ping > PING_EVERY:
                     self.connection.ping()

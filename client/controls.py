@@ -40,6 +40,28 @@ TILT = 0.5  # the keyboard's "tilt" modifier holds the stick half way (walks, ti
 SLOTS = 2  # local players: slot 0 drives the first local port, slot 1 the second
 
 
+class InputClock:
+    """Fixed-rate input ticks from a loop that runs at any rate (the accumulator of "Fix Your
+    Timestep!"): `due(now)` says how many ticks to sample since the last call. After a stall
+    longer than `max_catch_up` seconds the missed ticks are dropped, not replayed in a burst."""
+
+    def __init__(self, hz: float = 60.0, max_catch_up: float = 0.25):
+        self.step = 1.0 / hz
+        self.max_catch_up = max_catch_up
+        self.accumulator = 0.0
+        self.last: float | None = None
+
+    def due(self, now: float) -> int:
+        if self.last is None:
+            self.last = now
+            return 0
+        self.accumulator = min(self.accumulator + now - self.last, self.max_catch_up)
+        self.last = now
+        ticks = int(self.accumulator / self.step + 1e-9)
+        self.accumulator -= ticks * self.step
+        return ticks
+
+
 def melee_stick(x: float, y: float) -> tuple[float, float]:
     """A raw stick position (-1..1 per axis, y up) as Melee would read it."""
     magnitude = math.hypot(x, y)

@@ -13,6 +13,7 @@ from client.controls import (
     STICK_DEADZONE,
     Controls,
     ControlsConfig,
+    InputClock,
     melee_stick,
     melee_trigger,
     pick_profile,
@@ -231,3 +232,16 @@ def test_state_becomes_a_protocol_input():
     controls.handle_event(key(pygame.KEYDOWN, "w"))
     message = controls.state(0).to_input(frame=42, port=2)
     assert (message.frame, message.port, message.stick_y) == (42, 2, 1.0)
+
+
+@pytest.mark.parametrize("render_fps", [24, 60, 144, 240])
+def test_input_clock_ticks_at_60_hz_whatever_the_drawing_rate(render_fps):
+    clock = InputClock(60.0)
+    ticks = sum(clock.due(i / render_fps) for i in range(2 * render_fps + 1))  # two seconds
+    assert ticks in (119, 120)
+
+
+def test_input_clock_drops_ticks_after_a_stall():
+    clock = InputClock(60.0, max_catch_up=0.25)
+    clock.due(0.0)
+    assert clock.due(5.0) == 15  # a 5 s stall makes up a quarter second, not 300 ticks
