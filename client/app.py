@@ -436,7 +436,7 @@ class LiveLoop:
         self.status = welcome.status
         self.paused = welcome.status == "paused"
         self.game_over = ""
-        self.notice = ""
+        self.notice, self.notice_until = "", 0.0
         self._start_down: set[int] = set()
 
     def run(self) -> int:
@@ -454,8 +454,6 @@ class LiveLoop:
                     self.connection.ping()
                     last_ping = now
                 self._receive()
-                if self.connection.closed and not self.game_over:
-                    self.notice = self.connection.closed
                 self._draw()
                 if not app._present():
                     return 0
@@ -473,7 +471,7 @@ class LiveLoop:
 
     def _toggle_pause(self) -> None:
         if not self.local:
-            self.notice = "pause is for local games"
+            self._notify("pause is for local games only")
             return
         self.connection.send(Control(action="resume" if self.paused else "pause"))
 
@@ -510,13 +508,17 @@ class LiveLoop:
                     self.game_over = ""
             elif isinstance(message, Error):
                 log.warning("server error %s: %s", message.code, message.message)
-                self.notice = f"{message.code}: {message.message}"
+                self._notify(f"server: {message.message}")
             elif isinstance(message, Bye):
-                self.notice = f"server closed: {message.reason}"
+                self._notify(f"server closed: {message.reason}")
+
+    def _notify(self, text: str, seconds: float = 4.0) -> None:
+        self.notice, self.notice_until = text, time.monotonic() + seconds
 
     def _draw(self) -> None:
         hud = self.renderer.hud
-        hud.banner, hud.subtitle = "", self.notice
+        hud.banner, hud.subtitle = "", ""
+        hud.notice = self.notice if time.monotonic() < self.notice_until else ""
         if self.game_over:
             hud.banner = "GAME!"
             hud.subtitle = f"{self.game_over}   —   F5 rematch, Esc quit"
@@ -526,7 +528,7 @@ class LiveLoop:
             hud.banner = "PAUSED"
             hud.subtitle = "P or Start to resume, F5 reset, Esc quit"
         elif self.connection.closed:
-            hud.banner = "DISCONNECTED"
+            hud.banner, hud.subtitle = "DISCONNECTED", self.connection.closed
         hud.show_overlay = self.app.show_overlay
         stats = self.connection.stats
         ping = "–" if stats.ping_ms is None else f"{stats.ping_ms:.0f} ms"

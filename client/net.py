@@ -273,6 +273,14 @@ class Connection:
 
     def open(self, timeout: float = 10.0) -> Welcome:
         """Connect, say hello and wait for the welcome; then start the threads."""
+        try:
+            return self._open(timeout)
+        except ServerError:
+            if self._ws is not None:
+                self._ws.close()
+            raise
+
+    def _open(self, timeout: float) -> Welcome:
         host = urllib.parse.urlsplit(self.url).hostname or ""
         try:
             # Entering the connection (websockets >= 17 asks for it) keeps it open until

@@ -189,6 +189,7 @@ class Hud:
     show_overlay: bool = False
     banner: str = ""  # big centred text: PAUSED, GAME!, waiting...
     subtitle: str = ""
+    notice: str = ""  # a passing message under the timer (server errors, refusals)
 
 
 class Renderer:
@@ -264,6 +265,9 @@ class Renderer:
                 self._draw_player(surface, player, self.frame.frame)
         self._draw_effects(surface)
         self._draw_hud(surface)
+        if self.hud.notice:
+            text = self.fonts["medium"].render(self.hud.notice, True, (255, 210, 120))
+            surface.blit(text, (surface.get_width() // 2 - text.get_width() // 2, 58))
         if self.hud.banner:
             self._draw_banner(surface)
         if self.hud.show_overlay:

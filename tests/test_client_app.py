@@ -12,6 +12,12 @@ import pytest
 
 from client import app, assets
 from client.app import App, GameChoice, StartScreen, parse_args
+from client.net import LocalServer, create_session
+
+needs_server = pytest.mark.skipif(
+    importlib.util.find_spec("server.serve") is None or importlib.util.find_spec("torch") is None,
+    reason="the game server (server/serve.py, torch, fastapi) is not available here",
+)
 
 
 def test_options():
@@ -73,12 +79,27 @@ def test_spectating_a_session(tmp_path):
         assert app.main(["--watch", url, "--frames", "20", "--overlay"]) == 0
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("server.serve") is None or importlib.util.find_spec("torch") is None,
-    reason="the game server (server/serve.py, torch, fastapi) is not available here",
-)
+@needs_server
 def test_play_with_no_server_given_starts_one(tmp_path):
     shot = tmp_path / "live.png"
     argv = ["--no-menu", "--cpu", "2:approach", "--frames", "90", "--screenshot", str(shot)]
     assert app.main(argv) == 0
     assert shot.exists()
+
+
+@needs_server
+def test_joining_a_session_on_a_server_by_token(capsys):
+    server = LocalServer(reuse_default=False)
+    server.start()
+    try:
+        server.wait(timeout=120)
+        session = create_session(server.url, {"policies": {"2": "noop"}})
+        argv = ["--server", server.url, "--session", session.session_id]
+        argv += ["--token", session.tokens["1"], "--frames", "30"]
+        assert app.main(argv) == 0
+        # a wrong token is refused with a message, not a traceback
+        argv = ["--server", server.url, "--session", session.session_id, "--token", "nope"]
+        assert app.main([*argv, "--frames", "5"]) == 1
+        assert "token" in capsys.readouterr().err
+    finally:
+        server.stop()
