@@ -148,18 +148,13 @@ class Camera:
     def _contain(self, points: list[tuple[float, float]]) -> None:
         """Never let easing leave a player out of the picture: widen the view at once."""
         half_w, half_h = self.width / 2, self.width / self.aspect / 2
-        left, right = self.cx - half_w, self.cx + half_w
-        bottom, top = self.cy - half_h, self.cy + half_h
+        view = [self.cx - half_w, self.cx + half_w, self.cy - half_h, self.cy + half_h]
+        box = list(view)
         for x, y in points:
-            left, right = min(left, x - self.KEEP_X), max(right, x + self.KEEP_X)
-            bottom, top = min(bottom, y - self.KEEP_BOTTOM), max(top, y + self.KEEP_TOP)
-        if (left, right, bottom, top) != (
-            self.cx - half_w,
-            self.cx + half_w,
-            self.cy - half_h,
-            self.cy + half_h,
-        ):
-            self.cx, self.cy, self.width = self._fit(left, right, bottom, top)
+            box[0], box[1] = min(box[0], x - self.KEEP_X), max(box[1], x + self.KEEP_X)
+            box[2], box[3] = min(box[2], y - self.KEEP_BOTTOM), max(box[3], y + self.KEEP_TOP)
+        if box != view:
+            self.cx, self.cy, self.width = self._fit(*box)
 
     def to_screen(self, x: float, y: float) -> tuple[int, int]:
         w, h = self.size

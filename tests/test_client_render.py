@@ -155,3 +155,13 @@ def test_timer_counts_down_like_melee():
     assert timer_text(0, 8 * 3600) == "08:00.00"
     assert timer_text(90, 8 * 3600) == "07:58.50"
     assert timer_text(10**6, 8 * 3600) == "00:00.00"
+
+
+def test_camera_never_loses_a_player_while_easing():
+    from client import assets
+
+    camera = Camera(assets.stage(31), SIZE)
+    camera.follow([(0.0, 0.0)], 1 / 60)
+    camera.follow([(0.0, 0.0), (150.0, 120.0)], 1 / 60)  # one frame later, far away
+    x, y = camera.to_screen(150.0, 120.0)
+    assert 0 <= x < SIZE[0] and 0 <= y < SIZE[1]
