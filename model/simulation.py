@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -73,13 +74,25 @@ class Snapshot:
         return sum(sizes) + self.generator_state.numel()
 
 
+MAX_GRAPH_BATCH = 256  # larger batches step eagerly (launch overhead no longer dominates)
+
+
 class Simulation:
     def __init__(
-        self, model: WorldModel, temperature: float = 0.0, device: torch.device | str = "cpu"
+        self,
+        model: WorldModel,
+        temperature: float = 0.0,
+        device: torch.device | str = "cpu",
+        cuda_graphs: bool = False,
     ):
+        """`cuda_graphs`: on CUDA with argmax decoding, replay each step from a CUDA graph
+        captured per batch-size bucket (1, 2, 4, ... 256 games; the batch is padded up to its
+        bucket). Falls back to eager steps, with a warning, if a capture fails."""
         self.model = model.eval()
         self.temperature = temperature
         self.device = torch.device(device)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and temperature <= 0
+        self._graphs: dict[int, object] = {}
         self.game_ids: list[int] = []
         self._setups: dict[int, GameSetup] = {}
         self._generators: dict[int, torch.Generator] = {}
@@ -202,8 +215,11 @@ class Simulation:
         )
         prev = self._prev
         with torch.inference_mode():
-            preds = self.model.step(prev, ctrl, self._cache)
-            frame = self._cast(self._decode(preds, prev, ctrl))
+            if self.cuda_graphs:
+                frame = self._cast(self._graph_step(prev, ctrl))
+            else:
+                preds = self.model.step(prev, ctrl, self._cache)
+                frame = self._cast(self._decode(preds, prev, ctrl))
             over = self._rules.over
             if over.any():  # finished games stay on their last frame
                 frame = {k: torch.where(_rows_mask(over, v), prev[k], v) for k, v in frame.items()}
@@ -213,6 +229,40 @@ class Simulation:
         return {
             g: StepResult(frame, i, events[i], bool(over[i])) for i, g in enumerate(self.game_ids)
         }
+
+    def _graph_step(self, prev: Frames, ctrl: Frames) -> Frames:
+        """model.step + decode replayed from the CUDA graph of this batch's size bucket. The
+        graph owns fixed tensors: inputs and cache rows are copied in (padding rows repeat
+        the first game), and the new frame and cache rows copied out."""
+        from model.cuda_graph import CudaGraphStep
+
+        size = len(self.game_ids)
+        bucket = 1 << (size - 1).bit_length()
+        if bucket > MAX_GRAPH_BATCH:
+            return self._decode(self.model.step(prev, ctrl, self._cache), prev, ctrl)
+
+        def pad(t: Tensor) -> Tensor:
+            if bucket == size:
+                return t
+            return torch.cat([t, t[:1].expand(bucket - size, *t.shape[1:])])
+
+        prev_p = {k: pad(v) for k, v in prev.items()}
+        ctrl_p = {k: pad(v) for k, v in ctrl.items()}
+        graph = self._graphs.get(bucket)
+        if graph is None:
+            try:
+                graph = self._graphs[bucket] = CudaGraphStep(self.model, prev_p, ctrl_p)
+            except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly instead
+                warnings.warn(f"CUDA graph capture failed ({e}); stepping eagerly", stacklevel=2)
+                self.cuda_graphs = False
+                return self._decode(self.model.step(prev, ctrl, self._cache), prev, ctrl)
+        ours, theirs = self._cache.tensors(), graph.cache.tensors()
+        for key, tensor in ours.items():
+            theirs[key][:size].copy_(tensor)
+        out = graph.replay(prev_p, ctrl_p)
+        for key, tensor in ours.items():
+            tensor.copy_(theirs[key][:size])
+        return {k: v[:size].clone() for k, v in out.items()}
 
     def _cast(self, frame: Frames) -> Frames:
         """Every field back to the dtype the frames started with (decode and the rules work

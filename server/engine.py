@@ -43,7 +43,7 @@ class Engine:
         self.model = model
         self.model_name = model_name
         self.device = settings.resolved_device()
-        self.sim = Simulation(model, settings.temperature, self.device)
+        self.sim = Simulation(model, settings.temperature, self.device, settings.cuda_graphs)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="device")
         self.sessions: dict[str, Session] = {}
         self._retired: list[Session] = []

@@ -67,7 +67,9 @@ class MatchJob:
 class MatchService:
     def __init__(self, engine):
         self.engine = engine
-        self.sim = Simulation(engine.model, engine.settings.temperature, engine.device)
+        self.sim = Simulation(
+            engine.model, engine.settings.temperature, engine.device, engine.settings.cuda_graphs
+        )
         self.jobs: OrderedDict[str, MatchJob] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -118,7 +120,12 @@ class MatchService:
                     if job.status in ("queued", "running"):
                         job.status, job.error = "failed", f"{type(e).__name__}: {e}"
                         job.done.set()
-                self.sim = Simulation(engine.model, engine.settings.temperature, engine.device)
+                self.sim = Simulation(
+                    engine.model,
+                    engine.settings.temperature,
+                    engine.device,
+                    engine.settings.cuda_graphs,
+                )
                 self._buffer, self._buffer_rows = [], {}
                 continue
             for job in finished:

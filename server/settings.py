@@ -28,6 +28,9 @@ class ServerSettings(BaseSettings):
         "tests); with neither and no demo checkpoint, an untrained mamba2-small is served",
     )
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    cuda_graphs: bool = Field(
+        True, description="on CUDA, replay each tick from a graph per batch-size bucket"
+    )
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads (default: torch's choice, one per core)"
     )

@@ -267,3 +267,34 @@ def test_game_from_a_replay_frame_continues_that_game(model, replay_frames):
         int(replay_frames["p1_stocks"][start]),
         int(replay_frames["p2_stocks"][start]),
     )
+
+
+@pytest.mark.gpu
+def test_cuda_graph_buckets_match_eager_steps_as_games_join_and_leave():
+    torch.manual_seed(0)
+    model = WorldModel(TINY).cuda().eval()
+    eager = Simulation(model, device="cuda")
+    graphed = Simulation(model, device="cuda", cuda_graphs=True)
+    policies = {}
+    for seed in range(3):  # 3 games: padded to the bucket of 4
+        setup = GameSetup(stage=31, seed=seed)
+        policies[eager.new_game(setup), graphed.new_game(setup)] = (
+            RandomPolicy(seed),
+            RandomPolicy(seed + 10),
+        )
+    for t in range(60):
+        if t == 30:  # one game leaves: bucket of 2
+            (a, b), _ = next(iter(policies.items()))
+            eager.remove_game(a)
+            graphed.remove_game(b)
+            del policies[(a, b)]
+        controls_e, controls_g = {}, {}
+        for (a, b), pair in policies.items():
+            columns = controls_for(pair, eager.batch_frame, eager.game_ids.index(a))
+            controls_e[a], controls_g[b] = columns, columns
+        eager.step(controls_e)
+        graphed.step(controls_g)
+        assert graphed.cuda_graphs, "capture fell back to eager"
+        for key, value in eager.batch_frame.items():
+            other = graphed.batch_frame[key]
+            assert torch.allclose(value.float(), other.float(), atol=1e-3), (t, key)
