@@ -298,3 +298,45 @@ def test_cuda_graph_buckets_match_eager_steps_as_games_join_and_leave():
         for key, value in eager.batch_frame.items():
             other = graphed.batch_frame[key]
             assert torch.allclose(value.float(), other.float(), atol=1e-3), (t, key)
+
+
+@pytest.mark.parametrize("stage_id", legal_stage_ids())
+def test_nobody_falls_through_the_main_stage_from_above(stage_id):
+    from model.rules import FLOOR_TOLERANCE
+
+    stage = get_stage(stage_id)
+    prev, rules = batch_frame(stage_id)
+    prev["p1_x"][0], prev["p1_y"][0] = 10.0, stage.main.y + 2.0
+    prev["p2_x"][0], prev["p2_y"][0] = stage.main.right_x + 20.0, stage.main.y - 30.0  # recovering
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["p1_y"][0] = stage.main.y - FLOOR_TOLERANCE - 5.0  # sinks through
+    frame["p1_vel_self_y"][0] = -3.0
+    frame["p2_y"][0] = stage.main.y - 31.0  # below the stage, off to the side: untouched
+    apply_rules(frame, rules, prev)
+    assert float(frame["p1_y"][0]) == pytest.approx(stage.main.y)
+    assert float(frame["p1_vel_self_y"][0]) == 0.0
+    assert float(frame["p2_y"][0]) == pytest.approx(stage.main.y - 31.0)
+
+
+def test_the_solid_stage_rule_never_moves_a_real_player(dev_dataset_dir):
+    """On real games the rule must be invisible: apply it to every frame given the one before."""
+    import pyarrow.parquet as pq
+
+    from model.rules import keep_above_main_stage
+
+    paths = sorted(dev_dataset_dir.glob("*.parquet"))
+    assert len(paths) == 8
+    for path in paths:
+        frames = frames_from_table(pq.read_table(path))
+        stage = get_stage(int(frames["stage"][0]))
+        n = len(frames["frame"]) - 1
+        rules = RuleState.new(stage, (4, 4))
+        rules = RuleState.from_tensors(
+            {k: v.expand(n, *v.shape[1:]).clone() for k, v in rules.tensors().items()}
+        )
+        prev = {k: v[:-1] for k, v in frames.items()}
+        new = {k: v[1:].clone() for k, v in frames.items()}
+        before = {k: new[k].clone() for k in ("p1_y", "p2_y")}
+        keep_above_main_stage(new, prev, rules)
+        for key, value in before.items():
+            assert torch.equal(new[key], value), f"{path.name}: the rule moved {key}"
