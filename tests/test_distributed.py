@@ -134,7 +134,9 @@ def test_two_processes_train_like_one(dev_dataset_dir, train_yaml, tmp_path):
     single = Trainer(config, dev_dataset_dir, tmp_path / "single")
     single.run(progress=False)
     single.close()
-    assert_same(single.model.state_dict(), a0, rtol=1e-4, atol=1e-6)
+    # Measured: at most 9e-7 apart (weights up to 0.2); 1e-2 if each rank divided its head
+    # means by its own shard's weights instead of the global batch's.
+    assert_same(single.model.state_dict(), a0, rtol=1e-4, atol=1e-5)
     for record in records(tmp_path / "single"):
         if "loss" in record:
             assert record["loss"] == pytest.approx(losses[record["step"]], rel=1e-5)

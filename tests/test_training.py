@@ -3,6 +3,7 @@ sampling, the autoregressive unroll, mixed precision (on CUDA) and wandb."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -203,7 +204,7 @@ def test_unroll_backpropagates_through_the_recurrent_state(dataset_dir, tiny_mod
 
 def test_unroll_changes_the_loss_and_resumes_exactly(dataset_dir, tiny_model_yaml, tmp_path):
     plain = Trainer(config(tiny_model_yaml), dataset_dir, tmp_path / "plain")
-    c = config(tiny_model_yaml, unroll=5, max_steps=6, checkpoint_every=3, val_every=3)
+    c = config(tiny_model_yaml, unroll=5, max_steps=4, checkpoint_every=2, val_every=2)
     unrolled = Trainer(c, dataset_dir, tmp_path / "straight")
     assert same_weights(plain.model, unrolled.model)  # the same start, the same batch
     loss, scalars = unrolled.train_step()
@@ -211,11 +212,11 @@ def test_unroll_changes_the_loss_and_resumes_exactly(dataset_dir, tiny_model_yam
     assert math.isfinite(scalars["unroll_loss"]) and scalars["unroll_loss"] > 0
     unrolled.run(progress=False)
     first = Trainer(c, dataset_dir, tmp_path / "resumed")
-    first.run(max_steps=3, progress=False)
+    first.run(max_steps=2, progress=False)
     second = Trainer(c, dataset_dir, tmp_path / "resumed")
     second.resume()
     second.run(progress=False)
-    assert second.step == 6 and same_weights(unrolled.model, second.model)
+    assert second.step == 4 and same_weights(unrolled.model, second.model)
     records = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert any("unroll_loss" in json.loads(line) for line in records)
 
@@ -280,7 +281,8 @@ def test_wandb_logs_what_tensorboard_logs(dataset_dir, tiny_model_yaml, tmp_path
     monkeypatch.setitem(sys.modules, "wandb", fake)
     writer = FakeSummaryWriter()
     monkeypatch.setattr(train_module, "_summary_writer", lambda run_dir: writer)
-    c = config(tiny_model_yaml, max_steps=4, val_every=4, wandb=True, wandb_project="melee")
+    c = config(tiny_model_yaml, max_steps=4, val_every=4, val_windows=2, wandb=True)
+    c = dataclasses.replace(c, batch_size=4, wandb_project="melee")
     trainer = Trainer(c, dataset_dir, tmp_path)
     trainer.run(progress=False)
     trainer.close()
