@@ -9,6 +9,7 @@ lifespan, never at import.
     POST   /v1/sessions/{id}/reset
     WS     /v1/sessions/{id}/play?token=T[&token=T2]
     WS     /v1/sessions/{id}/watch
+    GET    /watch/{id}                  the browser spectator page
     POST   /v1/matches                  -> 202, runs in the background
     GET    /v1/matches/{id}[?wait=true]
     GET    /v1/matches/{id}/frames[?format=json|parquet]
@@ -25,11 +26,12 @@ import io
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from model import game_state as gs
 from model.frames import table_from_frames
@@ -49,6 +51,8 @@ from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
 
 log = logging.getLogger(__name__)
+
+WATCH_PAGE = Path(__file__).resolve().parent / "static" / "watch.html"
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -151,6 +155,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             "tokens": {str(p): t for p, t in session.tokens.items()},
             "play_url": f"{ws_base}/v1/sessions/{session.id}/play",
             "watch_url": f"{ws_base}/v1/sessions/{session.id}/watch",
+            "spectator_page": f"{base}/watch/{session.id}",
         }
 
     def session_or_404(request: Request, session_id: str):
@@ -187,6 +192,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @app.websocket("/v1/sessions/{session_id}/watch")
     async def watch(websocket: WebSocket, session_id: str) -> None:
         await websocket.app.state.sockets.watch(websocket, session_id)
+
+    @app.get("/watch/{session_id}", response_class=HTMLResponse)
+    async def watch_page(session_id: str, request: Request) -> HTMLResponse:
+        """The browser spectator page: static HTML drawing the watch websocket on a canvas."""
+        session_or_404(request, session_id)
+        return HTMLResponse(WATCH_PAGE.read_text(encoding="utf-8"))
 
     # ------------------------------------------------------------------ matches
     @app.post("/v1/matches", status_code=202, dependencies=[Depends(require_key)])
