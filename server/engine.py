@@ -44,6 +44,7 @@ class Engine:
         self.model_name = model_name
         self.device = settings.resolved_device()
         self.sim = Simulation(model, settings.temperature, self.device, settings.cuda_graphs)
+        self.scratch = Simulation(model, settings.temperature, self.device)  # for rollbacks
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="device")
         self.sessions: dict[str, Session] = {}
         self._retired: list[Session] = []
@@ -82,7 +83,9 @@ class Engine:
                 f"the server already runs {len(self.sessions)} sessions "
                 f"(max_sessions={self.settings.max_sessions}); try again later"
             )
-        session = Session.new(policies, input_delay, snapshot, setup_info)
+        session = Session.new(
+            policies, input_delay, snapshot, setup_info, self.settings.rollback_frames
+        )
         session.parked = snapshot
         self.sessions[session.id] = session
         log.info("session %s: created (%s)", session.id, setup_info)
@@ -158,19 +161,25 @@ class Engine:
         plan = []
         for session in self.sessions.values():
             if session.status == "running":
-                controls, missing = session.controls_for_next_frame()
-                plan.append((session, session.generation, controls, missing))
+                controls, missing, record = session.controls_for_next_frame()
+                rollback, session.rollback_from = session.rollback_from, None
+                plan.append((session, session.generation, controls, missing, record, rollback))
                 if missing:
                     self.metrics.substituted_inputs.inc(len(missing))
         retired, self._retired = self._retired, []
         if not plan and not retired and not self._needs_parking():
             return 0
         results = await self.on_device(self._device_tick, plan, retired)
-        for session, generation, data, frame_id, events, over in results:
+        for session, generation, corrected, data, frame_id, events, over in results:
             if generation != session.generation or session.id not in self.sessions:
                 continue  # reset or closed while the step ran: this frame is void
             session.frame = frame_id
+            if corrected:
+                self.metrics.rollbacks.inc()
+                self.metrics.rolled_back_frames.inc(len(corrected))
             for connection in session.connections():
+                for message in corrected:
+                    connection.offer(message)
                 if not connection.offer(data) and connection.role == "spectator":
                     self.metrics.dropped_frames.inc()
             if over:
@@ -198,6 +207,55 @@ class Engine:
             connection.offer(data)
 
     # ------------------------------------------------------------------ device thread
+    def _rollback(
+        self, session: Session, start: int, controls: dict, missing: list[int], record
+    ) -> list[bytes]:
+        """Re-step frames `start`..`session.frame` with the inputs that have arrived since
+        (a port still missing reuses its latest real input), put the result in the batch, and
+        return the corrected frames' messages. Also fixes the substitutions of the frame about
+        to be stepped (`controls`, `missing`, `record`), which were chosen before the late
+        input was known."""
+        records = [session.history.get(f) for f in range(start, session.frame + 1)]
+        if not records or any(r is None for r in records) or records[0].before is None:
+            log.warning("session %s: cannot roll back to frame %d", session.id, start)
+            return []
+        scratch = self.scratch
+        game = scratch.add_from_snapshot(records[0].before)
+        carry: dict[int, dict | None] = {port: None for port in session.human_ports}
+        messages = []
+        for rec in records:
+            columns = dict(rec.used)
+            still_missing = []
+            for port in session.human_ports:
+                value = rec.real.get(port)
+                if value is None:
+                    still_missing.append(port)
+                    value = carry[port]
+                else:
+                    carry[port] = value
+                if value is not None:
+                    columns.update({f"p{port}_{k}": v for k, v in value.items()})
+            rec.before = scratch.snapshot(game) if still_missing else None
+            rec.used = columns
+            result = scratch.step({game: columns})[game]
+            message = frame_message(
+                batch_columns(scratch.batch_frame), result.row, result.events, still_missing
+            )
+            message["corrected"] = True
+            messages.append(protocol.encode(message))
+        self.sim.restore(session.game_id, scratch.snapshot(game))
+        scratch.remove_game(game)
+        for port, value in carry.items():
+            if value is None:
+                continue
+            session.last_input[port] = value
+            if port in missing:  # the frame about to be stepped reuses the newer input
+                prefixed = {f"p{port}_{k}": v for k, v in value.items()}
+                controls.update(prefixed)
+        session.rollbacks += 1
+        session.rolled_back_frames += len(records)
+        return messages
+
     def _device_tick(self, plan, retired: list[Session]) -> list[tuple]:
         sim = self.sim
         for session in retired:
@@ -223,24 +281,37 @@ class Engine:
         if not plan:
             return []
 
+        corrections = {}
+        for session, _, controls, missing, record, rollback in plan:
+            if rollback is not None:
+                corrections[session.id] = self._rollback(
+                    session, rollback, controls, missing, record
+                )
         batch = sim.batch_frame
-        controls = {}
-        for session, _, human, _ in plan:
+        step_controls = {}
+        for session, _, human, missing, record, _ in plan:
             columns = dict(human)
             if session.policies:
                 view = FrameView(batch, sim.game_ids.index(session.game_id))
                 for port, policy in session.policies.items():
                     columns |= policy(view, port - 1).columns(port - 1)
-            controls[session.game_id] = columns
-        results = sim.step(controls)
+            record.used = dict(columns)
+            if missing and session.rollback_window > 0:
+                record.before = sim.snapshot(session.game_id)
+            session.history[record.frame] = record
+            for old in [f for f in session.history if f <= record.frame - session.rollback_window]:
+                del session.history[old]
+            step_controls[session.game_id] = columns
+        results = sim.step(step_controls)
         columns = batch_columns(sim.batch_frame)
         out = []
-        for session, generation, _, missing in plan:
+        for session, generation, _, missing, _, _ in plan:
             result = results[session.game_id]
             events: list[Event] = result.events
             message = frame_message(columns, result.row, events, missing)
-            frame_id = message["frame"]
+            corrected = corrections.get(session.id, [])
+            data = protocol.encode(message)
             out.append(
-                (session, generation, protocol.encode(message), frame_id, events, result.over)
+                (session, generation, corrected, data, message["frame"], events, result.over)
             )
         return out

@@ -303,8 +303,11 @@ class LiveSockets:
                     f"frames behind the game (frame {session.frame}); stamp inputs with the "
                     "last frame received plus the input delay",
                 )
-            if session.accept_input(message.frame, message.port, controller_columns(message)):
+            outcome = session.accept_input(message.frame, message.port, controller_columns(message))
+            if outcome == "late":
                 self.engine.metrics.late_inputs.inc()
+            elif outcome == "rollback":
+                self.engine.metrics.rollback_inputs.inc()
             return None
         if isinstance(message, protocol.Ping):
             connection.offer(

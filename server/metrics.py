@@ -116,7 +116,15 @@ class ServerMetrics:
             "playmodel_substituted_inputs_total", "inputs missing at their frame (last one reused)"
         )
         self.late_inputs = Counter(
-            "playmodel_late_inputs_total", "inputs that arrived after their frame was stepped"
+            "playmodel_late_inputs_total",
+            "inputs that arrived too late to use (past the rollback window)",
+        )
+        self.rollback_inputs = Counter(
+            "playmodel_rollback_inputs_total", "late inputs applied by rolling the game back"
+        )
+        self.rollbacks = Counter("playmodel_rollbacks_total", "rollbacks (rewind and re-step)")
+        self.rolled_back_frames = Counter(
+            "playmodel_rolled_back_frames_total", "frames re-stepped by rollbacks"
         )
         self.rejected_messages = Counter(
             "playmodel_rejected_messages_total", "client messages answered with an error"
@@ -135,6 +143,9 @@ class ServerMetrics:
             self.frames_stepped,
             self.substituted_inputs,
             self.late_inputs,
+            self.rollback_inputs,
+            self.rollbacks,
+            self.rolled_back_frames,
             self.rejected_messages,
             self.dropped_frames,
             self.match_frames,

@@ -160,6 +160,7 @@ class Frame(Message):
     projectiles: list[Projectile] = Field(default_factory=list)
     events: list[GameEvent] = Field(default_factory=list)
     substituted: list[int] = Field(default_factory=list)  # ports whose input did not arrive
+    corrected: bool = False  # a rollback re-made this frame: it replaces the one shown before
 
 
 class Status(Message):

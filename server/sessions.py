@@ -91,6 +91,16 @@ class Connection:
 
 
 @dataclass
+class FrameRecord:
+    """What a stepped frame was made with, kept for the rollback window."""
+
+    frame: int
+    used: dict[str, float | int]  # both ports' controller columns, policies' included
+    real: dict[int, dict | None]  # human port -> its input if it arrived, else None
+    before: Snapshot | None = None  # the state before this frame, kept if an input was missing
+
+
+@dataclass
 class Session:
     id: str
     tokens: dict[int, str]  # port -> secret
@@ -115,6 +125,11 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)  # a player was last connected
     result: dict | None = None  # the game_end event's detail once over
+    rollback_window: int = 7  # frames a late input may still be applied to (Slippi's 7)
+    history: dict[int, FrameRecord] = field(default_factory=dict)  # the last frames stepped
+    rollback_from: int | None = None  # the earliest frame a late input arrived for
+    rollbacks: int = 0
+    rolled_back_frames: int = 0
 
     @classmethod
     def new(
@@ -123,6 +138,7 @@ class Session:
         input_delay: int,
         start_snapshot: Snapshot,
         setup_info: dict,
+        rollback_window: int = 7,
     ) -> Session:
         human = [p for p in protocol.PORTS if p not in policies]
         return cls(
@@ -136,6 +152,7 @@ class Session:
             inputs={p: {} for p in protocol.PORTS},
             last_input={p: dict(NEUTRAL) for p in protocol.PORTS},
             substituted={p: 0 for p in protocol.PORTS},
+            rollback_window=rollback_window,
         )
 
     # ------------------------------------------------------------------ access
@@ -173,38 +190,55 @@ class Session:
 
     # ------------------------------------------------------------------ inputs
     def accept_input(self, frame: int, port: int, columns: dict) -> str | None:
-        """Store an input for `frame`; returns 'late' if that frame was already stepped."""
-        if frame <= self.frame:
+        """Store an input for `frame`. Returns None for an input in time, 'rollback' for a
+        late input the session will roll back for, 'late' for one too old to use."""
+        if frame > self.frame:
+            self.inputs[port][frame] = columns
+            return None
+        return self._late_input(frame, port, columns)
+
+    def _late_input(self, frame: int, port: int, columns: dict) -> str:
+        record = self.history.get(frame)
+        if record is None or self.frame - frame >= self.rollback_window:
             self.late_inputs += 1
             return "late"
-        self.inputs[port][frame] = columns
-        return None
+        if record.real.get(port) is not None:
+            return "late"  # a duplicate: that frame already has this port's real input
+        record.real[port] = columns
+        if self.rollback_from is None or frame < self.rollback_from:
+            self.rollback_from = frame
+        return "rollback"
 
-    def controls_for_next_frame(self) -> tuple[dict[str, float | int], list[int]]:
+    def controls_for_next_frame(self) -> tuple[dict[str, float | int], list[int], FrameRecord]:
         """The human ports' controller columns for frame `self.frame + 1`, the ports whose
-        input had not arrived (their last input is reused), and old inputs dropped."""
+        input had not arrived (their last input is reused), and the frame's record. Inputs for
+        frames already stepped (they arrived while a step ran) become late inputs."""
         target = self.frame + 1
         columns: dict[str, float | int] = {}
         missing = []
+        real: dict[int, dict | None] = {}
         for port in self.human_ports:
             pending = self.inputs[port]
+            for stale in sorted(f for f in pending if f < target):
+                self._late_input(stale, port, pending.pop(stale))
             value = pending.pop(target, None)
+            real[port] = value
             if value is None:
                 value = self.last_input[port]
                 missing.append(port)
                 self.substituted[port] += 1
             else:
                 self.last_input[port] = value
-            for stale in [f for f in pending if f < target]:
-                del pending[stale]
             prefix = f"p{port}_"
             columns.update({prefix + k: v for k, v in value.items()})
-        return columns, missing
+        return columns, missing, FrameRecord(target, dict(columns), real)
 
     def reset_inputs(self) -> None:
         for port in protocol.PORTS:
             self.inputs[port].clear()
             self.last_input[port] = dict(NEUTRAL)
+        self.history.clear()
+        self.rollback_from = None
 
     # ------------------------------------------------------------------ output
     def connections(self) -> list[Connection]:
@@ -222,6 +256,8 @@ class Session:
             "spectators": len(self.spectators),
             "substituted_inputs": {str(p): n for p, n in self.substituted.items()},
             "late_inputs": self.late_inputs,
+            "rollbacks": self.rollbacks,
+            "rolled_back_frames": self.rolled_back_frames,
             "result": self.result,
             **self.setup_info,
         }

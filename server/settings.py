@@ -38,6 +38,12 @@ class ServerSettings(BaseSettings):
     tick_rate: float = Field(60.0, gt=0.0, le=1000.0)
     max_sessions: int = Field(32, ge=1)
     input_delay: int = Field(2, ge=0, le=30, description="default input delay, frames")
+    rollback_frames: int = Field(
+        7,
+        ge=0,
+        le=60,
+        description="a late input up to this many frames old rolls the game back (0: never)",
+    )
     max_input_lead: int = Field(
         120, ge=1, description="inputs stamped further ahead of the game than this are refused"
     )
