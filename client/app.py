@@ -491,7 +491,12 @@ class LiveLoop:
 
     def _receive(self) -> None:
         for message in self.connection.poll():
-            if isinstance(message, Frame):
+            if isinstance(message, Frame) and message.corrected:
+                # A rollback re-made frames already shown: replace the one on screen; older
+                # corrected frames are history and are not drawn.
+                if self.renderer.frame is not None and message.frame == self.renderer.frame.frame:
+                    self.renderer.replace(message)
+            elif isinstance(message, Frame):
                 if self.renderer.frame is not None and message.frame < self.renderer.frame.frame:
                     self.sender.reset()  # a reset: the game starts over
                     self.game_over = ""
@@ -540,6 +545,7 @@ class LiveLoop:
             f"ping {ping}   delay {self.welcome.input_delay} f",
             f"frames received {stats.frames}   skipped {stats.gaps}",
             f"inputs sent {self.sender.sent}   substituted {substituted or '0'}",
+            f"rollbacks {stats.rollbacks_per_second():.1f}/s   corrected frames {stats.corrected}",
             *(f"error {e}" for e in list(stats.errors)[-2:]),
         ]
         self.renderer.draw(self.app.screen)

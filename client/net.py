@@ -243,12 +243,20 @@ class LocalServer:
 # ------------------------------------------------------------------------------ websocket
 @dataclass
 class NetStats:
+    """Counters for the overlay."""
+
     frames: int = 0
     gaps: int = 0  # frames skipped between two received frames
     out_of_order: int = 0
     substituted: dict[int, int] = field(default_factory=dict)  # port -> count
+    corrected: int = 0  # frames re-made by a server rollback
+    rollback_times: deque = field(default_factory=lambda: deque(maxlen=600))
     ping_ms: float | None = None
     errors: deque = field(default_factory=lambda: deque(maxlen=5))
+
+    def rollbacks_per_second(self, window: float = 5.0) -> float:
+        now = time.monotonic()
+        return sum(1 for t in self.rollback_times if now - t <= window) / window
 
 
 class Connection:
@@ -378,7 +386,12 @@ class Connection:
 
     def _account(self, message: Message) -> None:
         """Statistics for the overlay, kept by the reader thread."""
-        if isinstance(message, Frame):
+        if isinstance(message, Frame) and message.corrected:
+            # A rollback re-made a frame already received: it is not a new frame.
+            self.stats.corrected += 1
+            if message.frame == self.last_frame:  # the last corrected frame of a rollback
+                self.stats.rollback_times.append(time.monotonic())
+        elif isinstance(message, Frame):
             self.stats.frames += 1
             if self.last_frame is not None:
                 if message.frame <= self.last_frame:

@@ -228,6 +228,12 @@ class Renderer:
         points.append((0.0, self.stage.main.y))
         self.camera.follow(points, dt, snap=snap)
 
+    def replace(self, frame: Frame) -> None:
+        """Show a corrected version of the current frame (a server rollback re-made it):
+        positions and HUD change, effects and camera carry on."""
+        if self.frame is not None and frame.frame == self.frame.frame:
+            self.frame = frame
+
     def _start_effect(self, event: GameEvent, frame: Frame, previous: Frame | None) -> None:
         port = event_port(event)
         if port is None or event.type not in ("ko", "respawn"):

@@ -253,3 +253,27 @@ def test_end_to_end_with_a_local_server():
     late = [f for f in frames if f.frame >= segments[0][0].frame + session.input_delay + 2]
     assert late and all(f.players[0].stick_x == 1.0 for f in late)
     assert all(f.players[1].stick_x == -1.0 for f in late)
+
+
+def test_corrected_frames_count_as_rollbacks_not_as_disorder():
+    def script(ws, server):
+        ws.send(encode(welcome()))
+        for f in (-122, -121, -120):
+            ws.send(encode(Frame(frame=f, players=[player(1), player(2)])))
+        for f in (-121, -120):  # a rollback re-makes the last two frames
+            ws.send(encode(Frame(frame=f, players=[player(1, 0.5), player(2)], corrected=True)))
+        ws.send(encode(Frame(frame=-119, players=[player(1), player(2)])))
+        time.sleep(0.2)
+        ws.close()
+
+    with ScriptedServer(script) as server:
+        connection = Connection(server.url)
+        connection.open()
+        deadline = time.monotonic() + 5
+        while connection.closed is None and time.monotonic() < deadline:
+            connection.poll()
+            time.sleep(0.01)
+        connection.close()
+    stats = connection.stats
+    assert (stats.frames, stats.corrected, stats.out_of_order, stats.gaps) == (4, 2, 0, 0)
+    assert len(stats.rollback_times) == 1
