@@ -24,6 +24,7 @@ import dataclasses
 import hmac
 import io
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,6 +40,7 @@ from server.engine import Engine, ServerFull
 from server.live_socket import LiveSockets
 from server.match import load_model
 from server.match_service import MatchService
+from server.recorder import file_sha256, read_recording
 from server.requests import (
     BadRequest,
     MatchRequest,
@@ -52,6 +54,7 @@ from server.wire_frames import batch_columns, frame_message
 
 log = logging.getLogger(__name__)
 
+RECORDING_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WATCH_PAGE = Path(__file__).resolve().parent / "static" / "watch.html"
 
 
@@ -67,6 +70,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             load_model, settings.checkpoint, settings.untrained_config, device
         )
         engine = Engine(model, model_name, settings)
+        checkpoint = settings.resolved_checkpoint()
+        engine.recording_info = {
+            "model": model_name,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "checkpoint_sha256": await asyncio.to_thread(file_sha256, checkpoint),
+        }
         matches = MatchService(engine)
         sockets = LiveSockets(engine)
         app.state.engine, app.state.matches, app.state.sockets = engine, matches, sockets
@@ -82,6 +91,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             engine.executor.shutdown(wait=True)
+            await asyncio.to_thread(engine.finish_all_recordings)
 
     app = FastAPI(title="Play the Model", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -184,6 +194,44 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         engine.reset_session(session)
         engine.broadcast_status(session, "reset")
         return session.describe()
+
+    def recording_response(recording_id: str) -> Response:
+        if not RECORDING_ID.fullmatch(recording_id):
+            raise HTTPException(404, f"no recording {recording_id!r}")
+        folder = settings.recordings_dir
+        table = None
+        if folder and str(folder) != ".":
+            table = read_recording(Path(folder) / recording_id)
+        if table is None:
+            raise HTTPException(404, f"no recording {recording_id!r} (yet)")
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        return Response(
+            buffer.getvalue(),
+            media_type="application/vnd.apache.parquet",
+            headers={"Content-Disposition": f'attachment; filename="{recording_id}.parquet"'},
+        )
+
+    @app.get("/v1/sessions/{session_id}/recording", dependencies=[Depends(require_key)])
+    async def session_recording(
+        session_id: str, request: Request, game: int | None = Query(None, ge=0)
+    ) -> Response:
+        """A session's recording as parquet: its current game (or `game` N, counting resets);
+        also after the session has ended."""
+        session = engine_of(request).sessions.get(session_id)
+        if game is None:
+            if session is not None:
+                game = max(0, session.games_recorded - 1)
+            else:
+                folder = settings.recordings_dir
+                games = [] if not folder else sorted(Path(folder).glob(f"{session_id}-*"))
+                numbers = [int(p.name.rsplit("-", 1)[1]) for p in games]
+                game = max(numbers, default=0)
+        return await asyncio.to_thread(recording_response, f"{session_id}-{game}")
+
+    @app.get("/v1/matches/{match_id}/recording", dependencies=[Depends(require_key)])
+    async def match_recording(match_id: str) -> Response:
+        return await asyncio.to_thread(recording_response, match_id)
 
     @app.websocket("/v1/sessions/{session_id}/play")
     async def play(websocket: WebSocket, session_id: str) -> None:

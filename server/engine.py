@@ -15,6 +15,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -24,6 +25,7 @@ from model.rules import Event
 from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
 from server.metrics import ServerMetrics
+from server.recorder import GameRecorder, numpy_batch, rows_of
 from server.sessions import Session
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
@@ -37,6 +39,16 @@ class ServerFull(RuntimeError):
     pass
 
 
+def logged_write(write):
+    def run():
+        try:
+            write()
+        except Exception:
+            log.exception("a recording write failed")
+
+    return run
+
+
 class Engine:
     def __init__(self, model: torch.nn.Module, model_name: str, settings: ServerSettings):
         self.settings = settings
@@ -46,6 +58,9 @@ class Engine:
         self.sim = Simulation(model, settings.temperature, self.device, settings.cuda_graphs)
         self.scratch = Simulation(model, settings.temperature, self.device)  # for rollbacks
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="device")
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="recorder")  # files, in order
+        self.recording_info: dict = {"model": model_name}  # set by the app: checkpoint hash
+        self._writes: list = []  # file writes due, queued by the device thread
         self.sessions: dict[str, Session] = {}
         self._retired: list[Session] = []
         self._stopping = False
@@ -87,9 +102,60 @@ class Engine:
             policies, input_delay, snapshot, setup_info, self.settings.rollback_frames
         )
         session.parked = snapshot
+        self._start_recording(session)
         self.sessions[session.id] = session
         log.info("session %s: created (%s)", session.id, setup_info)
         return session
+
+    # ------------------------------------------------------------------ recordings
+    def _start_recording(self, session: Session) -> None:
+        """A recorder for the session's next game, holding its start frame."""
+        folder = self.settings.recordings_dir
+        if not folder or str(folder) == ".":
+            return
+        game = session.games_recorded
+        session.games_recorded += 1
+        info = {
+            "kind": "session",
+            "id": f"{session.id}-{game}",
+            "session_id": session.id,
+            "game": game,
+            "created": time.time(),
+            **self.recording_info,
+            "setup": session.setup_info,
+            "input_delay": session.input_delay,
+            "tick_rate": self.settings.tick_rate,
+            "rollback_frames": session.rollback_window,
+            "inputs": "the controller columns (p1_*, p2_*) are the inputs each frame was made "
+            "with; 'substituted' lists the [frame, port] whose input had not arrived",
+        }
+        hold_back = session.rollback_window + 1
+        session.recorder = GameRecorder(Path(folder) / info["id"], info, hold_back)
+        start = session.start_snapshot.tensors
+        row = {
+            k[len("frame.") :]: v.cpu().numpy() for k, v in start.items() if k.startswith("frame.")
+        }
+        session.recorder.add(int(row["frame"]), row)
+
+    def _finish_recording(self, session: Session) -> None:
+        if session.recorder is not None:
+            self._writes += session.recorder.take_writes(final=True)
+            session.recorder = None
+
+    def flush_writes(self) -> None:
+        """Hand the file writes queued by the device thread to the writer thread."""
+        writes, self._writes = self._writes, []
+        for write in writes:
+            self.writer.submit(logged_write(write))
+
+    def finish_all_recordings(self) -> None:
+        """At shutdown: every recording written out in full, then the writer stopped."""
+        for session in [*self.sessions.values(), *self._retired]:
+            if session.recorder is not None:
+                self._writes += session.recorder.take_writes(final=True)
+                session.recorder = None
+        self.flush_writes()
+        self.writer.shutdown(wait=True)
 
     def close_session(self, session: Session, reason: str) -> None:
         """Forget a session; its game leaves the batch at the next tick and its connections
@@ -170,6 +236,7 @@ class Engine:
         if not plan and not retired and not self._needs_parking():
             return 0
         results = await self.on_device(self._device_tick, plan, retired)
+        self.flush_writes()
         for session, generation, corrected, data, frame_id, events, over in results:
             if generation != session.generation or session.id not in self.sessions:
                 continue  # reset or closed while the step ran: this frame is void
@@ -241,6 +308,9 @@ class Engine:
             message = frame_message(
                 batch_columns(scratch.batch_frame), result.row, result.events, still_missing
             )
+            if session.recorder is not None:
+                row = rows_of(numpy_batch(scratch.batch_frame), result.row)
+                session.recorder.correct(rec.frame, row)
             message["corrected"] = True
             messages.append(protocol.encode(message))
         self.sim.restore(session.game_id, scratch.snapshot(game))
@@ -262,10 +332,13 @@ class Engine:
             if session.game_id is not None:
                 sim.remove_game(session.game_id)
                 session.game_id = None
+            self._finish_recording(session)
         stepping = {id(s) for s, *_ in plan}
         for session in list(self.sessions.values()):
             if session.pending_reset:
                 session.pending_reset = False
+                self._finish_recording(session)
+                self._start_recording(session)
                 if session.game_id is not None:
                     sim.restore(session.game_id, session.start_snapshot)
                 else:
@@ -304,10 +377,18 @@ class Engine:
             step_controls[session.game_id] = columns
         results = sim.step(step_controls)
         columns = batch_columns(sim.batch_frame)
+        recording = numpy_batch(sim.batch_frame) if self.settings.recordings_dir else None
         out = []
         for session, generation, _, missing, _, _ in plan:
             result = results[session.game_id]
             events: list[Event] = result.events
+            if session.recorder is not None:
+                frame_id = int(columns["frame"][result.row])
+                session.recorder.add(frame_id, rows_of(recording, result.row), events, missing)
+                if result.over or any(e.type == "game_end" for e in events):
+                    self._finish_recording(session)
+                else:
+                    self._writes += session.recorder.take_writes()
             message = frame_message(columns, result.row, events, missing)
             corrected = corrections.get(session.id, [])
             data = protocol.encode(message)

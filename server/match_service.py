@@ -15,6 +15,8 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -22,7 +24,9 @@ from model.frames import Frames
 from model.policies import Policy, controls_for
 from model.rules import Event
 from model.simulation import Simulation, Snapshot
+from server.engine import logged_write
 from server.match import MatchResult
+from server.recorder import write_complete_game
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +201,18 @@ class MatchService:
         job.result = MatchResult(frames, job.events, job.seconds)
         job.status = "done"
         log.info("match %s: done %s", job.id, job.result.summary)
+        folder = self.engine.settings.recordings_dir
+        if folder and str(folder) != ".":
+            info = {
+                "kind": "match",
+                "id": job.id,
+                "created": time.time(),
+                **self.engine.recording_info,
+                "request": job.request,
+                "summary": job.result.summary,
+                "events": [e.to_dict() for e in job.events],
+                "inputs": "the controller columns (p1_*, p2_*) are the policies' inputs",
+            }
+            self.engine.writer.submit(
+                logged_write(partial(write_complete_game, Path(folder) / job.id, frames, info))
+            )

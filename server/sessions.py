@@ -16,6 +16,7 @@ from model.frame_spec import BUTTON_BITS
 from model.policies import Policy
 from model.simulation import Snapshot
 from server import protocol
+from server.recorder import GameRecorder
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class Session:
     rollback_from: int | None = None  # the earliest frame a late input arrived for
     rollbacks: int = 0
     rolled_back_frames: int = 0
+    recorder: GameRecorder | None = None  # this game's recording (a reset starts a new one)
+    games_recorded: int = 0
 
     @classmethod
     def new(
@@ -257,6 +260,7 @@ class Session:
             "substituted_inputs": {str(p): n for p, n in self.substituted.items()},
             "late_inputs": self.late_inputs,
             "rollbacks": self.rollbacks,
+            "recordings": [f"{self.id}-{n}" for n in range(self.games_recorded)],
             "rolled_back_frames": self.rolled_back_frames,
             "result": self.result,
             **self.setup_info,

@@ -55,6 +55,10 @@ class ServerSettings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="if set, REST calls need X-API-Key")
     replay_dir: Path = ASSETS / "sample_replays"
+    recordings_dir: Path | None = Field(
+        Path("runs/recordings"),
+        description="every session and match is recorded here (unset or empty: no recordings)",
+    )
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1)
     allow_policy_modules: bool = Field(
         False, description="let REST matches load policies from Python paths (module:callable)"

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def server():
-    settings = ServerSettings(port=0, max_sessions=16, checkpoint=None)
+def server(tmp_path_factory):
+    recordings = tmp_path_factory.mktemp("recordings")
+    settings = ServerSettings(port=0, max_sessions=16, recordings_dir=recordings)
     with ServerThread(settings) as running:
         yield running
 
@@ -359,7 +360,7 @@ def test_session_from_a_replay_in_the_replay_folder(server):
 
 
 def test_limits_api_key_and_shutdown_with_clients_connected():
-    settings = ServerSettings(port=0, max_sessions=2, api_key="s3cret", checkpoint=None)
+    settings = ServerSettings(port=0, max_sessions=2, api_key="s3cret", recordings_dir=None)
     server = ServerThread(settings).__enter__()
     try:
         headers = {"X-API-Key": "s3cret"}

@@ -1,0 +1,206 @@
+"""Recordings of every live session and every match, in the ingestion schema.
+
+A game's recording is a folder `<recordings>/<id>/`:
+- `parts/frames-000000.parquet`, ...: one file per second of play, each written atomically as
+  soon as its frames are final (older than the rollback window), so a crash loses at most the
+  last second or so;
+- `info.json`: what was played (kind, setup, model and checkpoint hash, settings, events, the
+  frames whose input was substituted), rewritten atomically with every part;
+- `game.parquet`: the whole game in one file, written when the game ends (the parts are then
+  removed), with `info.json` also in its metadata.
+
+The recordings folder is also a dataset folder: each finished game gets a row in its
+`manifest.jsonl`, so `playmodel eval --data <recordings> --split all` reads it, and
+`playmodel play --replay <recordings>/<id>/game.parquet` plays one back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from model import game_state as gs
+from model.atomic_file import atomic_path
+from model.frames import Frames, frames_from_table, table_from_frames
+from training.manifest import ManifestAppender
+
+log = logging.getLogger(__name__)
+
+PART_FRAMES = 60  # a second of play per part file
+GAME_FILE = "game.parquet"
+INFO_FILE = "info.json"
+
+
+def file_sha256(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rows_of(batch: Frames, row: int) -> dict[str, np.ndarray]:
+    """One game's frame from a batch, as numpy values (cheap to keep per frame)."""
+    return {k: v[row].numpy() for k, v in batch.items()}
+
+
+def numpy_batch(batch: Frames) -> Frames:
+    """A batch on the CPU (zero-copy there), so rows can be taken as numpy views."""
+    return {k: v if v.device.type == "cpu" else v.cpu() for k, v in batch.items()}
+
+
+class GameRecorder:
+    """Collects one game's frames and writes them as described in the module docstring.
+
+    `add` and `correct` run on the device thread; `take_writes` hands the file writes to the
+    caller, which runs them in order on a writer thread (`write`)."""
+
+    def __init__(self, folder: Path, info: dict, hold_back: int):
+        self.folder = folder
+        self.info = {**info, "status": "recording", "frames": 0, "events": [], "substituted": []}
+        self.hold_back = hold_back  # frames a rollback may still change
+        self.pending: list[dict[str, np.ndarray]] = []  # frames not yet written
+        self.first_pending = None  # frame id of pending[0]
+        self.written = 0
+        self.parts = 0
+        self.finished = False
+
+    # ------------------------------------------------------------------ device thread
+    def add(self, frame_id: int, row: dict[str, np.ndarray], events=(), substituted=()) -> None:
+        if self.first_pending is None:
+            self.first_pending = frame_id
+        self.pending.append({k: v.copy() for k, v in row.items()})
+        self.info["events"] += [e.to_dict() for e in events]
+        self.info["substituted"] += [[frame_id, port] for port in substituted]
+
+    def correct(self, frame_id: int, row: dict[str, np.ndarray]) -> None:
+        """A rollback re-made `frame_id`: replace it if it is not written yet."""
+        if self.first_pending is None:
+            return
+        index = frame_id - self.first_pending
+        if 0 <= index < len(self.pending):
+            self.pending[index] = {k: v.copy() for k, v in row.items()}
+
+    def take_writes(self, final: bool = False) -> list:
+        """The file writes now due: a part per full second of final frames (everything when
+        `final`). Returned as callables for the writer thread."""
+        writes = []
+        while len(self.pending) >= PART_FRAMES + self.hold_back or (final and self.pending):
+            count = min(PART_FRAMES, len(self.pending))
+            rows, self.pending = self.pending[:count], self.pending[count:]
+            self.first_pending = None if not self.pending else self.first_pending + count
+            self.written += count
+            info = {**self.info, "frames": self.written}
+            writes.append(_PartWrite(self.folder, self.parts, rows, info))
+            self.parts += 1
+        if final and not self.finished:
+            self.finished = True
+            info = {**self.info, "frames": self.written, "status": "complete"}
+            writes.append(_Finish(self.folder, info))
+        return writes
+
+
+class _PartWrite:
+    def __init__(self, folder: Path, index: int, rows: list[dict], info: dict):
+        self.folder, self.index, self.rows, self.info = folder, index, rows, info
+
+    def __call__(self) -> None:
+        frames = {k: torch.from_numpy(np.stack([r[k] for r in self.rows])) for k in self.rows[0]}
+        parts = self.folder / "parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        table = table_from_frames(frames, metadata=_metadata(self.info))
+        with atomic_path(parts / f"frames-{self.index:06d}.parquet") as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        _write_info(self.folder, self.info)
+
+
+class _Finish:
+    """All parts into `game.parquet`, a manifest row for the recordings folder, parts gone."""
+
+    def __init__(self, folder: Path, info: dict):
+        self.folder, self.info = folder, info
+
+    def __call__(self) -> None:
+        parts = sorted((self.folder / "parts").glob("frames-*.parquet"))
+        if not parts:
+            _write_info(self.folder, self.info)
+            return
+        table = pa.concat_tables([pq.read_table(p) for p in parts])
+        table = table.replace_schema_metadata(_metadata(self.info))
+        with atomic_path(self.folder / GAME_FILE) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        _write_info(self.folder, self.info)
+        shutil.rmtree(self.folder / "parts", ignore_errors=True)
+        _add_to_manifest(self.folder, table, self.info)
+
+
+def write_complete_game(folder: Path, frames: Frames, info: dict) -> None:
+    """A whole game at once (matches): `game.parquet`, `info.json` and a manifest row."""
+    info = {**info, "status": "complete", "frames": len(frames["frame"])}
+    table = table_from_frames({k: v.cpu() for k, v in frames.items()}, metadata=_metadata(info))
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / GAME_FILE) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    _write_info(folder, info)
+    _add_to_manifest(folder, table, info)
+
+
+def read_recording(folder: Path) -> pa.Table | None:
+    """A recording as one table: the finished game, or the parts written so far."""
+    for _ in range(3):  # the game may finish (parts merged, then removed) while we read
+        if (folder / GAME_FILE).exists():
+            return pq.read_table(folder / GAME_FILE)
+        parts = sorted((folder / "parts").glob("frames-*.parquet"))
+        if not parts:
+            return None
+        try:
+            return pa.concat_tables([pq.read_table(p) for p in parts])
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def _metadata(info: dict) -> dict[bytes, bytes]:
+    return {
+        b"schema_version": str(gs.SCHEMA_VERSION).encode(),
+        b"recording": json.dumps(info).encode(),
+    }
+
+
+def _write_info(folder: Path, info: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / INFO_FILE) as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+def _add_to_manifest(folder: Path, table: pa.Table, info: dict) -> None:
+    frames = frames_from_table(table.slice(0, 1))
+    output = f"{folder.name}/{GAME_FILE}"
+    row = {
+        "path": output,
+        "hash": hashlib.sha256(f"{folder.name}:{time.time_ns()}".encode()).hexdigest(),
+        "status": "ok",
+        "reason": None,
+        "bytes": (folder / GAME_FILE).stat().st_size,
+        "mtime_ns": (folder / GAME_FILE).stat().st_mtime_ns,
+        "output": output,
+        "frames": table.num_rows,
+        "stage": int(frames["stage"][0]),
+        "characters_internal": [int(frames[f"{p}_character"][0]) for p in gs.PLAYERS],
+        "missing_fields": [],
+        "recording": info.get("kind", "session"),
+    }
+    with ManifestAppender(folder.parent) as manifest:
+        manifest.append(row)
+    log.info("recording %s: %d frames in %s", folder.name, table.num_rows, folder / GAME_FILE)
