@@ -1,0 +1,369 @@
+"""The browser spectator page (server/static/watch.html) in a real headless Chromium.
+
+Chromium (Debian's `chromium` package; .ci/run installs it) is driven over the DevTools
+protocol with the `websockets` library. The server is the real one on loopback with the
+untrained small model; port 1 is played by the `approach` policy and port 2 by a thread
+here. The browser tests skip when chromium is not on PATH.
+
+`.venv/bin/python tests/test_watch_page.py` prints the stage geometry the page inlines (from
+assets/stages.json), for pasting into its `stage-geometry` block when the file changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import msgpack
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from server import protocol as P
+from server.serve import ServerThread
+from server.settings import ServerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "server" / "static" / "watch.html"
+STAGES_JSON = ROOT / "assets" / "stages.json"
+COLOURS = {1: (0xE8, 0x45, 0x3C), 2: (0x3C, 0x7B, 0xE8)}  # the page's PLAYER_COLOURS
+WINDOW = (960, 600)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def page_geometry() -> dict:
+    """What the page should inline: the drawn parts of assets/stages.json."""
+    stages = json.loads(STAGES_JSON.read_text(encoding="utf-8"))["stages"]
+    edges = ("left_x", "right_x", "y")
+    return {
+        key: {
+            "name": raw["name"],
+            "display_name": raw["display_name"],
+            "blast_zones": {z: raw["blast_zones"][z] for z in ("left", "right", "top", "bottom")},
+            "main_platform": {k: raw["main_platform"][k] for k in edges},
+            "platforms": [{k: p[k] for k in edges} for p in raw["platforms"]],
+        }
+        for key, raw in stages.items()
+    }
+
+
+def test_inlined_stage_geometry_equals_assets_stages_json():
+    found = re.search(
+        r'<script type="application/json" id="stage-geometry">(.*?)</script>',
+        PAGE.read_text(encoding="utf-8"),
+        re.S,
+    )
+    assert found, "watch.html has no stage-geometry block"
+    assert json.loads(found.group(1)) == page_geometry(), (
+        "watch.html's stage geometry differs from assets/stages.json; "
+        "regenerate it with `python tests/test_watch_page.py`"
+    )
+
+
+# ------------------------------------------------------------------------- the real server
+@pytest.fixture(scope="module")
+def server():
+    with ServerThread(ServerSettings(port=0, checkpoint=None)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def session(server):
+    """A running session: port 1 plays `approach`, port 2 is held left by a thread here.
+
+    Port 2 is a player connection, not the `hold:left` policy, because a session whose ports
+    are all policies stays `waiting` today: only a connecting player starts a session."""
+    response = httpx.post(
+        f"{server.url}/v1/sessions", json={"policies": {"1": "approach"}}, timeout=60
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    with connect(f"{created['play_url']}?token={created['tokens']['2']}", open_timeout=30) as ws:
+        ws.send(P.encode(P.Hello(role="player")))
+        stop = threading.Event()
+
+        def hold_left() -> None:
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                while not stop.is_set():
+                    message = P.decode_server(ws.recv(timeout=30))
+                    if isinstance(message, P.Welcome | P.Frame):
+                        stamp = message.frame + created["input_delay"]
+                        ws.send(P.encode(P.Input(frame=stamp, port=2, stick_x=-1.0)))
+
+        player = threading.Thread(target=hold_left, name="port-2", daemon=True)
+        player.start()
+        yield created
+        stop.set()
+    player.join(10)
+
+
+def test_page_route_serves_the_page_for_a_session_and_404_otherwise(server, session):
+    page = httpx.get(f"{server.url}/watch/{session['session_id']}", timeout=30)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<canvas" in page.text
+    assert httpx.get(f"{server.url}/watch/nosuchsession", timeout=30).status_code == 404
+
+
+# ------------------------------------------------------------------------- Chromium over CDP
+class Browser:
+    """One headless Chromium page, driven over the DevTools protocol."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self.process = subprocess.Popen(
+            [
+                shutil.which("chromium"),
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--hide-scrollbars",
+                "--mute-audio",
+                "--force-device-scale-factor=1",
+                "--remote-debugging-port=0",  # Chromium picks one and writes it to the profile
+                f"--user-data-dir={self.profile.name}",
+                f"--window-size={size[0]},{size[1]}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port = self._devtools_port()
+        targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json()
+        page = next(t for t in targets if t["type"] == "page")
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10).__enter__()
+        self.ids = itertools.count(1)
+        self.problems: list[str] = []  # JS exceptions and console errors
+        for domain in ("Page", "Runtime", "Log"):
+            self.call(f"{domain}.enable")
+        # The page's viewport is exactly `size` (--window-size also counts the window's frame).
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=size[0],
+            height=size[1],
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
+    def _devtools_port(self) -> int:
+        marker = Path(self.profile.name) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"chromium exited with code {self.process.returncode}")
+            if marker.exists() and marker.read_text().strip():
+                return int(marker.read_text().split()[0])
+            time.sleep(0.1)
+        raise RuntimeError("chromium did not open its DevTools port within 30 s")
+
+    def call(self, method: str, **params) -> dict:
+        call_id = next(self.ids)
+        self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=30))
+            if message.get("id") == call_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+            self._event(message)
+
+    def _event(self, message: dict) -> None:
+        method, params = message.get("method"), message.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            text = details.get("exception", {}).get("description") or details.get("text")
+            self.problems.append(f"exception: {text}")
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            args = " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+            self.problems.append(f"console.error: {args}")
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            self.problems.append(f"log: {params['entry'].get('text')}")
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression!r} threw: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"{expression!r} still false after {timeout} s")
+
+    def close(self) -> None:
+        self.ws.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.profile.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if shutil.which("chromium") is None:
+        pytest.skip(
+            "chromium is not on PATH (Debian: apt-get install chromium; .ci/run installs it)"
+        )
+    running = Browser(WINDOW)
+    yield running
+    running.close()
+
+
+def read_png(data: bytes):
+    """A PNG as an (H, W, 3) uint8 array, through pygame (no Pillow in the dev extra)."""
+    import io
+    import os
+
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    import pygame
+    import pygame.surfarray
+
+    surface = pygame.image.load(io.BytesIO(data), "page.png")
+    return pygame.surfarray.array3d(surface).transpose(1, 0, 2)  # (W, H, 3) -> (H, W, 3)
+
+
+def colour_near(pixels, x: float, y: float, colour: tuple[int, int, int], box: int = 6) -> bool:
+    """Whether `colour` (within 40 per channel) is in a box around (x, y)."""
+    height, width, _ = pixels.shape
+    x0, x1 = max(0, int(x) - box), min(width, int(x) + box + 1)
+    y0, y1 = max(0, int(y) - box), min(height, int(y) + box + 1)
+    if x0 >= x1 or y0 >= y1:
+        return False
+    patch = pixels[y0:y1, x0:x1].astype(int)
+    close = (abs(patch - colour) <= 40).all(axis=-1)
+    return bool(close.any())
+
+
+FREEZE = """(() => {
+    const s = window.spectator;
+    if (!s || !s.welcome || s.framesDrawn < 30) return null;
+    const frame = s.freeze();  // draws the newest frame once more, then stops drawing
+    if (!frame) { s.paused = false; return null; }
+    return {frame, stage: s.welcome.stage, ratio: window.devicePixelRatio, errors: s.errors,
+            points: frame.players.map((p) => s.worldToScreen(p.x, p.y))};
+})()"""
+
+
+def shows_both(shown: dict | None) -> bool:
+    """Both players inside the blast zones (the page draws them) and on screen."""
+    if shown is None:
+        return False
+    zones = page_geometry()[str(shown["stage"])]["blast_zones"]
+    return all(
+        zones["left"] <= p["x"] <= zones["right"]
+        and zones["bottom"] <= p["y"] <= zones["top"]
+        and 0 <= px < WINDOW[0]
+        and 0 <= py < WINDOW[1]
+        for p, (px, py) in zip(shown["frame"]["players"], shown["points"], strict=True)
+    )
+
+
+def test_the_page_draws_both_characters_where_the_frame_says(server, session, browser):
+    browser.call("Page.navigate", url=f"{server.url}/watch/{session['session_id']}")
+    # Freeze the page on a frame that shows both players; the screenshot that follows shows
+    # exactly that frame, drawn with the camera worldToScreen reports.
+    deadline = time.monotonic() + 40
+    while not shows_both(shown := browser.evaluate(FREEZE)):
+        assert time.monotonic() < deadline, f"no frame with both players on screen: {shown}"
+        browser.evaluate("window.spectator.paused = false")
+        time.sleep(0.2)
+    shot = browser.call("Page.captureScreenshot", format="png")
+    pixels = read_png(base64.b64decode(shot["data"]))
+    ratio = shown["ratio"]
+    assert pixels.shape[:2] == (round(WINDOW[1] * ratio), round(WINDOW[0] * ratio))
+    frame = shown["frame"]
+    assert [p["port"] for p in frame["players"]] == [1, 2]
+    for player, (px, py) in zip(frame["players"], shown["points"], strict=True):
+        x, y = px * ratio, (py - 8) * ratio  # the body stands on the position: just above it
+        assert colour_near(pixels, x, y, COLOURS[player["port"]]), (
+            f"no P{player['port']} colour near ({x:.0f}, {y:.0f}), where frame {frame['frame']} "
+            f"puts it at ({player['x']:.1f}, {player['y']:.1f})"
+        )
+        ox, oy = shown["points"][2 - player["port"]]
+        if math.dist((px, py), (ox, oy)) > 40:  # apart: the other player's colour is not here
+            assert not colour_near(pixels, x, y, COLOURS[3 - player["port"]], box=3)
+    assert shown["errors"] == [] and browser.problems == [], (shown["errors"], browser.problems)
+
+
+# Values that exercise every msgpack type and width the page's codec handles.
+CODEC_CASES = [
+    0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**53 - 1,
+    -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**53) + 1,
+    0.5, -1.25, 1e300, True, False, None, "", "a", "é" * 20, "x" * 31, "x" * 32, "y" * 300,
+    "z" * 70000, list(range(15)), list(range(16)), list(range(70000)),
+    {"k": 1}, {f"k{i}": i for i in range(16)}, {"nested": [{"a": [1, -2.5, None]}, "s"]},
+]  # fmt: skip
+
+
+def test_the_page_msgpack_codec_agrees_with_python_msgpack(browser, server, session):
+    if browser.evaluate("typeof window.spectator") != "object":
+        browser.call("Page.navigate", url=f"{server.url}/watch/{session['session_id']}")
+        browser.wait_for("typeof window.spectator === 'object'")
+    packed = [base64.b64encode(msgpack.packb(v, use_bin_type=True)).decode() for v in CODEC_CASES]
+    result = browser.evaluate(
+        f"""(() => {{
+            const {{encode, decode}} = window.spectator.msgpack;
+            const fromB64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+            const toB64 = (b) => btoa(Array.from(b, (c) => String.fromCharCode(c)).join(""));
+            const decoded = {json.dumps(packed)}.map((s) => decode(fromB64(s)));
+            return {{decoded, reencoded: decoded.map((v) => toB64(encode(v)))}};
+        }})()"""
+    )
+    assert result["decoded"] == CODEC_CASES
+    # Python packs each value in its smallest form; so must the page.
+    assert result["reencoded"] == packed
+    # Types Python gives that a JSON round trip cannot show: bin, float32, 64-bit ints.
+    special = {
+        "bin": msgpack.packb(b"\x00\x01\xff", use_bin_type=True),
+        "f32": b"\xca" + bytes.fromhex("3fc00000"),  # 1.5
+        "u64": msgpack.packb(2**64 - 1),
+        "i64": msgpack.packb(-(2**63)),
+        "u64small": b"\xcf" + (5).to_bytes(8, "big"),
+        "i8": b"\xd0\x80",
+    }
+    b64 = {k: base64.b64encode(v).decode() for k, v in special.items()}
+    got = browser.evaluate(
+        f"""(() => {{
+            const {{encode, decode}} = window.spectator.msgpack;
+            const fromB64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+            const d = Object.fromEntries(Object.entries({json.dumps(b64)})
+                .map(([k, s]) => [k, decode(fromB64(s))]));
+            const hex = (b) => Array.from(b, (c) => c.toString(16).padStart(2, "0")).join("");
+            return {{bin: Array.from(d.bin), binBack: hex(encode(d.bin)), f32: d.f32,
+                     u64: String(d.u64), u64Back: hex(encode(d.u64)), i64: String(d.i64),
+                     i64Back: hex(encode(d.i64)), u64small: d.u64small, i8: d.i8}};
+        }})()"""
+    )
+    assert got["bin"] == [0, 1, 255] and got["binBack"] == special["bin"].hex()
+    assert got["f32"] == 1.5
+    assert got["u64"] == str(2**64 - 1) and got["u64Back"] == special["u64"].hex()
+    assert got["i64"] == str(-(2**63)) and got["i64Back"] == special["i64"].hex()
+    assert got["u64small"] == 5 and got["i8"] == -128
+    assert browser.problems == []
+
+
+if __name__ == "__main__":
+    print(json.dumps(page_geometry()))
