@@ -122,6 +122,7 @@ class Browser:
     """One headless Chromium page, driven over the DevTools protocol."""
 
     def __init__(self, size: tuple[int, int]):
+        self.ws = None
         self.profile = tempfile.TemporaryDirectory(prefix="chromium-")
         self.process = subprocess.Popen(
             [
@@ -144,6 +145,13 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        try:
+            self._attach(size)
+        except BaseException:
+            self.close()  # never leave a Chromium behind
+            raise
+
+    def _attach(self, size: tuple[int, int]) -> None:
         port = self._devtools_port()
         targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json()
         page = next(t for t in targets if t["type"] == "page")
@@ -211,7 +219,8 @@ class Browser:
         raise AssertionError(f"{expression!r} still false after {timeout} s")
 
     def close(self) -> None:
-        self.ws.close()
+        if self.ws is not None:
+            self.ws.close()
         self.process.terminate()
         try:
             self.process.wait(10)
