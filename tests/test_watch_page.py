@@ -297,7 +297,8 @@ def test_the_page_draws_both_characters_where_the_frame_says(server, session, br
     deadline = time.monotonic() + 40
     while not shows_both(shown := browser.evaluate(FREEZE)):
         assert time.monotonic() < deadline, f"no frame with both players on screen: {shown}"
-        browser.evaluate("window.spectator.paused = false")
+        if shown is not None:  # frozen on a frame that does not show both: draw on
+            browser.evaluate("window.spectator.paused = false")
         time.sleep(0.2)
     shot = browser.call("Page.captureScreenshot", format="png")
     pixels = read_png(base64.b64decode(shot["data"]))
