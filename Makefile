@@ -14,12 +14,13 @@ $(STAMP): pyproject.toml
 	# A CPU build of torch where this machine has one on disk, so that the install below does
 	# not pull a multi-GB CUDA build; elsewhere pip picks torch as pyproject.toml allows.
 	$(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch 2.13.0 not available; continuing"
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,server,client,dev]'
 	touch $(STAMP)
 
-# Until the game exists, the main job is ingestion of the bundled sample replays.
+# The main job: the game. Starts a local server with the bundled checkpoint and opens the
+# window for two players (docs/CLIENT.md).
 play: $(STAMP)
-	$(BIN)/playmodel parse assets/sample_replays --out runs/sample_dataset
+	$(BIN)/playmodel play
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -102,6 +102,7 @@ class Engine:
             policies, input_delay, snapshot, setup_info, self.settings.rollback_frames
         )
         session.parked = snapshot
+        session.update_started()  # a game of two scripted policies starts at once
         self._start_recording(session)
         self.sessions[session.id] = session
         log.info("session %s: created (%s)", session.id, setup_info)
