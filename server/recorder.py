@@ -50,14 +50,16 @@ def file_sha256(path: Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def rows_of(batch: Frames, row: int) -> dict[str, np.ndarray]:
-    """One game's frame from a batch, as numpy values (cheap to keep per frame)."""
-    return {k: v[row].numpy() for k, v in batch.items()}
+def numpy_batch(batch: Frames) -> dict[str, np.ndarray]:
+    """A private numpy copy of a batch of frames, taken once per tick: rows of it can then be
+    kept per game without copying field by field (the simulation later writes into its own
+    tensors in place, on a restore)."""
+    return {k: v.cpu().numpy().copy() for k, v in batch.items()}
 
 
-def numpy_batch(batch: Frames) -> Frames:
-    """A batch on the CPU (zero-copy there), so rows can be taken as numpy views."""
-    return {k: v if v.device.type == "cpu" else v.cpu() for k, v in batch.items()}
+def rows_of(batch: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+    """One game's frame from `numpy_batch`'s copy (views, no copies)."""
+    return {k: v[row] for k, v in batch.items()}
 
 
 class GameRecorder:
@@ -80,7 +82,7 @@ class GameRecorder:
     def add(self, frame_id: int, row: dict[str, np.ndarray], events=(), substituted=()) -> None:
         if self.first_pending is None:
             self.first_pending = frame_id
-        self.pending.append({k: v.copy() for k, v in row.items()})
+        self.pending.append(row)
         self.info["events"] += [e.to_dict() for e in events]
         self.info["substituted"] += [[frame_id, port] for port in substituted]
 
@@ -90,7 +92,7 @@ class GameRecorder:
             return
         index = frame_id - self.first_pending
         if 0 <= index < len(self.pending):
-            self.pending[index] = {k: v.copy() for k, v in row.items()}
+            self.pending[index] = row
 
     def take_writes(self, final: bool = False) -> list:
         """The file writes now due: a part per full second of final frames (everything when
