@@ -1,7 +1,7 @@
 """Live-server load: N sessions over real websockets on loopback, two players each.
 
     python bench/server_load.py [--sessions 1,8,16] [--seconds 60] [--config mamba2-large]
-                                [--checkpoint CKPT] [--delay 2] [--json OUT]
+                                [--checkpoint CKPT] [--delay 2] [--jitter 6] [--json OUT]
 
 Starts `python -m server serve` in its own process, then for each N opens N sessions and two
 play connections per session (one per port, as two people on two machines would), each sending
@@ -11,7 +11,10 @@ input delay. Reports, per N:
   ended after their slot);
 - input-to-frame latency p50 / p99: from sending an input to receiving the frame that used it,
   minus the input delay (so it is what the server and the network add).
-A game that ends is reset at once, so every session keeps stepping for the whole run.
+With `--jitter N` every input is held back 0..N frames at random (a bad network), so the server
+rolls back; the report adds rollbacks, frames re-made and late inputs dropped (outside the
+rollback window). A game that ends is reset at once, so every session keeps stepping for the
+whole run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -49,8 +53,9 @@ def metric(text: str, name: str) -> float:
 
 
 class Player:
-    def __init__(self, session: dict, port: int, delay: int):
+    def __init__(self, session: dict, port: int, delay: int, jitter: int = 0):
         self.session, self.port, self.delay = session, port, delay
+        self.jitter, self.rng = jitter, random.Random(port)
         self.last_frame: int | None = None
         self.sent_at: dict[int, float] = {}
         self.latencies: list[float] = []
@@ -96,18 +101,27 @@ class Player:
             if self.last_frame is None:
                 continue
             target = self.last_frame + self.delay
+            data = P.encode(P.Input(frame=target, port=self.port, stick_x=0.5))
+            if self.jitter:  # a bad network: this input arrives 0..jitter frames late
+                late = self.rng.randint(0, self.jitter) * TICK
+                asyncio.get_running_loop().call_later(late, self._send_late, ws, data)
+                continue
             self.sent_at[target] = time.perf_counter()
-            await ws.send(P.encode(P.Input(frame=target, port=self.port, stick_x=0.5)))
+            await ws.send(data)
+
+    def _send_late(self, ws, data: bytes) -> None:
+        task = asyncio.ensure_future(ws.send(data))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # closed: ignore
 
 
-async def run_load(base: str, sessions: int, seconds: float, delay: int) -> dict:
+async def run_load(base: str, sessions: int, seconds: float, delay: int, jitter: int) -> dict:
     async with httpx.AsyncClient(base_url=base, timeout=120) as client:
         created = []
         for _ in range(sessions):
             response = await client.post("/v1/sessions", json={"input_delay": delay})
             response.raise_for_status()
             created.append(response.json())
-        players = [Player(s, port, delay) for s in created for port in (1, 2)]
+        players = [Player(s, port, delay, jitter) for s in created for port in (1, 2)]
         stop = asyncio.Event()
         tasks = [asyncio.create_task(p.run(stop)) for p in players]
         await asyncio.sleep(3.0)  # connect, warm up
@@ -124,9 +138,11 @@ async def run_load(base: str, sessions: int, seconds: float, delay: int) -> dict
     late = metric(after, "playmodel_late_ticks_total") - metric(
         before, "playmodel_late_ticks_total"
     )
-    substituted = metric(after, "playmodel_substituted_inputs_total") - metric(
-        before, "playmodel_substituted_inputs_total"
-    )
+
+    def delta(name: str) -> float:
+        return metric(after, name) - metric(before, name)
+
+    substituted = delta("playmodel_substituted_inputs_total")
     latencies = sorted(x for p in players for x in p.latencies)
 
     def q(values, fraction):
@@ -145,6 +161,10 @@ async def run_load(base: str, sessions: int, seconds: float, delay: int) -> dict
         ),
         "late_tick_share": round(late / max(ticks, 1), 5),
         "substituted_input_share": round(substituted / max(1, 2 * ticks * sessions), 5),
+        "jitter_frames": jitter,
+        "rollbacks": int(delta("playmodel_rollbacks_total")),
+        "rolled_back_frames": int(delta("playmodel_rolled_back_frames_total")),
+        "late_inputs_dropped": int(delta("playmodel_late_inputs_total")),
         "latency_p50_ms": round(1e3 * q(latencies, 0.5), 2),
         "latency_p99_ms": round(1e3 * q(latencies, 0.99), 2),
         "latency_mean_ms": round(1e3 * statistics.fmean(latencies), 2) if latencies else None,
@@ -159,6 +179,9 @@ def main() -> int:
     parser.add_argument("--config", help="serve an untrained model of this config")
     parser.add_argument("--checkpoint", help="serve this checkpoint (default: the demo one)")
     parser.add_argument("--delay", type=int, default=2)
+    parser.add_argument(
+        "--jitter", type=int, default=0, help="delay each input by 0..N frames (rollback load)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads in the server")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -196,7 +219,7 @@ def main() -> int:
         print(f"# {describe_machine()}; model {health['model']} on {health['device']}")
         results = []
         for n in [int(x) for x in args.sessions.split(",")]:
-            result = asyncio.run(run_load(base, n, args.seconds, args.delay))
+            result = asyncio.run(run_load(base, n, args.seconds, args.delay, args.jitter))
             results.append(result)
             holds = result["tick_p99_ms"] <= 16.7 and result["late_tick_share"] < 0.001
             print(json.dumps(result), "HOLDS" if holds else "does not hold", flush=True)
