@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import socket
 import sys
 import threading
@@ -26,6 +27,31 @@ from server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 WS_MAX_BYTES = 64 * 1024  # uvicorn closes with 1009 above this; the app's own limit is lower
+
+
+TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Port tokens are secrets: uvicorn logs each websocket's path with its query string,
+    so `token=...` is replaced before any handler sees the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(
+                TOKEN_IN_URL.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in args
+            )
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = TOKEN_IN_URL.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def redact_tokens_in_logs() -> None:
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 class GameServer(uvicorn.Server):
@@ -53,6 +79,7 @@ def make_server(settings: ServerSettings, log_level: str = "info") -> GameServer
         log_level=log_level,
         timeout_graceful_shutdown=5,
     )
+    redact_tokens_in_logs()  # after uvicorn's logging set-up
     return GameServer(config, app)
 
 

@@ -403,3 +403,32 @@ def test_protocol_buttons_match_the_dataset_bits_and_need_no_torch():
     assert out.stdout.strip() == "ok"
     message = P.Input(frame=7, port=2, stick_x=-0.5, trigger_r=1.0, buttons=["A", "Z"])
     assert P.decode_client(P.encode(message)) == message
+
+
+def test_tokens_never_reach_the_logs():
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    keep = Keep()
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "uvicorn.access", "server")]
+    with ServerThread(ServerSettings(port=0, recordings_dir=None), log_level="info") as server:
+        for logger in loggers:
+            logger.addHandler(keep)
+        try:
+            session = create_session(server.url)
+            with open_play(session) as ws:
+                receive_until(ws, P.Welcome)
+            wrong = open_play(session | {"tokens": {"1": "guess", "2": "guess"}}, hello=False)
+            close_code(wrong)
+        finally:
+            for logger in loggers:
+                logger.removeHandler(keep)
+    text = "\n".join(records)
+    assert "[redacted]" in text  # the websocket lines were logged, without their tokens
+    for token in session["tokens"].values():
+        assert token not in text
