@@ -89,6 +89,20 @@ def ssd_chunked(
     Returns:
         y: (B, L, H, P) fp32 (without the D skip term) and final_state: (B, H, P, N) fp32.
     """
+    # Under autocast the products below would run in bf16/fp16: the scan must stay fp32.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _ssd_chunked_fp32(x, dt, A, B, C, chunk_size, initial_state)
+
+
+def _ssd_chunked_fp32(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    initial_state: Tensor | None,
+) -> tuple[Tensor, Tensor]:
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     R = H // G  # heads per group
@@ -358,6 +372,9 @@ class Mamba2(nn.Module):
         makes one pass over the state instead of materialising dt x B^T: at batch 32 the
         state of mamba2-large is 75 MB and memory traffic dominates the step.
         """
+        if torch.is_autocast_enabled(state.device.type):  # the state stays fp32 (training)
+            with torch.autocast(device_type=state.device.type, enabled=False):
+                return self._ssm_step(x, dt, A, B, C, state)
         b, G, N = B.shape[0], self.ngroups, self.d_state
         RP = (self.nheads // G) * self.headdim
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, H)

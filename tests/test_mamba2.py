@@ -282,3 +282,20 @@ def test_matches_mamba_ssm_on_gpu() -> None:
         torch.testing.assert_close(torch.cat(yp, 1), y_ref, **tol)
         torch.testing.assert_close(torch.cat(yr, 1), y_ref, **tol)
         torch.testing.assert_close(cache_k.ssm_state, cache_p.ssm_state, **tol)
+
+
+def test_scan_and_step_stay_fp32_under_autocast():
+    """Under bf16 autocast (GPU training) the SSD scan and the recurrent step must not run
+    their products in bf16: same results as without autocast."""
+    from model.mamba2 import ssd_chunked
+
+    torch.manual_seed(0)
+    b, L, H, P, N = 2, 32, 4, 8, 16
+    x, dt = torch.randn(b, L, H, P), torch.rand(b, L, H) * 0.1
+    A, B, C = -torch.rand(H), torch.randn(b, L, 1, N), torch.randn(b, L, 1, N)
+    plain = ssd_chunked(x, dt, A, B, C, chunk_size=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = ssd_chunked(x, dt, A, B, C, chunk_size=8)
+    for a, c in zip(plain, under, strict=True):
+        assert c.dtype == torch.float32
+        assert torch.equal(a, c)

@@ -138,6 +138,7 @@ def check_legal(frame, stage):
         assert 0 <= int(frame[f"{p}_action"]) < 65536
 
 
+@pytest.mark.timeout(1800)  # 36,000 steps: minutes on a busy 2-core machine
 def test_ten_minute_random_match_stays_legal(model):
     """36,000 frames of random inputs on an untrained model: every field in range, no NaN;
     stocks fall only with a KO. Finished games are replaced by new ones."""
