@@ -203,3 +203,29 @@ def head_target(spec: HeadSpec, field_values: Tensor) -> Tensor:
     if spec.name == "invulnerable":
         return (field_values != 0).float()
     raise KeyError(spec.name)
+
+
+# Velocities are recorded from Slippi 3.5; older replays hold 0 there. A move per frame above
+# this is a respawn or a teleport, not a velocity (the fastest knockback moves ~15 units/frame).
+IMPUTED_SPEED_CAP = 20.0
+
+
+def impute_missing_velocities(frames: dict[str, Tensor], missing) -> None:
+    """In place: for a game whose replay did not record the velocities (`missing` names
+    `p1_vel_self_x_air`), set each player's self velocities to the frame's own move (air and
+    ground alike, capped at IMPUTED_SPEED_CAP) and knockback to 0, so that
+    `implied_velocity(frame) == move` as on recorded frames. Without it the model reads no
+    motion at all in such a game (positions are inputs at 1/100 scale) and cannot roll it out.
+    Frame t's value uses frames t-1 and t only, so it is as causal as a recorded velocity."""
+    for p in gs.PLAYERS:
+        if f"{p}_vel_self_x_air" not in missing:
+            continue
+        for axis, names in (("x", ("vel_self_x_air", "vel_self_x_ground")), ("y", ("vel_self_y",))):
+            position = frames[f"{p}_{axis}"].float()
+            move = torch.zeros_like(position)
+            move[1:] = position[1:] - position[:-1]
+            move = torch.where(move.abs() > IMPUTED_SPEED_CAP, 0.0, move)
+            for name in names:
+                frames[f"{p}_{name}"] = move.to(frames[f"{p}_{name}"].dtype)
+        for name in ("vel_knockback_x", "vel_knockback_y"):
+            frames[f"{p}_{name}"] = torch.zeros_like(frames[f"{p}_{name}"])

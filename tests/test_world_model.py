@@ -167,6 +167,20 @@ def test_decoding_perfect_predictions_reproduces_the_next_frame(game):
         assert torch.allclose(value.float(), expected.float(), atol=1e-3), key
 
 
+def test_a_head_that_predicts_no_change_keeps_the_previous_values(model, game):
+    # The copy prior: with the heads' raw output at zero, every categorical and binary field
+    # decodes to last frame's value (most of them change on few frames).
+    prev, controls, _ = (batch_first(f) for f in model_inputs(window(game, 1000, 200)))
+    raw = {k: torch.zeros_like(v) for k, v in model(prev, controls).items()}
+    decoded = decode(raw, prev, controls)
+    for p in gs.PLAYERS:
+        for name in ("action", "jumps", "hurtbox_state", "ground", "last_attack_landed"):
+            assert torch.equal(decoded[f"{p}_{name}"], prev[f"{p}_{name}"].long()), name
+        assert torch.equal(decoded[f"{p}_facing"], torch.where(prev[f"{p}_facing"] > 0, 1, -1))
+        assert torch.equal(decoded[f"{p}_airborne"], (prev[f"{p}_airborne"] != 0).long())
+    assert torch.equal(decoded["item_exists"], prev["item_exists"].bool())
+
+
 def test_state_age_rule(game):
     """+1 while the action stays, else 0. Slippi's counter follows animation speed and pauses
     in hitlag, so the rule matches the replays exactly on most frames, not all."""

@@ -19,7 +19,15 @@ from torch import Tensor
 from model import frame_spec as fs
 from model import game_state as gs
 from model.frame_spec import Head
-from model.heads import head_targets
+from model.heads import head_targets, with_copy_prior
+
+# Smooth L1's quadratic zone, in scaled units, for the heads that positions are decoded from
+# (displacement residuals and velocity deltas). Most of their targets are exactly 0 or a
+# constant (gravity, friction, knockback decay), and a rollout's position error is the sum of
+# their errors; with smooth L1's default beta of 1 an error of 0.1 unit (0.2 scaled) got a
+# fifth of the gradient and the heads stayed noisier than the constant-velocity baseline.
+# A small beta makes the loss L1 beyond it, which pulls them to the exact median.
+MOTION_BETA = 0.05
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,10 @@ class LossWeights:
     # and a heavier weight let them crowd out the players' heads in our short CPU runs.
     items: float = 0.3
 
+
+MOTION_HEADS = frozenset(
+    s.name for s in fs.PLAYER_HEADS if s.kind is Head.DISPLACEMENT or s.name.startswith("vel_")
+)
 
 GROUP_OF_HEAD = {
     "x": "continuous",
@@ -74,16 +86,13 @@ def source_column(key: str) -> str:
     if key.startswith("item_"):
         return key  # item_owner is recorded only from 3.6
     player, name = key.split("_", 1)
-    if name in ("x", "y"):
-        # Positions are learned as the move beyond the velocities, which replays older than
-        # Slippi 3.5 do not record.
-        return f"{player}_vel_self_x_air"
     return f"{player}_{fs.BINARY_HEAD_SOURCE.get(name, name)}"
 
 
-def _elementwise(spec: fs.HeadSpec, pred: Tensor, target: Tensor) -> Tensor:
+def _elementwise(spec: fs.HeadSpec, pred: Tensor, target: Tensor, motion: bool) -> Tensor:
     if spec.kind in (Head.DISPLACEMENT, Head.DELTA, Head.VALUE):
-        return F.smooth_l1_loss(pred.float(), target, reduction="none")
+        beta = MOTION_BETA if motion else 1.0
+        return F.smooth_l1_loss(pred.float(), target, reduction="none", beta=beta)
     if spec.kind is Head.BINARY:
         return F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none")
     logits = pred.float().movedim(-1, 1)  # cross_entropy wants classes on dim 1
@@ -108,6 +117,7 @@ def compute_losses(
     """
     weights = weights or LossWeights()
     masks = masks or {}
+    preds = with_copy_prior(preds, prev)
     targets = head_targets(prev, target)
     exists = target["item_exists"].float()  # (B, T, slots)
     total = torch.zeros((), device=target["frame"].device)
@@ -115,11 +125,16 @@ def compute_losses(
     specs = [(f"{p}_{s.name}", s) for p in gs.PLAYERS for s in fs.PLAYER_HEADS]
     specs += [(f"item_{s.name}", s) for s in fs.ITEM_HEADS]
     for key, spec in specs:
-        loss = _elementwise(spec, preds[key], targets[key])  # (B, T) or (B, T, slots)
+        motion = not key.startswith("item_") and spec.name in MOTION_HEADS
+        loss = _elementwise(spec, preds[key], targets[key], motion)  # (B, T) or (B, T, slots)
         weight = torch.ones_like(loss)
         if key.startswith("item_") and spec.name != "exists":
             weight = weight * exists
-        recorded = masks.get(source_column(key))
+        # Positions are decoded as the previous position plus the predicted velocities plus
+        # the displacement residual, so they are never masked: in a game without velocities
+        # (Slippi < 3.5, a fifth of the demo data) the velocity heads learn to keep them at
+        # the recorded 0 and the residual learns the whole move, which decodes consistently.
+        recorded = None if motion else masks.get(source_column(key))
         if recorded is not None:
             weight = weight * recorded.float().view(-1, *([1] * (loss.dim() - 1)))
         count = weight.sum()
