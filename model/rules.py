@@ -8,11 +8,14 @@ well-formed whatever the model predicts:
 2. A player outside a blast zone is KO'd: one stock less, then, if stocks remain, respawned on
    the revival platform at 0% with zero velocity, in the platform-wait action and invulnerable
    for `RESPAWN_INVULNERABLE_FRAMES`.
-3. The main stage is solid from above: a player who was on or above its flat part and is
+3. Players stand still where real ones do: during the entry animation (until frame -40) and on
+   the revival platform after a respawn, which they leave when their controller is touched
+   or after `HALO_MAX_FRAMES` (then falling, as in Melee).
+4. The main stage is solid from above: a player who was on or above its flat part and is
    predicted to sink more than `FLOOR_TOLERANCE` below its surface is put back on it, with
    no downward speed (the "falls through the stage" drift).
-4. Stocks change only through rule 2; the model's stock prediction is overwritten.
-5. The game ends when a player has no stocks left, or when the timer runs out (the player
+5. Stocks change only through rule 2; the model's stock prediction is overwritten.
+6. The game ends when a player has no stocks left, or when the timer runs out (the player
    with more stocks, then less damage, wins; equal is a draw).
 
 Each KO, respawn and game end is reported as an `Event`.
@@ -53,8 +56,18 @@ POSITION_MARGIN = 20.0
 ITEM_LIMITS = {"vel_x": (-30.0, 30.0), "vel_y": (-30.0, 30.0), "timer": (0.0, 10_000.0)}
 
 # After a KO Melee puts the player on the revival platform; leaving it gives 120 frames
-# (2 seconds) of invincibility (SmashWiki, "Revival platform"). We grant it from the respawn.
+# (2 seconds) of invincibility (SmashWiki, "Revival platform"), counted from leaving it.
 RESPAWN_INVULNERABLE_FRAMES = 120
+# Measured on the 84 games of shared/replays: a player never moves while on the revival
+# platform (41 waits), leaves it into FALL, and waits at most 240 frames. The entry animation
+# is over by frame -44; in it nobody moves sideways, nobody moves at all in ENTRY, and in
+# ENTRY_START / ENTRY_END players bob by at most 0.09 units a frame.
+HALO_MAX_FRAMES = 240
+FALL_ACTION = 29
+ENTRY_ACTIONS = (322, 323, 324)
+ENTRY_HOLD_UNTIL = -40  # frame id
+ENTRY_BOB_PER_FRAME = 0.1
+STICK_DEADZONE = 0.2875  # Melee reads smaller stick values as neutral
 DEFAULT_TIMER_FRAMES = 8 * 60 * 60  # 8:00, the default versus timer, at 60 frames per second
 FIRST_TIMER_FRAME = 0  # the match clock starts at frame 0 (Slippi: -39 is the first playable)
 
@@ -81,6 +94,7 @@ class RuleState:
     blast: Tensor  # (B, 4) float: left, right, bottom, top
     respawn: Tensor  # (B, 2, 2) float: per player x, y
     floor: Tensor  # (B, 2) float: half-width of the main stage's flat part, its surface y
+    halo: Tensor  # (B, 2) long: frames left on the revival platform (0: not on it)
 
     @staticmethod
     def new(stage: Stage, stocks: tuple[int, int], timer_frames: int = DEFAULT_TIMER_FRAMES):
@@ -93,6 +107,7 @@ class RuleState:
             blast=torch.tensor([blast], dtype=torch.float32),
             respawn=torch.tensor([list(stage.respawns[:2])], dtype=torch.float32),
             floor=torch.tensor([[stage.main_flat_x, stage.main.y]], dtype=torch.float32),
+            halo=torch.zeros(1, 2, dtype=torch.long),
         )
 
     def tensors(self) -> dict[str, Tensor]:
@@ -152,16 +167,82 @@ def keep_above_main_stage(
                 frame[key] = torch.where(sunk, frame[key].clamp(min=0), frame[key])
 
 
+def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
+    """Rule 3a, in place: during the entry animation nobody moves sideways, nobody moves at
+    all in ENTRY itself, and ENTRY_START / ENTRY_END only bob (as real players do)."""
+    early = frame["frame"] < ENTRY_HOLD_UNTIL
+    for p in gs.PLAYERS:
+        was, now = prev[f"{p}_action"], frame[f"{p}_action"]
+        entry = early & _is_any(was, ENTRY_ACTIONS) & _is_any(now, ENTRY_ACTIONS)
+        if not entry.any():
+            continue
+        still = entry & (was == ENTRY_ACTIONS[0]) & (now == ENTRY_ACTIONS[0])
+        _hold(frame, p, still, prev[f"{p}_x"], prev[f"{p}_y"])
+        x, y, was_x, was_y = frame[f"{p}_x"], frame[f"{p}_y"], prev[f"{p}_x"], prev[f"{p}_y"]
+        frame[f"{p}_x"] = torch.where(entry, was_x.to(x.dtype), x)
+        bob = was_y + (y - was_y).clamp(-ENTRY_BOB_PER_FRAME, ENTRY_BOB_PER_FRAME)
+        frame[f"{p}_y"] = torch.where(entry & ~still, bob.to(y.dtype), frame[f"{p}_y"])
+
+
+def hold_on_platform(
+    frame: dict[str, Tensor], rules: RuleState, controls: dict[str, Tensor] | None
+) -> None:
+    """Rule 3b, in place: a respawned player waits on the revival platform until their
+    controller is touched or `HALO_MAX_FRAMES` have passed, then falls from it."""
+    for index, p in enumerate(gs.PLAYERS):
+        on_halo = rules.halo[:, index] > 0
+        if not on_halo.any():
+            continue
+        touched = torch.zeros_like(on_halo)
+        if controls is not None:
+            stick = torch.maximum(
+                controls[f"{p}_joystick_x"].abs(), controls[f"{p}_joystick_y"].abs()
+            )
+            touched = (stick > STICK_DEADZONE) | (controls[f"{p}_buttons"] != 0)
+        leaving = on_halo & (touched | (rules.halo[:, index] == 1))
+        point = rules.respawn[:, index]
+        _hold(frame, p, on_halo, point[:, 0], point[:, 1])  # leaving: falls from the spot
+        action = torch.where(leaving, FALL_ACTION, ON_HALO_WAIT)
+        frame[f"{p}_action"] = torch.where(on_halo, action, frame[f"{p}_action"])
+        frame[f"{p}_airborne"] = torch.where(on_halo, 1, frame[f"{p}_airborne"])
+        rules.halo[:, index] = torch.where(on_halo & ~leaving, rules.halo[:, index] - 1, 0)
+
+
+def _is_any(values: Tensor, ids: tuple[int, ...]) -> Tensor:
+    out = values == ids[0]
+    for other in ids[1:]:
+        out |= values == other
+    return out
+
+
+def _hold(frame: dict[str, Tensor], p: str, mask: Tensor, x: Tensor, y: Tensor) -> None:
+    """The masked players at (x, y) with no speed."""
+    if not mask.any():
+        return
+    frame[f"{p}_x"] = torch.where(mask, x.to(frame[f"{p}_x"].dtype), frame[f"{p}_x"])
+    frame[f"{p}_y"] = torch.where(mask, y.to(frame[f"{p}_y"].dtype), frame[f"{p}_y"])
+    for name in ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y"):
+        key = f"{p}_{name}"
+        frame[key] = torch.where(mask, torch.zeros_like(frame[key]), frame[key])
+    key = f"{p}_vel_self_x_ground"
+    frame[key] = torch.where(mask, torch.zeros_like(frame[key]), frame[key])
+
+
 def apply_rules(
-    frame: dict[str, Tensor], rules: RuleState, prev: dict[str, Tensor] | None = None
+    frame: dict[str, Tensor],
+    rules: RuleState,
+    prev: dict[str, Tensor] | None = None,
+    controls: dict[str, Tensor] | None = None,
 ) -> list[list[Event]]:
-    """Clamp, the solid stage (given the previous frame), KO, respawn, stocks and game end
-    for a (B,) batch of frames, in place.
+    """Clamp, standing still (given the previous frame and this frame's controls), the solid
+    stage, KO, respawn, stocks and game end for a (B,) batch of frames, in place.
 
     Games already over are left as they are. Returns each game's events.
     """
     clamp_frame(frame, rules)
+    hold_on_platform(frame, rules, controls)
     if prev is not None:
+        hold_entry(frame, prev)
         keep_above_main_stage(frame, prev, rules)
     batch = rules.stocks.shape[0]
     events: list[list[Event]] = [[] for _ in range(batch)]
@@ -186,6 +267,7 @@ def apply_rules(
             rules.invulnerable[:, index] = torch.where(
                 respawning, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable[:, index]
             )
+            rules.halo[:, index] = torch.where(respawning, HALO_MAX_FRAMES, rules.halo[:, index])
             for b in torch.nonzero(ko).flatten().tolist():
                 zone = ZONES[int(beyond[b].float().argmax())]
                 stocks = int(rules.stocks[b, index])
@@ -195,7 +277,8 @@ def apply_rules(
         # Respawn invulnerability overrides the hurtbox the model predicts.
         protected = rules.invulnerable[:, index] > 0
         frame[f"{p}_hurtbox_state"] = torch.where(protected, 1, frame[f"{p}_hurtbox_state"])
-        rules.invulnerable[:, index] = (rules.invulnerable[:, index] - 1).clamp(min=0)
+        counting = (rules.halo[:, index] == 0).long()  # the platform itself protects
+        rules.invulnerable[:, index] = (rules.invulnerable[:, index] - counting).clamp(min=0)
         frame[f"{p}_stocks"] = rules.stocks[:, index].to(frame[f"{p}_stocks"].dtype)
 
     _end_games(frame, rules, live, frame_ids, events)

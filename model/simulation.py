@@ -223,7 +223,7 @@ class Simulation:
             over = self._rules.over
             if over.any():  # finished games stay on their last frame
                 frame = {k: torch.where(_rows_mask(over, v), prev[k], v) for k, v in frame.items()}
-            events = apply_rules(frame, self._rules, prev)
+            events = apply_rules(frame, self._rules, prev, ctrl)
             frame = self._cast(frame)
         self._prev = frame
         return {

@@ -72,16 +72,81 @@ def test_ko_through_each_blast_zone_respawns(stage_id, zone):
     assert int(frame["p2_stocks"][0]) == 4  # the other player is untouched
 
 
-def test_respawn_invulnerability_lasts_its_period():
+def test_respawned_player_waits_on_the_platform_then_is_invulnerable_for_its_period():
+    from model.rules import HALO_MAX_FRAMES
+
+    stage = get_stage(31)
     frame, rules = batch_frame(31)
-    frame["p1_y"][0] = get_stage(31).blast_bottom - 1
+    frame["p1_y"][0] = stage.blast_bottom - 1
     apply_rules(frame, rules)
-    protected = 1
-    for _ in range(RESPAWN_INVULNERABLE_FRAMES + 10):
+    on_platform, protected = 0, 1
+    for _ in range(HALO_MAX_FRAMES + RESPAWN_INVULNERABLE_FRAMES + 10):
         frame["p1_hurtbox_state"][0] = 0  # what an untrained model might predict
+        frame["p1_x"][0], frame["p1_y"][0] = 30.0, 5.0  # and drifting away
+        frame["p1_action"][0] = 14
         apply_rules(frame, rules)
+        if int(frame["p1_action"][0]) == ON_HALO_WAIT:
+            on_platform += 1
+            assert (frame["p1_x"][0].item(), frame["p1_y"][0].item()) == pytest.approx(
+                stage.respawns[0]
+            )
         protected += int(frame["p1_hurtbox_state"][0]) == 1
-    assert protected == RESPAWN_INVULNERABLE_FRAMES
+    assert on_platform == HALO_MAX_FRAMES - 1  # the respawn frame itself is the first
+    assert protected == HALO_MAX_FRAMES + RESPAWN_INVULNERABLE_FRAMES
+
+
+def test_touching_the_controller_leaves_the_platform_falling():
+    from model.rules import FALL_ACTION
+
+    stage = get_stage(31)
+    frame, rules = batch_frame(31)
+    frame["p1_y"][0] = stage.blast_bottom - 1
+    apply_rules(frame, rules)
+    idle = {f"p1_{k}": torch.zeros(1) for k in ("joystick_x", "joystick_y")}
+    idle["p1_buttons"] = torch.zeros(1, dtype=torch.long)
+    for _ in range(10):
+        apply_rules(frame, rules, controls=idle)
+        assert int(frame["p1_action"][0]) == ON_HALO_WAIT
+    tilt = dict(idle, p1_joystick_x=torch.tensor([0.2]))  # inside Melee's deadzone
+    apply_rules(frame, rules, controls=tilt)
+    assert int(frame["p1_action"][0]) == ON_HALO_WAIT
+    push = dict(idle, p1_joystick_x=torch.tensor([0.8]))
+    apply_rules(frame, rules, controls=push)
+    assert int(frame["p1_action"][0]) == FALL_ACTION
+    assert int(rules.halo[0, 0]) == 0
+    frame["p1_x"][0] = 50.0
+    apply_rules(frame, rules, controls=idle)  # gone: the model moves the player again
+    assert float(frame["p1_x"][0]) == 50.0
+
+
+def test_the_entry_holds_are_invisible_on_real_games(dev_dataset_dir):
+    """Real players never move during the entry animation: holding them changes nothing."""
+    import pyarrow.parquet as pq
+
+    from model.rules import hold_entry
+
+    for path in sorted(dev_dataset_dir.glob("*.parquet")):
+        frames = frames_from_table(pq.read_table(path))
+        prev = {k: v[:200] for k, v in frames.items()}
+        new = {k: v[1:201].clone() for k, v in frames.items()}
+        before = {k: new[k].clone() for k in ("p1_x", "p1_y", "p2_x", "p2_y")}
+        hold_entry(new, prev)
+        for key, value in before.items():
+            assert torch.equal(new[key], value), f"{path.name}: the entry hold moved {key}"
+
+
+def test_the_entry_hold_stops_a_drifting_model():
+    from model.rules import hold_entry
+
+    prev, _ = batch_frame(31)
+    prev["frame"] = torch.tensor([-100])
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = torch.tensor([-99])
+    frame["p1_x"][0] += 3.0
+    frame["p1_y"][0] -= 2.0
+    hold_entry(frame, prev)
+    assert float(frame["p1_x"][0]) == float(prev["p1_x"][0])
+    assert float(frame["p1_y"][0]) == float(prev["p1_y"][0])
 
 
 def test_stocks_change_only_by_kos():
