@@ -63,6 +63,14 @@ RESPAWN_INVULNERABLE_FRAMES = 120
 # is over by frame -44; in it nobody moves sideways, nobody moves at all in ENTRY, and in
 # ENTRY_START / ENTRY_END players bob by at most 0.09 units a frame.
 HALO_MAX_FRAMES = 240
+# A KO'd player stays where they crossed the blast line, in a DEAD_* action, for 60 frames
+# (57 of the 69 KOs; star KOs through the top last longer in Melee), then the revival platform
+# descends for 60 frames, linearly from the stage's respawn_top_y to its respawn point (63 of
+# 65 descents), before the wait above. The stock is lost when the KO starts (76 of 77).
+DEAD_FRAMES = 60
+DESCENT_FRAMES = 60
+DEAD_ACTIONS = {"bottom": 0, "left": 1, "right": 2, "top": 4}  # DEAD_DOWN, _LEFT, _RIGHT, _FLY_STAR
+ON_HALO_DESCENT = 12
 FALL_ACTION = 29
 ENTRY_ACTIONS = (322, 323, 324)
 ENTRY_HOLD_UNTIL = -40  # frame id
@@ -95,6 +103,10 @@ class RuleState:
     respawn: Tensor  # (B, 2, 2) float: per player x, y
     floor: Tensor  # (B, 2) float: half-width of the main stage's flat part, its surface y
     halo: Tensor  # (B, 2) long: frames left on the revival platform (0: not on it)
+    dead: Tensor  # (B, 2) long: frames left in the KO animation
+    descent: Tensor  # (B, 2) long: frames left of the revival platform's descent
+    dead_at: Tensor  # (B, 2, 3) float: where a KO'd player is held, x, y, DEAD_* action
+    respawn_top: Tensor  # (B,) float: y where the revival platform's descent starts
 
     @staticmethod
     def new(stage: Stage, stocks: tuple[int, int], timer_frames: int = DEFAULT_TIMER_FRAMES):
@@ -108,6 +120,10 @@ class RuleState:
             respawn=torch.tensor([list(stage.respawns[:2])], dtype=torch.float32),
             floor=torch.tensor([[stage.main_flat_x, stage.main.y]], dtype=torch.float32),
             halo=torch.zeros(1, 2, dtype=torch.long),
+            dead=torch.zeros(1, 2, dtype=torch.long),
+            descent=torch.zeros(1, 2, dtype=torch.long),
+            dead_at=torch.zeros(1, 2, 3, dtype=torch.float32),
+            respawn_top=torch.tensor([stage.respawn_top_y], dtype=torch.float32),
         )
 
     def tensors(self) -> dict[str, Tensor]:
@@ -234,20 +250,22 @@ def apply_rules(
     prev: dict[str, Tensor] | None = None,
     controls: dict[str, Tensor] | None = None,
 ) -> list[list[Event]]:
-    """Clamp, standing still (given the previous frame and this frame's controls), the solid
-    stage, KO, respawn, stocks and game end for a (B,) batch of frames, in place.
+    """Clamp, KO and the way back (death, platform descent, platform wait: given this frame's
+    controls), standing still in the entry, the solid stage (given the previous frame), stocks
+    and game end for a (B,) batch of frames, in place.
 
     Games already over are left as they are. Returns each game's events.
     """
     clamp_frame(frame, rules)
-    hold_on_platform(frame, rules, controls)
-    if prev is not None:
-        hold_entry(frame, prev)
-        keep_above_main_stage(frame, prev, rules)
     batch = rules.stocks.shape[0]
     events: list[list[Event]] = [[] for _ in range(batch)]
     frame_ids = frame["frame"].tolist() if "frame" in frame else [0] * batch
     live = ~rules.over
+    _way_back(frame, rules, frame_ids, events)
+    hold_on_platform(frame, rules, controls)
+    if prev is not None:
+        hold_entry(frame, prev)
+        keep_above_main_stage(frame, prev, rules)
     for index, p in enumerate(gs.PLAYERS):
         x, y = frame[f"{p}_x"], frame[f"{p}_y"]
         beyond = torch.stack(
@@ -259,30 +277,75 @@ def apply_rules(
             ],
             -1,
         )  # (B, 4)
-        ko = beyond.any(-1) & live & (rules.stocks[:, index] > 0)
+        returning = (rules.dead[:, index] > 0) | (rules.descent[:, index] > 0)
+        ko = beyond.any(-1) & live & (rules.stocks[:, index] > 0) & ~returning
         if ko.any():
             rules.stocks[:, index] -= ko.long()
-            respawning = ko & (rules.stocks[:, index] > 0)
-            _respawn(frame, p, respawning, rules.respawn[:, index])
-            rules.invulnerable[:, index] = torch.where(
-                respawning, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable[:, index]
-            )
-            rules.halo[:, index] = torch.where(respawning, HALO_MAX_FRAMES, rules.halo[:, index])
             for b in torch.nonzero(ko).flatten().tolist():
                 zone = ZONES[int(beyond[b].float().argmax())]
                 stocks = int(rules.stocks[b, index])
                 events[b].append(Event("ko", frame_ids[b], index, {"zone": zone, "stocks": stocks}))
-                if stocks > 0:
-                    events[b].append(Event("respawn", frame_ids[b], index))
-        # Respawn invulnerability overrides the hurtbox the model predicts.
-        protected = rules.invulnerable[:, index] > 0
+                rules.dead_at[b, index, 2] = DEAD_ACTIONS[zone]
+            rules.dead_at[:, index, 0] = torch.where(ko, x.float(), rules.dead_at[:, index, 0])
+            rules.dead_at[:, index, 1] = torch.where(ko, y.float(), rules.dead_at[:, index, 1])
+            rules.dead[:, index] = torch.where(ko, DEAD_FRAMES, rules.dead[:, index])
+            rules.halo[:, index] = torch.where(ko, 0, rules.halo[:, index])
+            rules.invulnerable[:, index] = torch.where(ko, 0, rules.invulnerable[:, index])
+            _hold_dead(frame, p, ko, rules.dead_at[:, index])
+        # From the KO until the platform is left, and for the invulnerability after it, the
+        # player cannot be hit, whatever hurtbox the model predicts.
+        away = (rules.dead[:, index] > 0) | (rules.descent[:, index] > 0)
+        protected = away | (rules.halo[:, index] > 0) | (rules.invulnerable[:, index] > 0)
         frame[f"{p}_hurtbox_state"] = torch.where(protected, 1, frame[f"{p}_hurtbox_state"])
-        counting = (rules.halo[:, index] == 0).long()  # the platform itself protects
+        counting = (~away & (rules.halo[:, index] == 0)).long()  # the platform protects
         rules.invulnerable[:, index] = (rules.invulnerable[:, index] - counting).clamp(min=0)
         frame[f"{p}_stocks"] = rules.stocks[:, index].to(frame[f"{p}_stocks"].dtype)
 
     _end_games(frame, rules, live, frame_ids, events)
     return events
+
+
+def _way_back(frame: dict[str, Tensor], rules: RuleState, frame_ids, events) -> None:
+    """Advance KO'd players: held where they died; then, with stocks left, respawned on the
+    descending revival platform; then waiting on it (`hold_on_platform`)."""
+    for index, p in enumerate(gs.PLAYERS):
+        dead = rules.dead[:, index] > 0
+        if dead.any():
+            rules.dead[:, index] = (rules.dead[:, index] - 1).clamp(min=0)
+            back = dead & (rules.dead[:, index] == 0) & (rules.stocks[:, index] > 0)
+            still_dead = dead & ~back
+            _hold_dead(frame, p, still_dead, rules.dead_at[:, index])
+            if back.any():
+                top = torch.stack([rules.respawn[:, index, 0], rules.respawn_top], -1)
+                _respawn(frame, p, back, top)
+                frame[f"{p}_action"] = torch.where(back, ON_HALO_DESCENT, frame[f"{p}_action"])
+                rules.descent[:, index] = torch.where(back, DESCENT_FRAMES, rules.descent[:, index])
+                rules.invulnerable[:, index] = torch.where(
+                    back, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable[:, index]
+                )
+                for b in torch.nonzero(back).flatten().tolist():
+                    events[b].append(Event("respawn", frame_ids[b], index))
+                continue
+        descending = rules.descent[:, index] > 0
+        if descending.any():
+            rules.descent[:, index] = (rules.descent[:, index] - 1).clamp(min=0)
+            left = rules.descent[:, index].float() / DESCENT_FRAMES  # 1 at the top, 0 at rest
+            point = rules.respawn[:, index]
+            y = point[:, 1] + left * (rules.respawn_top - point[:, 1])
+            _hold(frame, p, descending, point[:, 0], y)
+            frame[f"{p}_action"] = torch.where(descending, ON_HALO_DESCENT, frame[f"{p}_action"])
+            frame[f"{p}_airborne"] = torch.where(descending, 1, frame[f"{p}_airborne"])
+            landed = descending & (rules.descent[:, index] == 0)
+            rules.halo[:, index] = torch.where(landed, HALO_MAX_FRAMES, rules.halo[:, index])
+
+
+def _hold_dead(frame: dict[str, Tensor], p: str, mask: Tensor, dead_at: Tensor) -> None:
+    if not mask.any():
+        return
+    _hold(frame, p, mask, dead_at[:, 0], dead_at[:, 1])
+    action = dead_at[:, 2].to(frame[f"{p}_action"].dtype)
+    frame[f"{p}_action"] = torch.where(mask, action, frame[f"{p}_action"])
+    frame[f"{p}_airborne"] = torch.where(mask, 1, frame[f"{p}_airborne"])
 
 
 def _respawn(frame: dict[str, Tensor], p: str, mask: Tensor, point: Tensor) -> None:
