@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,11 +231,25 @@ def check_legal(frame, stage):
         assert 0 <= int(frame[f"{p}_action"]) < 65536
 
 
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"
+
+
+@pytest.fixture(scope="module", params=["untrained", "demo checkpoint"])
+def any_model(request, model):
+    if request.param == "untrained":
+        return model
+    from model.checkpoint import load_checkpoint
+
+    assert DEMO_CHECKPOINT.exists(), "the demo checkpoint is part of the repository"
+    return load_checkpoint(DEMO_CHECKPOINT)[0]
+
+
 @pytest.mark.timeout(1800)  # 36,000 steps: minutes on a busy 2-core machine
-def test_ten_minute_random_match_stays_legal(model):
-    """36,000 frames of random inputs on an untrained model: every field in range, no NaN;
-    stocks fall only with a KO. Finished games are replaced by new ones."""
-    sim = Simulation(model)
+def test_ten_minute_random_match_stays_legal(any_model):
+    """36,000 frames (10 minutes) of random inputs, on an untrained model and on the trained
+    demo checkpoint: every field in range, no NaN; stocks fall only with a KO. Finished games
+    are replaced by new ones."""
+    sim = Simulation(any_model)
     policies = (RandomPolicy(1), RandomPolicy(2))
     game, stage = sim.new_game(GameSetup(stage=31, timer_frames=40_000)), get_stage(31)
     stocks, kos, games = sim.stocks(game), 0, 1
@@ -252,7 +267,7 @@ def test_ten_minute_random_match_stays_legal(model):
             sim.remove_game(game)
             game, games = sim.new_game(GameSetup(stage=31, seed=games)), games + 1
             stocks = sim.stocks(game)
-    assert kos > 0  # an untrained model drifts off stage; the rules must have caught it
+    assert kos > 0  # random inputs take players off stage; the rules must have caught it
 
 
 def run(sim, games, frames, controls_of_frame):
