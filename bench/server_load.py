@@ -183,6 +183,7 @@ def main() -> int:
         "--jitter", type=int, default=0, help="delay each input by 0..N frames (rollback load)"
     )
     parser.add_argument("--threads", type=int, help="torch threads in the server")
+    parser.add_argument("--no-record", action="store_true", help="server records nothing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -204,7 +205,10 @@ def main() -> int:
         command += ["--threads", str(args.threads)]
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
-    server = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy())
+    env = os.environ.copy()
+    if args.no_record:
+        env["PLAYMODEL_RECORDINGS_DIR"] = ""
+    server = subprocess.Popen(command, cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

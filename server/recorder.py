@@ -4,8 +4,9 @@ A game's recording is a folder `<recordings>/<id>/`:
 - `parts/frames-000000.parquet`, ...: one file per second of play, each written atomically as
   soon as its frames are final (older than the rollback window), so a crash loses at most the
   last second or so;
-- `info.json`: what was played (kind, setup, model and checkpoint hash, settings, events, the
-  frames whose input was substituted), rewritten atomically with every part;
+- `info.json`: what was played (kind, setup, model and checkpoint hash, settings), written when
+  the game starts and again, with its events and the frames whose input was substituted, when
+  it ends (each part also carries its own events and substitutions in its metadata);
 - `game.parquet`: the whole game in one file, written when the game ends (the parts are then
   removed), with `info.json` also in its metadata.
 
@@ -21,6 +22,7 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,65 +68,106 @@ class GameRecorder:
     """Collects one game's frames and writes them as described in the module docstring.
 
     `add` and `correct` run on the device thread; `take_writes` hands the file writes to the
-    caller, which runs them in order on a writer thread (`write`)."""
+    caller, which runs them in order on a writer thread. Frames wait in preallocated arrays
+    (one per field), so adding one costs a copy per field and a part needs no stacking."""
 
     def __init__(self, folder: Path, info: dict, hold_back: int):
         self.folder = folder
-        self.info = {**info, "status": "recording", "frames": 0, "events": [], "substituted": []}
+        self.info = {**info, "status": "recording"}
+        self.events: list[dict] = []  # the whole game's, for the final info.json
+        self.substituted: list[list[int]] = []
         self.hold_back = hold_back  # frames a rollback may still change
-        self.pending: list[dict[str, np.ndarray]] = []  # frames not yet written
-        self.first_pending = None  # frame id of pending[0]
+        self.capacity = 2 * PART_FRAMES + hold_back
+        self.buffer: dict[str, np.ndarray] = {}  # frames not yet written, in order
+        self.count = 0
+        self.first_pending: int | None = None  # frame id of the buffer's first frame
+        self.part_events: list[dict] = []  # since the last part
+        self.part_substituted: list[list[int]] = []
         self.written = 0
         self.parts = 0
         self.finished = False
+        self.started = False
 
     # ------------------------------------------------------------------ device thread
     def add(self, frame_id: int, row: dict[str, np.ndarray], events=(), substituted=()) -> None:
+        if not self.buffer:
+            self.buffer = {
+                k: np.empty((self.capacity, *np.shape(v)), dtype=np.asarray(v).dtype)
+                for k, v in row.items()
+            }
+        if self.count == self.capacity:  # no writer has taken a part: grow
+            self.buffer = {k: np.concatenate([v, np.empty_like(v)]) for k, v in self.buffer.items()}
+            self.capacity *= 2
         if self.first_pending is None:
             self.first_pending = frame_id
-        self.pending.append(row)
-        self.info["events"] += [e.to_dict() for e in events]
-        self.info["substituted"] += [[frame_id, port] for port in substituted]
+        for key, array in self.buffer.items():
+            array[self.count] = row[key]
+        self.count += 1
+        new_events = [e.to_dict() for e in events]
+        new_substituted = [[frame_id, port] for port in substituted]
+        self.events += new_events
+        self.substituted += new_substituted
+        self.part_events += new_events
+        self.part_substituted += new_substituted
 
     def correct(self, frame_id: int, row: dict[str, np.ndarray]) -> None:
         """A rollback re-made `frame_id`: replace it if it is not written yet."""
         if self.first_pending is None:
             return
         index = frame_id - self.first_pending
-        if 0 <= index < len(self.pending):
-            self.pending[index] = row
+        if 0 <= index < self.count:
+            for key, array in self.buffer.items():
+                array[index] = row[key]
 
     def take_writes(self, final: bool = False) -> list:
-        """The file writes now due: a part per full second of final frames (everything when
-        `final`). Returned as callables for the writer thread."""
+        """The file writes now due: info.json when recording starts, a part per full second
+        of final frames (everything when `final`), the whole game at the end. Returned as
+        callables for the writer thread."""
         writes = []
-        while len(self.pending) >= PART_FRAMES + self.hold_back or (final and self.pending):
-            count = min(PART_FRAMES, len(self.pending))
-            rows, self.pending = self.pending[:count], self.pending[count:]
-            self.first_pending = None if not self.pending else self.first_pending + count
-            self.written += count
-            info = {**self.info, "frames": self.written}
-            writes.append(_PartWrite(self.folder, self.parts, rows, info))
+        if not self.started:
+            self.started = True
+            writes.append(partial(_write_info, self.folder, dict(self.info)))
+        while self.count >= PART_FRAMES + self.hold_back or (final and self.count):
+            n = min(PART_FRAMES, self.count)
+            frames = {k: torch.from_numpy(v[:n].copy()) for k, v in self.buffer.items()}
+            for array in self.buffer.values():
+                array[: self.count - n] = array[n : self.count]
+            self.count -= n
+            self.first_pending = None if not self.count else self.first_pending + n
+            self.written += n
+            part = {
+                "id": self.info.get("id"),
+                "part": self.parts,
+                "events": self.part_events,
+                "substituted": self.part_substituted,
+            }
+            self.part_events, self.part_substituted = [], []
+            writes.append(_PartWrite(self.folder, self.parts, frames, part))
             self.parts += 1
         if final and not self.finished:
             self.finished = True
-            info = {**self.info, "frames": self.written, "status": "complete"}
+            info = {
+                **self.info,
+                "frames": self.written,
+                "status": "complete",
+                "events": self.events,
+                "substituted": self.substituted,
+            }
             writes.append(_Finish(self.folder, info))
         return writes
 
 
 class _PartWrite:
-    def __init__(self, folder: Path, index: int, rows: list[dict], info: dict):
-        self.folder, self.index, self.rows, self.info = folder, index, rows, info
+    def __init__(self, folder: Path, index: int, frames: Frames, info: dict):
+        self.folder, self.index, self.frames, self.info = folder, index, frames, info
 
     def __call__(self) -> None:
-        frames = {k: torch.from_numpy(np.stack([r[k] for r in self.rows])) for k in self.rows[0]}
         parts = self.folder / "parts"
         parts.mkdir(parents=True, exist_ok=True)
-        table = table_from_frames(frames, metadata=_metadata(self.info))
+        table = table_from_frames(self.frames, metadata=_metadata(self.info))
         with atomic_path(parts / f"frames-{self.index:06d}.parquet") as tmp:
-            pq.write_table(table, tmp, compression="zstd")
-        _write_info(self.folder, self.info)
+            # Parts are merged (and compressed properly) when the game ends: write them fast.
+            pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
 
 
 class _Finish:
