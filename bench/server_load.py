@@ -4,9 +4,9 @@
                                 [--checkpoint CKPT] [--delay 2] [--jitter 6] [--json OUT]
 
 Starts `python -m server serve` in its own process, then for each N opens N sessions and two
-play connections per session (one per port, as two people on two machines would), each sending
-its port's input on its own 60 Hz clock, stamped with the last frame it received plus the
-input delay. Reports, per N:
+play connections per session (one per port, as two people on two machines would), each
+answering every frame it receives with its port's input stamped with that frame plus the input
+delay (60 inputs a second per port while the server keeps up). Reports, per N:
 - tick duration p50 / p99 and the share of late ticks (from the server's /metrics: ticks that
   ended after their slot);
 - input-to-frame latency p50 / p99: from sending an input to receiving the frame that used it,
@@ -77,9 +77,15 @@ class Player:
                     now = time.perf_counter()
                     if isinstance(message, P.Welcome):
                         self.last_frame = message.frame
+                    elif isinstance(message, P.Frame) and message.corrected:
+                        continue  # a rollback re-made a frame already counted
                     elif isinstance(message, P.Frame):
                         self.last_frame = message.frame
                         self.frames += 1
+                        if not self.jitter:  # answer each frame at once, as a game loop would
+                            target = message.frame + self.delay
+                            self.sent_at[target] = time.perf_counter()
+                            await ws.send(P.encode(P.Input(frame=target, port=self.port)))
                         sent = self.sent_at.pop(message.frame, None)
                         used = self.port not in message.substituted
                         if sent is not None and self.measuring and used:
@@ -94,6 +100,10 @@ class Player:
                 sender.cancel()
 
     async def _send(self, ws, stop: asyncio.Event) -> None:
+        """With jitter: inputs on the client's own 60 Hz clock, each held back 0..jitter
+        frames (without jitter the receive loop answers every frame at once instead)."""
+        if not self.jitter:
+            return
         next_at = time.perf_counter()
         while not stop.is_set():
             next_at += TICK
