@@ -194,7 +194,8 @@ class Session:
     # ------------------------------------------------------------------ inputs
     def accept_input(self, frame: int, port: int, columns: dict) -> str | None:
         """Store an input for `frame`. Returns None for an input in time, 'rollback' for a
-        late input the session will roll back for, 'late' for one too old to use."""
+        late input the session will roll back for, 'late' for one too old to use, and
+        'duplicate' for a second input for a frame already made with a real one (ignored)."""
         if frame > self.frame:
             self.inputs[port][frame] = columns
             return None
@@ -206,7 +207,7 @@ class Session:
             self.late_inputs += 1
             return "late"
         if record.real.get(port) is not None:
-            return "late"  # a duplicate: that frame already has this port's real input
+            return "duplicate"  # that frame was already made with a real input of this port
         record.real[port] = columns
         if self.rollback_from is None or frame < self.rollback_from:
             self.rollback_from = frame
