@@ -185,9 +185,17 @@ def keep_above_main_stage(
 
 def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
     """Rule 3a, in place: during the entry animation nobody moves sideways, nobody moves at
-    all in ENTRY itself, and ENTRY_START / ENTRY_END only bob (as real players do)."""
+    all in ENTRY itself, and ENTRY_START / ENTRY_END only bob (as real players do). By frame
+    -40 the animation is over: a player still in it falls (real ones all leave it into FALL)."""
     early = frame["frame"] < ENTRY_HOLD_UNTIL
     for p in gs.PLAYERS:
+        over = ~early & _is_any(frame[f"{p}_action"], ENTRY_ACTIONS)
+        if over.any():
+            frame[f"{p}_action"] = torch.where(over, FALL_ACTION, frame[f"{p}_action"])
+            frame[f"{p}_airborne"] = torch.where(over, 1, frame[f"{p}_airborne"])
+            frame[f"{p}_state_age"] = torch.where(
+                over, torch.zeros_like(frame[f"{p}_state_age"]), frame[f"{p}_state_age"]
+            )
         was, now = prev[f"{p}_action"], frame[f"{p}_action"]
         entry = early & _is_any(was, ENTRY_ACTIONS) & _is_any(now, ENTRY_ACTIONS)
         if not entry.any():

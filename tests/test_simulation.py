@@ -163,6 +163,20 @@ def test_the_entry_holds_are_invisible_on_real_games(dev_dataset_dir):
             assert torch.equal(new[key], value), f"{path.name}: the entry hold moved {key}"
 
 
+def test_the_entry_ends_by_frame_minus_40_whatever_the_model_says():
+    from model.rules import ENTRY_HOLD_UNTIL, FALL_ACTION, hold_entry
+
+    prev, _ = batch_frame(31)
+    prev["frame"] = torch.tensor([ENTRY_HOLD_UNTIL - 1])
+    frame = {k: v.clone() for k, v in prev.items()}  # both players still in ENTRY
+    frame["frame"] = torch.tensor([ENTRY_HOLD_UNTIL])
+    frame["p2_action"][0] = 14  # p2 left it already
+    hold_entry(frame, prev)
+    assert int(frame["p1_action"][0]) == FALL_ACTION
+    assert int(frame["p1_airborne"][0]) == 1
+    assert int(frame["p2_action"][0]) == 14
+
+
 def test_the_entry_hold_stops_a_drifting_model():
     from model.rules import hold_entry
 
