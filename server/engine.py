@@ -188,7 +188,11 @@ class Engine:
         last_idle_check = deadline
         while not self._stopping:
             start = loop.time()
-            stepped = await self.tick()
+            try:
+                stepped = await self.tick()
+            except Exception:
+                log.exception("tick failed; the loop goes on")
+                stepped = 0
             end = loop.time()
             deadline += period
             if stepped:
@@ -225,6 +229,11 @@ class Engine:
 
     async def tick(self) -> int:
         """One step of every running session; returns how many were stepped."""
+        # Resets are taken here, on the loop, so that one made while a step runs waits for
+        # the next tick instead of being half applied by the step in flight.
+        resets = [s for s in self.sessions.values() if s.pending_reset]
+        for session in resets:
+            session.pending_reset = False
         plan = []
         for session in self.sessions.values():
             if session.status == "running":
@@ -234,9 +243,9 @@ class Engine:
                 if missing:
                     self.metrics.substituted_inputs.inc(len(missing))
         retired, self._retired = self._retired, []
-        if not plan and not retired and not self._needs_parking():
+        if not plan and not retired and not resets and not self._needs_parking():
             return 0
-        results = await self.on_device(self._device_tick, plan, retired)
+        results = await self.on_device(self._device_tick, plan, retired, resets)
         self.flush_writes()
         for session, generation, corrected, data, frame_id, events, over in results:
             if generation != session.generation or session.id not in self.sessions:
@@ -327,7 +336,7 @@ class Engine:
         session.rolled_back_frames += len(records)
         return messages
 
-    def _device_tick(self, plan, retired: list[Session]) -> list[tuple]:
+    def _device_tick(self, plan, retired: list[Session], resets: list[Session]) -> list[tuple]:
         sim = self.sim
         for session in retired:
             if session.game_id is not None:
@@ -335,9 +344,9 @@ class Engine:
                 session.game_id = None
             self._finish_recording(session)
         stepping = {id(s) for s, *_ in plan}
+        resetting = {id(s) for s in resets}
         for session in list(self.sessions.values()):
-            if session.pending_reset:
-                session.pending_reset = False
+            if id(session) in resetting:
                 self._finish_recording(session)
                 self._start_recording(session)
                 if session.game_id is not None:

@@ -15,6 +15,7 @@ from model.config import ModelConfig
 from model.frame_spec import BUTTON_BITS
 from model.simulation import GameSetup
 from model.world_model import WorldModel
+from server import protocol as P
 from server.engine import Engine
 from server.sessions import Connection
 from server.settings import ServerSettings
@@ -131,3 +132,39 @@ def test_random_delays_lose_no_input_within_the_window():
                     expected = controller(f, port, s_index)
                     assert record.used[f"p{port}_joystick_x"] == expected["joystick_x"]
                     assert record.used[f"p{port}_buttons"] == expected["buttons"]
+
+
+def test_a_reset_made_while_a_step_runs_restarts_cleanly():
+    """A reset that lands while the device thread is stepping (the REST handler runs on the
+    loop meanwhile) must not be half applied by that step: the next frame sent is the start's
+    next frame, and the session's frame count agrees with the simulation."""
+    torch.manual_seed(0)
+    model = WorldModel(TINY).eval()
+
+    async def run():
+        engine, (session,) = make_engine(model)
+        for _ in range(5):
+            await engine.tick()
+        player = session.players[1]
+        while not player.queue.empty():
+            player.queue.get_nowait()
+        step = engine._device_tick
+
+        def step_with_a_reset_landing(*args):
+            engine.reset_session(session)  # as if the REST call arrived right now
+            return step(*args)
+
+        engine._device_tick = step_with_a_reset_landing
+        await engine.tick()
+        engine._device_tick = step
+        await engine.tick()
+        sent = []
+        while not player.queue.empty():
+            sent.append(P.decode_server(player.queue.get_nowait()))
+        return engine, session, [m.frame for m in sent if isinstance(m, P.Frame)]
+
+    engine, session, frames = asyncio.run(run())
+    start = int(session.start_snapshot.tensors["frame.frame"])
+    assert frames == [start + 1]
+    assert session.frame == start + 1
+    assert int(engine.sim.frame(session.game_id)["frame"]) == start + 1
