@@ -1,7 +1,6 @@
 """`playmodel play` as a user runs it, headless: options, the start screen, replay playback,
 spectating, and a live game against a local server."""
 
-import importlib.util
 import os
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -13,11 +12,6 @@ import pytest
 from client import app, assets
 from client.app import App, GameChoice, StartScreen, parse_args
 from client.net import LocalServer, create_session
-
-needs_server = pytest.mark.skipif(
-    importlib.util.find_spec("server.serve") is None or importlib.util.find_spec("torch") is None,
-    reason="the game server (server/serve.py, torch, fastapi) is not available here",
-)
 
 
 def test_options():
@@ -79,7 +73,6 @@ def test_spectating_a_session(tmp_path):
         assert app.main(["--watch", url, "--frames", "20", "--overlay"]) == 0
 
 
-@needs_server
 def test_play_with_no_server_given_starts_one(tmp_path):
     shot = tmp_path / "live.png"
     argv = ["--no-menu", "--cpu", "2:approach", "--frames", "90", "--screenshot", str(shot)]
@@ -87,7 +80,6 @@ def test_play_with_no_server_given_starts_one(tmp_path):
     assert shot.exists()
 
 
-@needs_server
 def test_joining_a_session_on_a_server_by_token(capsys):
     server = LocalServer(reuse_default=False)
     server.start()

@@ -1,7 +1,6 @@
 """The client's network layer: against a small scripted websocket server (fast, no model),
 and end to end against the real game server started as `python -m server serve`."""
 
-import importlib.util
 import sys
 import threading
 import time
@@ -208,13 +207,8 @@ def test_urls():
 
 
 # ---------------------------------------------------------------------- the real server
-needs_server = pytest.mark.skipif(
-    importlib.util.find_spec("server.serve") is None or importlib.util.find_spec("torch") is None,
-    reason="the game server (server/serve.py, torch, fastapi) is not available here",
-)
 
 
-@needs_server
 def test_end_to_end_with_a_local_server():
     """120 frames of a real session with scripted inputs from both ports: frames arrive in
     order, and the server applied the inputs at the frames they were stamped for."""
