@@ -263,7 +263,7 @@ class Engine:
                 session.over = True
                 end = next((e for e in events if e.type == "game_end"), None)
                 session.result = None if end is None else end.to_dict()
-                self._broadcast_status(session, "game over")
+                self.broadcast_status(session, "game over")
         self.metrics.frames_stepped.inc(len(results))
         return len(results)
 
@@ -274,9 +274,6 @@ class Engine:
         )
 
     def broadcast_status(self, session: Session, reason: str = "") -> None:
-        self._broadcast_status(session, reason)
-
-    def _broadcast_status(self, session: Session, reason: str) -> None:
         data = protocol.encode(
             protocol.Status(status=session.status, frame=session.frame, reason=reason)
         )
@@ -386,8 +383,12 @@ class Engine:
                 del session.history[old]
             step_controls[session.game_id] = columns
         results = sim.step(step_controls)
-        columns = batch_columns(sim.batch_frame)
-        recording = numpy_batch(sim.batch_frame) if self.settings.recordings_dir else None
+        # One copy of the batch off the device per tick: the recordings' numpy copy when any
+        # session records, which the wire columns are then read from too.
+        recording = None
+        if any(session.recorder is not None for session, *_ in plan):
+            recording = numpy_batch(sim.batch_frame)
+        columns = batch_columns(sim.batch_frame if recording is None else recording)
         out = []
         for session, generation, _, missing, _, _ in plan:
             result = results[session.game_id]

@@ -61,7 +61,8 @@ class LiveSockets:
         self.engine = engine
         self.connections: set[Connection] = set()
 
-    async def play(self, websocket: WebSocket, session_id: str) -> None:
+    async def _accept(self, websocket: WebSocket, session_id: str) -> Session | None:
+        """Accept the websocket; None (after telling the client why) if there is no session."""
         await websocket.accept()
         session = self.engine.sessions.get(session_id)
         if session is None:
@@ -71,6 +72,11 @@ class LiveSockets:
                 f"no session {session_id!r}",
                 protocol.CLOSE_POLICY_VIOLATION,
             )
+        return session
+
+    async def play(self, websocket: WebSocket, session_id: str) -> None:
+        session = await self._accept(websocket, session_id)
+        if session is None:
             return
         tokens = _tokens(websocket)
         if not tokens:
@@ -115,15 +121,8 @@ class LiveSockets:
         log.info("session %s: player on ports %s left", session.id, list(ports))
 
     async def watch(self, websocket: WebSocket, session_id: str) -> None:
-        await websocket.accept()
-        session = self.engine.sessions.get(session_id)
+        session = await self._accept(websocket, session_id)
         if session is None:
-            await _refuse(
-                websocket,
-                "not_found",
-                f"no session {session_id!r}",
-                protocol.CLOSE_POLICY_VIOLATION,
-            )
             return
         if not await self._hello(websocket, session, "spectator"):
             return

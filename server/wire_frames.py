@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from model import game_state as gs
@@ -43,8 +44,9 @@ WIRE_COLUMNS = (
 )
 
 
-def batch_columns(frames: Mapping[str, torch.Tensor]) -> dict[str, list]:
-    """The fields the wire needs, as Python lists (one row per game, or per frame)."""
+def batch_columns(frames: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, list]:
+    """The fields the wire needs, as Python lists (one row per game, or per frame), from
+    tensors or numpy arrays."""
     return {key: frames[key].tolist() for key in WIRE_COLUMNS}
 
 
