@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from model.simulation import Simulation, Snapshot
 from server.engine import logged_write
 from server.match import MatchResult
 from server.recorder import write_complete_game
+from server.sessions import new_id
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class MatchService:
         return sum(job.status in ("queued", "running") for job in self.jobs.values())
 
     def submit(self, policies: tuple[Policy, Policy], max_frames: int, start, request) -> MatchJob:
-        job = MatchJob(secrets.token_urlsafe(9), policies, max_frames, start, request)
+        job = MatchJob(new_id(), policies, max_frames, start, request)
         self.jobs[job.id] = job
         self._forget_old()
         self._wake.set()

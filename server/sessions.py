@@ -33,6 +33,17 @@ NEUTRAL: dict[str, float | int] = {
 }
 
 
+def new_id() -> str:
+    """A session or match id: hex, so it can never start with `-` and be read as a
+    command-line option (`playmodel play --session ID`), and is safe in any URL."""
+    return secrets.token_hex(6)
+
+
+def new_token() -> str:
+    """A player's secret join token (192 bits), hex for the same reason as `new_id`."""
+    return secrets.token_hex(24)
+
+
 def controller_columns(message: protocol.Input) -> dict[str, float | int]:
     """An input message as one player's controller columns (without the `pN_` prefix)."""
     bits = 0
@@ -145,8 +156,8 @@ class Session:
     ) -> Session:
         human = [p for p in protocol.PORTS if p not in policies]
         return cls(
-            id=secrets.token_urlsafe(9),
-            tokens={p: secrets.token_urlsafe(24) for p in human},
+            id=new_id(),
+            tokens={p: new_token() for p in human},
             policies=policies,
             input_delay=input_delay,
             start_snapshot=start_snapshot,
