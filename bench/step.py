@@ -2,6 +2,7 @@
 
     python bench/step.py [--config mamba2-large] [--batch 1,8,32] [--frames N] [--warmup N]
                          [--threads N] [--compile] [--compile-mode MODE] [--checkpoint PATH]
+                         [--no-trace]
                          [--json OUT]
 
 Real frames from ../shared/replays/dev/slippi-js__slp__techTester.slp start each of the B games
@@ -15,7 +16,8 @@ sum of each product's p50 when repeated alone with its weight in cache ("matmuls
 adds rows for `torch.compile` of the whole step (minutes of compilation per batch size).
 
 On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`, and the step
-is also timed replayed from a CUDA graph captured per batch size (`model.cuda_graph`).
+is also timed replayed from a CUDA graph captured per batch size (`model.cuda_graph`); on CPU,
+run from the TorchScript trace that `Simulation` uses (`model.traced_step`; --no-trace skips).
 --dtype bf16 stores the weights in bf16 (the recurrent state and residual stream stay fp32).
 """
 
@@ -41,6 +43,7 @@ from model import game_state as gs
 from model.config import load_config
 from model.frames import Frames, controls_of, frames_from_table, index
 from model.heads import decode
+from model.traced_step import traced_step
 from model.world_model import WorldModel, WorldModelCache
 from training.replay_reader import read_replay
 
@@ -191,14 +194,14 @@ def time_matmuls_hot(
     return total
 
 
-def result_row(batch: int, live: np.ndarray, lower: float, hot: float, compiled: bool) -> dict:
+def result_row(batch: int, live: np.ndarray, lower: float, hot: float, path: str) -> dict:
     return {
         "batch": batch,
         "p50_ms": round(float(np.percentile(live, 50)), 4),
         "p99_ms": round(float(np.percentile(live, 99)), 4),
         "lower_bound_ms": round(lower, 4),
         "matmuls_hot_ms": round(hot, 4),
-        "compiled": compiled,
+        "path": path,  # eager, traced, compiled or cuda graph
     }
 
 
@@ -223,6 +226,7 @@ def main() -> None:
     parser.add_argument(
         "--no-cuda-graph", action="store_true", help="on CUDA, time the eager step only"
     )
+    parser.add_argument("--no-trace", action="store_true", help="on CPU, time the eager step only")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -255,7 +259,16 @@ def main() -> None:
             )
             bounds[batch] = float(np.percentile(streamed, 50)), hot
             live = time_live(step, model, frames, batch, args.warmup, args.frames, device)
-            results["results"].append(result_row(batch, live, *bounds[batch], compiled=False))
+            results["results"].append(result_row(batch, live, *bounds[batch], "eager"))
+        if device.type == "cpu" and not args.no_trace:
+            for batch in batches:
+                prev, controls = live_inputs(frames, batch, 1, device)
+                cache = model.allocate_inference_cache(batch, device=device)
+                traced = traced_step(model, prev, controls[0], cache)
+                if traced is None:
+                    break
+                live = time_live(traced, model, frames, batch, args.warmup, args.frames, device)
+                results["results"].append(result_row(batch, live, *bounds[batch], "traced"))
         if device.type == "cuda" and not args.no_cuda_graph:
             for batch in batches:
                 live = time_live(
@@ -267,8 +280,7 @@ def main() -> None:
                     args.frames,
                     device,
                 )
-                row = result_row(batch, live, *bounds[batch], compiled=False)
-                results["results"].append(row | {"cuda_graph": True})
+                results["results"].append(result_row(batch, live, *bounds[batch], "cuda graph"))
         if args.compile:
             for batch in batches:
                 torch._dynamo.reset()  # a fresh compile per batch size (no recompile limit)
@@ -283,19 +295,20 @@ def main() -> None:
                     continue
                 elapsed = time.perf_counter() - start
                 print(f"note: compiled run at batch {batch} took {elapsed:.0f} s, compile included")
-                results["results"].append(result_row(batch, live, *bounds[batch], compiled=True))
+                results["results"].append(result_row(batch, live, *bounds[batch], "compiled"))
 
     print(f"machine: {results['machine']}")
     print(
         f"{args.config}: {results['params']:,} parameters, {args.dtype}, {device}, "
         f"{results['threads']} threads, {args.frames} timed steps after {args.warmup} warm-up"
     )
-    header = ("batch", "compiled", "p50 ms", "p99 ms", "matmuls p50 ms", "matmuls hot ms")
-    print("  ".join(f"{h:>{max(len(h), 8)}}" for h in header))
+    header = ("batch", "path", "p50 ms", "p99 ms", "matmuls p50 ms", "matmuls hot ms")
+    widths = (8, 10, 8, 8, 14, 14)
+    print("  ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for r in results["results"]:
         cells = (
             f"{r['batch']:>8}",
-            f"{'yes' if r['compiled'] else 'no':>8}",
+            f"{r['path']:>10}",
             f"{r['p50_ms']:>8.3f}",
             f"{r['p99_ms']:>8.3f}",
             f"{r['lower_bound_ms']:>14.3f}",

@@ -55,8 +55,13 @@ class Engine:
         self.model = model
         self.model_name = model_name
         self.device = settings.resolved_device()
-        self.sim = Simulation(model, settings.temperature, self.device, settings.cuda_graphs)
-        self.scratch = Simulation(model, settings.temperature, self.device)  # for rollbacks
+        self.sim = Simulation(
+            model, settings.temperature, self.device, settings.cuda_graphs, settings.trace_step
+        )
+        # for rollbacks
+        self.scratch = Simulation(
+            model, settings.temperature, self.device, trace=settings.trace_step
+        )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="device")
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="recorder")  # files, in order
         self.recording_info: dict = {"model": model_name}  # set by the app: checkpoint hash
@@ -82,7 +87,9 @@ class Engine:
         """A new game's first state as a snapshot. Prefilling from a replay runs the model over
         every earlier frame, so callers run this off the device thread (`asyncio.to_thread`):
         live sessions keep ticking meanwhile."""
-        scratch = Simulation(self.model, self.settings.temperature, self.device)
+        scratch = Simulation(
+            self.model, self.settings.temperature, self.device, trace=self.settings.trace_step
+        )
         game = scratch.new_game(setup, replay=replay, start_frame=start_frame)
         return scratch.snapshot(game)
 

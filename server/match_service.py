@@ -71,15 +71,23 @@ class MatchJob:
 class MatchService:
     def __init__(self, engine):
         self.engine = engine
-        self.sim = Simulation(
-            engine.model, engine.settings.temperature, engine.device, engine.settings.cuda_graphs
-        )
+        self.sim = self._new_simulation()
         self.jobs: OrderedDict[str, MatchJob] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
         self._buffer: list[Frames] = []  # whole-batch frames since the last flush
         self._buffer_rows: dict[str, int] = {}  # match id -> row in those frames
         engine.active_matches = self.active
+
+    def _new_simulation(self) -> Simulation:
+        settings = self.engine.settings
+        return Simulation(
+            self.engine.model,
+            settings.temperature,
+            self.engine.device,
+            settings.cuda_graphs,
+            settings.trace_step,
+        )
 
     def active(self) -> int:
         return sum(job.status in ("queued", "running") for job in self.jobs.values())
@@ -124,12 +132,7 @@ class MatchService:
                     if job.status in ("queued", "running"):
                         job.status, job.error = "failed", f"{type(e).__name__}: {e}"
                         job.done.set()
-                self.sim = Simulation(
-                    engine.model,
-                    engine.settings.temperature,
-                    engine.device,
-                    engine.settings.cuda_graphs,
-                )
+                self.sim = self._new_simulation()
                 self._buffer, self._buffer_rows = [], {}
                 continue
             for job in finished:

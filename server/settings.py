@@ -31,6 +31,11 @@ class ServerSettings(BaseSettings):
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay each tick from a graph per batch-size bucket"
     )
+    trace_step: bool = Field(
+        True,
+        description="on CPU, run each tick's model step from a TorchScript trace (the same "
+        "frames, less per-op overhead)",
+    )
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads (default: torch's choice, one per core)"
     )

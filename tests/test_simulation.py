@@ -391,6 +391,37 @@ def test_game_from_a_replay_frame_continues_that_game(model, replay_frames):
     )
 
 
+def test_traced_steps_equal_eager_steps_bit_for_bit_as_the_batch_changes(any_model):
+    eager = Simulation(any_model, trace=False)
+    traced = Simulation(any_model)
+    assert traced.trace and not eager.trace
+    pairs, policies = [], {}
+
+    def join(seed):
+        setup = GameSetup(stage=(31, 32, 2)[seed % 3], seed=seed)
+        pair = eager.new_game(setup), traced.new_game(setup)
+        pairs.append(pair)
+        policies[pair] = (RandomPolicy(seed), RandomPolicy(seed + 10))
+
+    join(0)  # the trace is made at batch size 1, then serves sizes 3 and 2
+    for t in range(90):
+        if t == 20:
+            join(1), join(2)
+        if t == 60:
+            a, b = pairs.pop(1)
+            eager.remove_game(a), traced.remove_game(b)
+        controls_e, controls_t = {}, {}
+        for a, b in pairs:
+            columns = controls_for(policies[a, b], eager.batch_frame, eager.game_ids.index(a))
+            controls_e[a], controls_t[b] = columns, columns
+        eager.step(controls_e)
+        traced.step(controls_t)
+        assert traced.trace, "tracing fell back to eager"
+        for key, value in eager.batch_frame.items():
+            assert torch.equal(value, traced.batch_frame[key]), (t, key)
+            assert value.dtype == traced.batch_frame[key].dtype, key
+
+
 @pytest.mark.gpu
 def test_cuda_graph_buckets_match_eager_steps_as_games_join_and_leave():
     torch.manual_seed(0)
