@@ -17,7 +17,8 @@ adds rows for `torch.compile` of the whole step (minutes of compilation per batc
 
 On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`, and the step
 is also timed replayed from a CUDA graph captured per batch size (`model.cuda_graph`); on CPU,
-run from the TorchScript trace that `Simulation` uses (`model.traced_step`; --no-trace skips).
+run from the TorchScript trace that `Simulation` uses (`model.traced_step`; --no-trace skips),
+the eager and traced steps taking turns frame by frame so that they see the same machine.
 --dtype bf16 stores the weights in bf16 (the recurrent state and residual stream stay fp32).
 """
 
@@ -115,26 +116,31 @@ def sync_fn(device: torch.device) -> Callable[[], None]:
 
 
 def time_live(
-    step: StepFn,
+    steps: list[StepFn],
     model: WorldModel,
     frames: Frames,
     batch: int,
     warmup: int,
     timed: int,
     device: torch.device,
-) -> np.ndarray:
-    """Milliseconds per step over `timed` steps after `warmup`, decoded frames fed back."""
+) -> list[np.ndarray]:
+    """Milliseconds per step of each of `steps` over `timed` steps after `warmup`, decoded
+    frames fed back. The steps take turns frame by frame, each with its own cache and frames,
+    so that a slow spell of a shared machine weighs on all of them alike."""
     prev, controls = live_inputs(frames, batch, warmup + timed, device)
-    cache = model.allocate_inference_cache(batch, device=device)
+    state = [(prev, model.allocate_inference_cache(batch, device=device)) for _ in steps]
     sync = sync_fn(device)
-    times = np.empty(timed)
+    times = [np.empty(timed) for _ in steps]
     for s, ctrl in enumerate(controls):
-        sync()
-        start = time.perf_counter()
-        prev = step(prev, ctrl, cache)
-        sync()
-        if s >= warmup:
-            times[s - warmup] = (time.perf_counter() - start) * 1e3
+        for i, step in enumerate(steps):
+            prev, cache = state[i]
+            sync()
+            start = time.perf_counter()
+            prev = step(prev, ctrl, cache)
+            sync()
+            state[i] = prev, cache
+            if s >= warmup:
+                times[i][s - warmup] = (time.perf_counter() - start) * 1e3
     return times
 
 
@@ -258,21 +264,21 @@ def main() -> None:
                 model, batch, min(args.warmup, 10), min(args.frames, 100), device
             )
             bounds[batch] = float(np.percentile(streamed, 50)), hot
-            live = time_live(step, model, frames, batch, args.warmup, args.frames, device)
-            results["results"].append(result_row(batch, live, *bounds[batch], "eager"))
-        if device.type == "cpu" and not args.no_trace:
-            for batch in batches:
+            paths = {"eager": step}
+            if device.type == "cpu" and not args.no_trace:
                 prev, controls = live_inputs(frames, batch, 1, device)
                 cache = model.allocate_inference_cache(batch, device=device)
-                traced = traced_step(model, prev, controls[0], cache)
-                if traced is None:
-                    break
-                live = time_live(traced, model, frames, batch, args.warmup, args.frames, device)
-                results["results"].append(result_row(batch, live, *bounds[batch], "traced"))
+                if (traced := traced_step(model, prev, controls[0], cache)) is not None:
+                    paths["traced"] = traced
+            runs = time_live(
+                list(paths.values()), model, frames, batch, args.warmup, args.frames, device
+            )
+            for path, live in zip(paths, runs, strict=True):
+                results["results"].append(result_row(batch, live, *bounds[batch], path))
         if device.type == "cuda" and not args.no_cuda_graph:
             for batch in batches:
-                live = time_live(
-                    graph_step(model, frames, batch, device),
+                (live,) = time_live(
+                    [graph_step(model, frames, batch, device)],
                     model,
                     frames,
                     batch,
@@ -287,8 +293,8 @@ def main() -> None:
                 start = time.perf_counter()
                 try:
                     compiled = torch.compile(step, mode=args.compile_mode, dynamic=False)
-                    live = time_live(
-                        compiled, model, frames, batch, args.warmup, args.frames, device
+                    (live,) = time_live(
+                        [compiled], model, frames, batch, args.warmup, args.frames, device
                     )
                 except Exception as e:  # noqa: BLE001 - any compiler failure: report and go on
                     print(f"note: torch.compile failed at batch {batch}, eager only: {e!r:.300}")
