@@ -25,7 +25,7 @@ from model.rules import Event
 from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
 from server.metrics import ServerMetrics
-from server.recorder import GameRecorder, numpy_batch, rows_of
+from server.recorder import BatchCopy, GameRecorder
 from server.sessions import Session
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
@@ -323,7 +323,7 @@ class Engine:
                 batch_columns(scratch.batch_frame), result.row, result.events, still_missing
             )
             if session.recorder is not None:
-                row = rows_of(numpy_batch(scratch.batch_frame), result.row)
+                row = BatchCopy(scratch.batch_frame).row(result.row)
                 session.recorder.correct(rec.frame, row)
             message["corrected"] = True
             messages.append(protocol.encode(message))
@@ -394,15 +394,15 @@ class Engine:
         # session records, which the wire columns are then read from too.
         recording = None
         if any(session.recorder is not None for session, *_ in plan):
-            recording = numpy_batch(sim.batch_frame)
-        columns = batch_columns(sim.batch_frame if recording is None else recording)
+            recording = BatchCopy(sim.batch_frame)
+        columns = batch_columns(sim.batch_frame if recording is None else recording.columns)
         out = []
         for session, generation, _, missing, _, _ in plan:
             result = results[session.game_id]
             events: list[Event] = result.events
             if session.recorder is not None:
                 frame_id = int(columns["frame"][result.row])
-                session.recorder.add(frame_id, rows_of(recording, result.row), events, missing)
+                session.recorder.add(frame_id, recording.row(result.row), events, missing)
                 if result.over or any(e.type == "game_end" for e in events):
                     self._finish_recording(session)
                 else:
