@@ -237,8 +237,11 @@ class _PartWrite:
         parts.mkdir(parents=True, exist_ok=True)
         table = table_from_frames(self.frames, metadata=_metadata(self.info))
         with atomic_path(parts / f"frames-{self.index:06d}.parquet") as tmp:
-            # Parts are merged (and compressed properly) when the game ends: write them fast.
-            pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
+            # Parts are merged (and compressed) when the game ends: write them fast. Without
+            # compression, dictionaries or statistics a part takes 2.5 ms instead of 5.4 (zstd).
+            pq.write_table(
+                table, tmp, compression="none", use_dictionary=False, write_statistics=False
+            )
 
 
 class _Finish:
