@@ -123,8 +123,13 @@ def _ssd_chunked_fp32(
     Adt = (dt * A).reshape(b, c, Q, G, R).permute(0, 1, 3, 4, 2)  # (b, c, g, r, l)
     A_cs = torch.cumsum(Adt, dim=-1)  # (b, c, g, r, l)
 
-    # 1. Intra-chunk outputs (diagonal blocks): y = (C B^T * decay) x.
-    decay = torch.exp(segsum(Adt))  # (b, c, g, r, l, s)
+    # 1. Intra-chunk outputs (diagonal blocks): y = (C B^T * decay) x. Within one chunk the
+    # segment sums are differences of the cumulative sum, as in mamba_ssm's kernels: over at
+    # most chunk_size steps the fp32 rounding is far below the tests' tolerance, and the
+    # masked-cumsum form (`segsum`) cost four passes over this (b, c, g, r, l, s) tensor and
+    # as many in the backward (a third of a mamba2-large training step on CPU).
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    decay = (A_cs[..., :, None] - A_cs[..., None, :]).masked_fill(~causal, -math.inf).exp()
     CB = torch.einsum("bclgn,bcsgn->bcgls", C, B)  # (b, c, g, l, s)
     y_diag = torch.einsum("bcgrls,bcsgrp->bclgrp", CB[:, :, :, None] * decay, xdt)
 

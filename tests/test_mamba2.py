@@ -81,8 +81,11 @@ def test_ssd_chunked_matches_naive(ngroups: int, chunk_size: int, with_init: boo
     y, final = ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=init)
     y_ref, final_ref = naive_ssd(x, dt, A, B, C, init)
     assert y.dtype == final.dtype == torch.float32
-    assert max_diff(y, y_ref) <= ATOL
-    assert max_diff(final, final_ref) <= ATOL
+    # Relative as well as absolute: within a chunk the decays are differences of a cumulative
+    # sum in fp32 (as in mamba_ssm's kernels), whose rounding grows with the chunk's length;
+    # at chunks of 200-256 steps it reaches 5e-5 of outputs of size ~3 (the models use 64).
+    assert torch.allclose(y.double(), y_ref.double(), rtol=ATOL, atol=ATOL), max_diff(y, y_ref)
+    assert torch.allclose(final.double(), final_ref.double(), rtol=ATOL, atol=ATOL)
 
 
 def test_ssd_padding_leaves_final_state_exact() -> None:
