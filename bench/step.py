@@ -2,7 +2,7 @@
 
     python bench/step.py [--config mamba2-large] [--batch 1,8,32] [--frames N] [--warmup N]
                          [--threads N] [--compile] [--compile-mode MODE] [--checkpoint PATH]
-                         [--no-trace]
+                         [--no-trace] [--int8]
                          [--json OUT]
 
 Real frames from ../shared/replays/dev/slippi-js__slp__techTester.slp start each of the B games
@@ -18,7 +18,8 @@ adds rows for `torch.compile` of the whole step (minutes of compilation per batc
 On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`, and the step
 is also timed replayed from a CUDA graph captured per batch size (`model.cuda_graph`); on CPU,
 run from the TorchScript trace that `Simulation` uses (`model.traced_step`; --no-trace skips),
-the eager and traced steps taking turns frame by frame so that they see the same machine.
+the eager and traced steps taking turns frame by frame so that they see the same machine;
+--int8 adds the traced step of the model with int8 mixer weights (`model.quantize`) to them.
 --dtype bf16 stores the weights in bf16 (the recurrent state and residual stream stay fp32).
 """
 
@@ -44,6 +45,7 @@ from model import game_state as gs
 from model.config import load_config
 from model.frames import Frames, controls_of, frames_from_table, index
 from model.heads import decode
+from model.quantize import quantize_int8
 from model.traced_step import traced_step
 from model.world_model import WorldModel, WorldModelCache
 from training.replay_reader import read_replay
@@ -233,6 +235,9 @@ def main() -> None:
         "--no-cuda-graph", action="store_true", help="on CUDA, time the eager step only"
     )
     parser.add_argument("--no-trace", action="store_true", help="on CPU, time the eager step only")
+    parser.add_argument(
+        "--int8", action="store_true", help="on CPU, also time the traced step with int8 mixers"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -242,6 +247,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = build_model(args.config, args.checkpoint, device, dtype)
+    quantized = quantize_int8(model) if args.int8 and device.type == "cpu" else None
     frames = load_frames(args.replay)
     results = {
         "config": args.config,
@@ -270,6 +276,9 @@ def main() -> None:
                 cache = model.allocate_inference_cache(batch, device=device)
                 if (traced := traced_step(model, prev, controls[0], cache)) is not None:
                     paths["traced"] = traced
+                if quantized is not None:
+                    int8 = traced_step(quantized, prev, controls[0], cache)
+                    paths["traced int8"] = int8 or make_step(quantized)
             runs = time_live(
                 list(paths.values()), model, frames, batch, args.warmup, args.frames, device
             )
@@ -309,12 +318,12 @@ def main() -> None:
         f"{results['threads']} threads, {args.frames} timed steps after {args.warmup} warm-up"
     )
     header = ("batch", "path", "p50 ms", "p99 ms", "matmuls p50 ms", "matmuls hot ms")
-    widths = (8, 10, 8, 8, 14, 14)
+    widths = (8, 11, 8, 8, 14, 14)
     print("  ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for r in results["results"]:
         cells = (
             f"{r['batch']:>8}",
-            f"{r['path']:>10}",
+            f"{r['path']:>11}",
             f"{r['p50_ms']:>8.3f}",
             f"{r['p99_ms']:>8.3f}",
             f"{r['lower_bound_ms']:>14.3f}",

@@ -277,8 +277,8 @@ class Mamba2(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> Mamba2Cache:
-        device = self.in_proj.weight.device if device is None else device
-        dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        device = self.conv1d.weight.device if device is None else device  # (in_proj may be
+        dtype = self.conv1d.weight.dtype if dtype is None else dtype  # int8, model.quantize)
         # Same memory layout as mamba_ssm: channels contiguous, as the causal_conv1d kernel expects.
         conv_state = torch.zeros(batch_size, self.d_conv, self.conv_dim, device=device, dtype=dtype)
         conv_state = conv_state.transpose(1, 2)  # (B, conv_dim, d_conv)

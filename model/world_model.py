@@ -55,11 +55,13 @@ class Block(nn.Module):
         )
 
     def forward(self, x: Tensor, cache: Mamba2Cache | None = None) -> Tensor:
-        h = self.norm(x).to(self.mixer.out_proj.weight.dtype)  # the mixer's dtype (bf16 ok)
+        # The mixer's dtype (bf16 ok), read from conv1d: in_proj and out_proj may be int8
+        # modules without a weight tensor (model.quantize).
+        h = self.norm(x).to(self.mixer.conv1d.weight.dtype)
         return x + self.mixer(h, cache).float()
 
     def step(self, x: Tensor, cache: Mamba2Cache) -> Tensor:
-        h = self.norm(x).to(self.mixer.out_proj.weight.dtype)
+        h = self.norm(x).to(self.mixer.conv1d.weight.dtype)
         return x + self.mixer.step(h, cache).float()
 
 

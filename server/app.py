@@ -36,6 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 
 from model import game_state as gs
 from model.frames import table_from_frames
+from model.quantize import maybe_quantize
 from server.engine import Engine, ServerFull
 from server.live_socket import LiveSockets
 from server.match import load_model
@@ -69,6 +70,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         model, model_name = await asyncio.to_thread(
             load_model, settings.checkpoint, settings.untrained_config, device
         )
+        if settings.quantize != "none":
+            if torch.device(device).type != "cpu":
+                log.warning(
+                    "QUANTIZE=%s is for CPU inference; ignored on %s", settings.quantize, device
+                )
+            else:
+                model = await asyncio.to_thread(maybe_quantize, model, settings.quantize)
+                model_name += f" ({settings.quantize})"
         engine = Engine(model, model_name, settings)
         checkpoint = settings.resolved_checkpoint()
         engine.recording_info = {

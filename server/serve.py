@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--max-sessions", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--quantize", choices=("none", "int8"), help="on CPU, int8 mixer weights (faster)"
+    )
     parser.add_argument("--tick-rate", type=float)
     parser.add_argument("--log-level", default="info")
     return parser
@@ -161,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_sessions": args.max_sessions,
             "tick_rate": args.tick_rate,
             "threads": args.threads,
+            "quantize": args.quantize,
         }.items()
         if value is not None
     }

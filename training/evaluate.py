@@ -35,6 +35,7 @@ from model.atomic_file import atomic_path
 from model.checkpoint import load_checkpoint
 from model.frames import controls_of, index
 from model.heads import decode
+from model.quantize import QUANTIZE_CHOICES, maybe_quantize
 from model.simulation import Simulation
 from model.world_model import WorldModel
 from training.dataset import GameDataset
@@ -193,15 +194,17 @@ def evaluate(
     split: str = "val",
     seq_len: int = 60,
     max_windows: int = 200,
+    quantize: str = "none",
 ) -> dict:
     model, _meta = load_checkpoint(checkpoint)
-    model.eval()
+    model = maybe_quantize(model.eval(), quantize)
     data = GameDataset(data_dir, split)
     horizon = max(max(horizons), 20)
     points = pick_starts(data, starts, horizon, seed)
     per_method = rollouts(model, data, points, horizon)
     return {
         "checkpoint": str(checkpoint),
+        "quantize": quantize,
         "data": str(data_dir),
         "split": split,
         "games": len(data),
@@ -242,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="val", choices=("val", "train", "all"))
     parser.add_argument("--plot", type=Path)
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=QUANTIZE_CHOICES,
+        help="evaluate the model with int8 mixer weights, as served with QUANTIZE=int8",
+    )
     return parser
 
 
@@ -250,7 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         horizons = [int(h) for h in args.horizons.split(",")]
-        result = evaluate(args.checkpoint, args.data, horizons, args.starts, args.seed, args.split)
+        result = evaluate(
+            args.checkpoint,
+            args.data,
+            horizons,
+            args.starts,
+            args.seed,
+            args.split,
+            quantize=args.quantize,
+        )
     except (ValueError, OSError) as e:
         log.error("%s", e)
         return 2
