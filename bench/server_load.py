@@ -2,6 +2,7 @@
 
     python bench/server_load.py [--sessions 1,8,16] [--seconds 60] [--config mamba2-large]
                                 [--checkpoint CKPT] [--delay 2] [--jitter 6] [--json OUT]
+                                [--threads N] [--quantize int8] [--no-record]
 
 Starts `python -m server serve` in its own process, then for each N opens N sessions and two
 play connections per session (one per port, as two people on two machines would), each
@@ -193,6 +194,7 @@ def main() -> int:
         "--jitter", type=int, default=0, help="delay each input by 0..N frames (rollback load)"
     )
     parser.add_argument("--threads", type=int, help="torch threads in the server")
+    parser.add_argument("--quantize", choices=("none", "int8"), help="the server's --quantize")
     parser.add_argument("--no-record", action="store_true", help="server records nothing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -213,6 +215,8 @@ def main() -> int:
         command += ["--config", args.config]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.quantize:
+        command += ["--quantize", args.quantize]
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
     env = os.environ.copy()
