@@ -302,6 +302,18 @@ class Simulation:
             )
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+    def warm_up(self, steps: int = 3) -> None:
+        """Step a throw-away game a few times, so that one-off costs (the trace of the step and
+        its first optimised runs, a CUDA graph's capture, lazy initialisations) are paid now
+        rather than by the first live game, whose first frames would stall. Other games are
+        not disturbed."""
+        game = self.new_game()
+        try:
+            for _ in range(steps):
+                self.step({})
+        finally:
+            self.remove_game(game)
+
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, game_id: int) -> Snapshot:
         row = self._row(game_id)

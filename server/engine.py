@@ -75,6 +75,12 @@ class Engine:
         self.active_matches = lambda: 0  # replaced by the match service
         self.metrics = ServerMetrics(lambda: len(self.sessions), lambda: self.active_matches())
 
+    def warm_up(self) -> None:
+        """Pay the simulations' one-off costs (tracing, graph capture) before the first session
+        (device thread)."""
+        self.sim.warm_up()
+        self.scratch.warm_up()
+
     async def on_device(self, fn, *args):
         """Run `fn(*args)` on the device thread (the only thread that touches simulations)."""
         loop = asyncio.get_running_loop()
