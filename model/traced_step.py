@@ -66,9 +66,15 @@ def traced_step(
 ) -> TracedStep | None:
     """The trace of `model`'s live step, made on first use from these example inputs (which
     are not modified) and kept on the model for every later caller; None, with a warning, if
-    it cannot be made. A model whose parameters were since replaced (moved to another device
-    or dtype) is traced again."""
+    it cannot be made. A trace holds what it was made with: a model whose parameters were
+    since replaced (moved to another device or dtype), or frames with other columns, dtypes or
+    item shapes, get a new trace (callers keep the one they were given)."""
     signature = tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
+    signature += tuple(
+        (key, frame[key].dtype, tuple(frame[key].shape[1:]))
+        for frame in (prev, controls)
+        for key in sorted(frame)
+    )
     kept = getattr(model, _ATTRIBUTE, None)  # a plain attribute: not a submodule, not saved
     if kept is not None and kept[0] == signature:
         return kept[1]

@@ -422,6 +422,26 @@ def test_traced_steps_equal_eager_steps_bit_for_bit_as_the_batch_changes(any_mod
             assert value.dtype == traced.batch_frame[key].dtype, key
 
 
+def test_frames_with_other_columns_get_their_own_trace(model, replay_frames):
+    from model.traced_step import traced_step
+
+    prev = index(replay_frames, torch.tensor([500, 900]))
+    controls = index(controls_of(replay_frames), torch.tensor([501, 901]))
+    without_frame = {k: v for k, v in prev.items() if k != "frame"}
+    with torch.inference_mode():
+        cache = model.allocate_inference_cache(2)
+        first = traced_step(model, prev, controls, cache)
+        assert traced_step(model, prev, controls, cache) is first
+        second = traced_step(model, without_frame, controls, cache)
+        assert second is not None and second is not first
+        eager = decode(model.step(without_frame, controls, cache), without_frame, controls)
+        cache = model.allocate_inference_cache(2)
+        traced = second(without_frame, controls, cache)
+    assert "frame" not in traced and traced.keys() == eager.keys()
+    for key, value in eager.items():
+        assert torch.equal(value, traced[key]), key
+
+
 @pytest.mark.gpu
 def test_cuda_graph_buckets_match_eager_steps_as_games_join_and_leave():
     torch.manual_seed(0)
