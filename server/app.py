@@ -79,7 +79,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 model = await asyncio.to_thread(maybe_quantize, model, settings.quantize)
                 model_name += f" ({settings.quantize})"
         engine = Engine(model, model_name, settings)
-        await engine.on_device(engine.warm_up)
+        await engine.on_device(engine.sim.warm_up)  # the first session's frames do not stall
         checkpoint = settings.resolved_checkpoint()
         engine.recording_info = {
             "model": model_name,

@@ -55,13 +55,8 @@ class Engine:
         self.model = model
         self.model_name = model_name
         self.device = settings.resolved_device()
-        self.sim = Simulation(
-            model, settings.temperature, self.device, settings.cuda_graphs, settings.trace_step
-        )
-        # for rollbacks
-        self.scratch = Simulation(
-            model, settings.temperature, self.device, trace=settings.trace_step
-        )
+        self.sim = self.new_simulation(cuda_graphs=settings.cuda_graphs)
+        self.scratch = self.new_simulation()  # for rollbacks
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="device")
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="recorder")  # files, in order
         self.recording_info: dict = {"model": model_name}  # set by the app: checkpoint hash
@@ -75,11 +70,14 @@ class Engine:
         self.active_matches = lambda: 0  # replaced by the match service
         self.metrics = ServerMetrics(lambda: len(self.sessions), lambda: self.active_matches())
 
-    def warm_up(self) -> None:
-        """Pay the simulations' one-off costs (tracing, graph capture) before the first session
-        (device thread)."""
-        self.sim.warm_up()
-        self.scratch.warm_up()
+    def new_simulation(self, cuda_graphs: bool = False) -> Simulation:
+        """A simulation of the served model with the server's settings (the live batch, the
+        rollback scratch, a session's start, the matches). On CPU they share one trace of the
+        step, made when the live batch is warmed up at start-up."""
+        settings = self.settings
+        return Simulation(
+            self.model, settings.temperature, self.device, cuda_graphs, settings.trace_step
+        )
 
     async def on_device(self, fn, *args):
         """Run `fn(*args)` on the device thread (the only thread that touches simulations)."""
@@ -93,9 +91,7 @@ class Engine:
         """A new game's first state as a snapshot. Prefilling from a replay runs the model over
         every earlier frame, so callers run this off the device thread (`asyncio.to_thread`):
         live sessions keep ticking meanwhile."""
-        scratch = Simulation(
-            self.model, self.settings.temperature, self.device, trace=self.settings.trace_step
-        )
+        scratch = self.new_simulation()
         game = scratch.new_game(setup, replay=replay, start_frame=start_frame)
         return scratch.snapshot(game)
 

@@ -22,7 +22,7 @@ import torch
 from model.frames import Frames
 from model.policies import Policy, controls_for
 from model.rules import Event
-from model.simulation import Simulation, Snapshot
+from model.simulation import Snapshot
 from server.engine import logged_write
 from server.match import MatchResult
 from server.recorder import write_complete_game
@@ -71,23 +71,13 @@ class MatchJob:
 class MatchService:
     def __init__(self, engine):
         self.engine = engine
-        self.sim = self._new_simulation()
+        self.sim = engine.new_simulation(cuda_graphs=engine.settings.cuda_graphs)
         self.jobs: OrderedDict[str, MatchJob] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
         self._buffer: list[Frames] = []  # whole-batch frames since the last flush
         self._buffer_rows: dict[str, int] = {}  # match id -> row in those frames
         engine.active_matches = self.active
-
-    def _new_simulation(self) -> Simulation:
-        settings = self.engine.settings
-        return Simulation(
-            self.engine.model,
-            settings.temperature,
-            self.engine.device,
-            settings.cuda_graphs,
-            settings.trace_step,
-        )
 
     def active(self) -> int:
         return sum(job.status in ("queued", "running") for job in self.jobs.values())
@@ -132,7 +122,7 @@ class MatchService:
                     if job.status in ("queued", "running"):
                         job.status, job.error = "failed", f"{type(e).__name__}: {e}"
                         job.done.set()
-                self.sim = self._new_simulation()
+                self.sim = engine.new_simulation(cuda_graphs=engine.settings.cuda_graphs)
                 self._buffer, self._buffer_rows = [], {}
                 continue
             for job in finished:
