@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import describe_machine
 
+from model.quantize import QUANTIZE_CHOICES
 from server import protocol as P
 from server.serve import free_port
 
@@ -194,7 +195,7 @@ def main() -> int:
         "--jitter", type=int, default=0, help="delay each input by 0..N frames (rollback load)"
     )
     parser.add_argument("--threads", type=int, help="torch threads in the server")
-    parser.add_argument("--quantize", choices=("none", "int8"), help="the server's --quantize")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="the server's --quantize")
     parser.add_argument("--no-record", action="store_true", help="server records nothing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -26,11 +26,10 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from model.frames import Frames
 from model.heads import decode
 from model.mamba2 import Mamba2Cache
 from model.world_model import WorldModel, WorldModelCache
-
-Frames = dict[str, Tensor]
 
 
 class _LiveStep(nn.Module):

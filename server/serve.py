@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from model.quantize import QUANTIZE_CHOICES
 from server.app import create_app
 from server.settings import ServerSettings
 
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-sessions", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument(
-        "--quantize", choices=("none", "int8"), help="on CPU, int8 mixer weights (faster)"
+        "--quantize", choices=QUANTIZE_CHOICES, help="on CPU, int8 mixer weights (faster)"
     )
     parser.add_argument("--tick-rate", type=float)
     parser.add_argument("--log-level", default="info")
