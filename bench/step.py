@@ -277,8 +277,10 @@ def main() -> None:
                 if (traced := traced_step(model, prev, controls[0], cache)) is not None:
                     paths["traced"] = traced
                 if quantized is not None:
-                    int8 = traced_step(quantized, prev, controls[0], cache)
-                    paths["traced int8"] = int8 or make_step(quantized)
+                    if (int8 := traced_step(quantized, prev, controls[0], cache)) is not None:
+                        paths["traced int8"] = int8
+                    else:
+                        paths["eager int8"] = make_step(quantized)
             runs = time_live(
                 list(paths.values()), model, frames, batch, args.warmup, args.frames, device
             )
