@@ -176,11 +176,10 @@ def keep_above_main_stage(
         x, y, was_y = frame[f"{p}_x"], frame[f"{p}_y"], prev[f"{p}_y"].float()
         over = (x.abs() < half_width) & (prev[f"{p}_x"].float().abs() < half_width)
         sunk = over & (was_y >= floor) & (y < floor)
-        if sunk.any():
-            frame[f"{p}_y"] = torch.where(sunk, surface, y)
-            for name in ("vel_self_y", "vel_knockback_y"):
-                key = f"{p}_{name}"
-                frame[key] = torch.where(sunk, frame[key].clamp(min=0), frame[key])
+        frame[f"{p}_y"] = torch.where(sunk, surface, y)
+        for name in ("vel_self_y", "vel_knockback_y"):
+            key = f"{p}_{name}"
+            frame[key] = torch.where(sunk, frame[key].clamp(min=0), frame[key])
 
 
 def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
@@ -190,16 +189,13 @@ def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
     early = frame["frame"] < ENTRY_HOLD_UNTIL
     for p in gs.PLAYERS:
         over = ~early & _is_any(frame[f"{p}_action"], ENTRY_ACTIONS)
-        if over.any():
-            frame[f"{p}_action"] = torch.where(over, FALL_ACTION, frame[f"{p}_action"])
-            frame[f"{p}_airborne"] = torch.where(over, 1, frame[f"{p}_airborne"])
-            frame[f"{p}_state_age"] = torch.where(
-                over, torch.zeros_like(frame[f"{p}_state_age"]), frame[f"{p}_state_age"]
-            )
+        frame[f"{p}_action"] = torch.where(over, FALL_ACTION, frame[f"{p}_action"])
+        frame[f"{p}_airborne"] = torch.where(over, 1, frame[f"{p}_airborne"])
+        frame[f"{p}_state_age"] = torch.where(
+            over, torch.zeros_like(frame[f"{p}_state_age"]), frame[f"{p}_state_age"]
+        )
         was, now = prev[f"{p}_action"], frame[f"{p}_action"]
         entry = early & _is_any(was, ENTRY_ACTIONS) & _is_any(now, ENTRY_ACTIONS)
-        if not entry.any():
-            continue
         still = entry & (was == ENTRY_ACTIONS[0]) & (now == ENTRY_ACTIONS[0])
         _hold(frame, p, still, prev[f"{p}_x"], prev[f"{p}_y"])
         x, y, was_x, was_y = frame[f"{p}_x"], frame[f"{p}_y"], prev[f"{p}_x"], prev[f"{p}_y"]
@@ -215,10 +211,8 @@ def hold_on_platform(
     controller is touched or `HALO_MAX_FRAMES` have passed, then falls from it."""
     for index, p in enumerate(gs.PLAYERS):
         on_halo = rules.halo[:, index] > 0
-        if not on_halo.any():
-            continue
         touched = torch.zeros_like(on_halo)
-        if controls is not None:
+        if controls is not None and f"{p}_joystick_x" in controls:
             stick = torch.maximum(
                 controls[f"{p}_joystick_x"].abs(), controls[f"{p}_joystick_y"].abs()
             )
@@ -241,8 +235,6 @@ def _is_any(values: Tensor, ids: tuple[int, ...]) -> Tensor:
 
 def _hold(frame: dict[str, Tensor], p: str, mask: Tensor, x: Tensor, y: Tensor) -> None:
     """The masked players at (x, y) with no speed."""
-    if not mask.any():
-        return
     frame[f"{p}_x"] = torch.where(mask, x.to(frame[f"{p}_x"].dtype), frame[f"{p}_x"])
     frame[f"{p}_y"] = torch.where(mask, y.to(frame[f"{p}_y"].dtype), frame[f"{p}_y"])
     for name in ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y"):
@@ -250,6 +242,13 @@ def _hold(frame: dict[str, Tensor], p: str, mask: Tensor, x: Tensor, y: Tensor) 
         frame[key] = torch.where(mask, torch.zeros_like(frame[key]), frame[key])
     key = f"{p}_vel_self_x_ground"
     frame[key] = torch.where(mask, torch.zeros_like(frame[key]), frame[key])
+
+
+# Columns of the event codes `rule_step` returns, one row per game: a respawn of each player
+# (1 or 0), a KO of each player (1 + its zone's index in ZONES, or 0), the game's end (0, or
+# END_BY_STOCKS / END_BY_TIME).
+RESPAWN_CODES, KO_CODES, END_CODE = (0, 1), (2, 3), 4
+END_BY_STOCKS, END_BY_TIME = 1, 2
 
 
 def apply_rules(
@@ -265,15 +264,29 @@ def apply_rules(
     Games already over are left as they are. Returns each game's events.
     """
     clamp_frame(frame, rules)
-    batch = rules.stocks.shape[0]
-    events: list[list[Event]] = [[] for _ in range(batch)]
-    frame_ids = frame["frame"].tolist() if "frame" in frame else [0] * batch
+    codes = rule_step(frame, rules, prev, controls)
+    return events_from_codes(codes, frame, rules)
+
+
+def rule_step(
+    frame: dict[str, Tensor],
+    rules: RuleState,
+    prev: dict[str, Tensor] | None = None,
+    controls: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """Every rule but the clamp (`clamp_frame`, which comes first), in place, as tensor ops
+    without a branch on the data: the live step's trace runs them after the model, and each
+    game's rows get the same result whatever else is in the batch. Returns the event codes,
+    (B, 5) long (see RESPAWN_CODES, KO_CODES, END_CODE), read by `events_from_codes`."""
     live = ~rules.over
-    _way_back(frame, rules, frame_ids, events)
+    respawned = _way_back(frame, rules)
     hold_on_platform(frame, rules, controls)
     if prev is not None:
         hold_entry(frame, prev)
         keep_above_main_stage(frame, prev, rules)
+    # The DEAD_* action of each zone, in ZONES order.
+    dead_actions = rules.dead_at.new_tensor([float(DEAD_ACTIONS[z]) for z in ZONES])
+    kos = []
     for index, p in enumerate(gs.PLAYERS):
         x, y = frame[f"{p}_x"], frame[f"{p}_y"]
         beyond = torch.stack(
@@ -287,19 +300,17 @@ def apply_rules(
         )  # (B, 4)
         returning = (rules.dead[:, index] > 0) | (rules.descent[:, index] > 0)
         ko = beyond.any(-1) & live & (rules.stocks[:, index] > 0) & ~returning
-        if ko.any():
-            rules.stocks[:, index] -= ko.long()
-            for b in torch.nonzero(ko).flatten().tolist():
-                zone = ZONES[int(beyond[b].float().argmax())]
-                stocks = int(rules.stocks[b, index])
-                events[b].append(Event("ko", frame_ids[b], index, {"zone": zone, "stocks": stocks}))
-                rules.dead_at[b, index, 2] = DEAD_ACTIONS[zone]
-            rules.dead_at[:, index, 0] = torch.where(ko, x.float(), rules.dead_at[:, index, 0])
-            rules.dead_at[:, index, 1] = torch.where(ko, y.float(), rules.dead_at[:, index, 1])
-            rules.dead[:, index] = torch.where(ko, DEAD_FRAMES, rules.dead[:, index])
-            rules.halo[:, index] = torch.where(ko, 0, rules.halo[:, index])
-            rules.invulnerable[:, index] = torch.where(ko, 0, rules.invulnerable[:, index])
-            _hold_dead(frame, p, ko, rules.dead_at[:, index])
+        zone = beyond.long().argmax(-1)  # the first zone crossed, in ZONES order
+        kos.append(torch.where(ko, zone + 1, 0))
+        rules.stocks[:, index] -= ko.long()
+        dead_at = rules.dead_at[:, index]
+        dead_at[:, 2] = torch.where(ko, dead_actions[zone], dead_at[:, 2])
+        dead_at[:, 0] = torch.where(ko, x.float(), dead_at[:, 0])
+        dead_at[:, 1] = torch.where(ko, y.float(), dead_at[:, 1])
+        rules.dead[:, index] = torch.where(ko, DEAD_FRAMES, rules.dead[:, index])
+        rules.halo[:, index] = torch.where(ko, 0, rules.halo[:, index])
+        rules.invulnerable[:, index] = torch.where(ko, 0, rules.invulnerable[:, index])
+        _hold_dead(frame, p, ko, dead_at)
         # From the KO until the platform is left, and for the invulnerability after it, the
         # player cannot be hit, whatever hurtbox the model predicts.
         away = (rules.dead[:, index] > 0) | (rules.descent[:, index] > 0)
@@ -309,47 +320,45 @@ def apply_rules(
         rules.invulnerable[:, index] = (rules.invulnerable[:, index] - counting).clamp(min=0)
         frame[f"{p}_stocks"] = rules.stocks[:, index].to(frame[f"{p}_stocks"].dtype)
 
-    _end_games(frame, rules, live, frame_ids, events)
-    return events
+    ending = _end_games(frame, rules, live)
+    return torch.stack([*respawned, *kos, ending], -1)
 
 
-def _way_back(frame: dict[str, Tensor], rules: RuleState, frame_ids, events) -> None:
+def _way_back(frame: dict[str, Tensor], rules: RuleState) -> list[Tensor]:
     """Advance KO'd players: held where they died; then, with stocks left, respawned on the
-    descending revival platform; then waiting on it (`hold_on_platform`)."""
+    descending revival platform; then waiting on it (`hold_on_platform`). Returns, per
+    player, 1 where they respawned this frame, else 0."""
+    respawned = []
     for index, p in enumerate(gs.PLAYERS):
         dead = rules.dead[:, index] > 0
-        if dead.any():
-            rules.dead[:, index] = (rules.dead[:, index] - 1).clamp(min=0)
-            back = dead & (rules.dead[:, index] == 0) & (rules.stocks[:, index] > 0)
-            still_dead = dead & ~back
-            _hold_dead(frame, p, still_dead, rules.dead_at[:, index])
-            if back.any():
-                top = torch.stack([rules.respawn[:, index, 0], rules.respawn_top], -1)
-                _respawn(frame, p, back, top)
-                frame[f"{p}_action"] = torch.where(back, ON_HALO_DESCENT, frame[f"{p}_action"])
-                rules.descent[:, index] = torch.where(back, DESCENT_FRAMES, rules.descent[:, index])
-                rules.invulnerable[:, index] = torch.where(
-                    back, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable[:, index]
-                )
-                for b in torch.nonzero(back).flatten().tolist():
-                    events[b].append(Event("respawn", frame_ids[b], index))
-                continue
-        descending = rules.descent[:, index] > 0
-        if descending.any():
-            rules.descent[:, index] = (rules.descent[:, index] - 1).clamp(min=0)
-            left = rules.descent[:, index].float() / DESCENT_FRAMES  # 1 at the top, 0 at rest
-            point = rules.respawn[:, index]
-            y = point[:, 1] + left * (rules.respawn_top - point[:, 1])
-            _hold(frame, p, descending, point[:, 0], y)
-            frame[f"{p}_action"] = torch.where(descending, ON_HALO_DESCENT, frame[f"{p}_action"])
-            frame[f"{p}_airborne"] = torch.where(descending, 1, frame[f"{p}_airborne"])
-            landed = descending & (rules.descent[:, index] == 0)
-            rules.halo[:, index] = torch.where(landed, HALO_MAX_FRAMES, rules.halo[:, index])
+        rules.dead[:, index] = (rules.dead[:, index] - 1).clamp(min=0)
+        back = dead & (rules.dead[:, index] == 0) & (rules.stocks[:, index] > 0)
+        _hold_dead(frame, p, dead & ~back, rules.dead_at[:, index])
+        top = torch.stack([rules.respawn[:, index, 0], rules.respawn_top], -1)
+        _respawn(frame, p, back, top)
+        frame[f"{p}_action"] = torch.where(back, ON_HALO_DESCENT, frame[f"{p}_action"])
+        rules.invulnerable[:, index] = torch.where(
+            back, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable[:, index]
+        )
+        respawned.append(back.long())
+        # A player who respawns this frame starts the descent at its top next frame.
+        descending = (rules.descent[:, index] > 0) & ~back
+        rules.descent[:, index] = torch.where(
+            descending, (rules.descent[:, index] - 1).clamp(min=0), rules.descent[:, index]
+        )
+        rules.descent[:, index] = torch.where(back, DESCENT_FRAMES, rules.descent[:, index])
+        left = rules.descent[:, index].float() / DESCENT_FRAMES  # 1 at the top, 0 at rest
+        point = rules.respawn[:, index]
+        y = point[:, 1] + left * (rules.respawn_top - point[:, 1])
+        _hold(frame, p, descending, point[:, 0], y)
+        frame[f"{p}_action"] = torch.where(descending, ON_HALO_DESCENT, frame[f"{p}_action"])
+        frame[f"{p}_airborne"] = torch.where(descending, 1, frame[f"{p}_airborne"])
+        landed = descending & (rules.descent[:, index] == 0)
+        rules.halo[:, index] = torch.where(landed, HALO_MAX_FRAMES, rules.halo[:, index])
+    return respawned
 
 
 def _hold_dead(frame: dict[str, Tensor], p: str, mask: Tensor, dead_at: Tensor) -> None:
-    if not mask.any():
-        return
     _hold(frame, p, mask, dead_at[:, 0], dead_at[:, 1])
     action = dead_at[:, 2].to(frame[f"{p}_action"].dtype)
     frame[f"{p}_action"] = torch.where(mask, action, frame[f"{p}_action"])
@@ -361,7 +370,7 @@ def _respawn(frame: dict[str, Tensor], p: str, mask: Tensor, point: Tensor) -> N
 
     def put(name: str, value) -> None:
         key = f"{p}_{name}"
-        value = torch.as_tensor(value, dtype=frame[key].dtype)
+        value = torch.as_tensor(value, dtype=frame[key].dtype, device=frame[key].device)
         frame[key] = torch.where(mask, value, frame[key])
 
     put("x", point[:, 0])
@@ -379,21 +388,50 @@ def _respawn(frame: dict[str, Tensor], p: str, mask: Tensor, point: Tensor) -> N
     put("facing", torch.where(point[:, 0] > 0, -1, 1))  # face the centre of the stage
 
 
-def _end_games(frame, rules: RuleState, live: Tensor, frame_ids, events) -> None:
+def _end_games(frame, rules: RuleState, live: Tensor) -> Tensor:
+    """Marks games over; returns (B,) long: END_BY_STOCKS, END_BY_TIME or 0."""
     out_of_stocks = (rules.stocks == 0).any(-1) & live
-    out_of_time = (
-        (frame["frame"] >= rules.timer_frames) & live if "frame" in frame else live & False
-    )
-    ending = out_of_stocks | out_of_time
-    for b in torch.nonzero(ending).flatten().tolist():
-        stocks = rules.stocks[b].tolist()
-        percents = [float(frame[f"{p}_percent"][b]) for p in gs.PLAYERS]
-        if stocks[0] != stocks[1]:
-            winner = 0 if stocks[0] > stocks[1] else 1
-        elif percents[0] != percents[1]:
-            winner = 0 if percents[0] < percents[1] else 1
-        else:
-            winner = None
-        method = "stocks" if bool(out_of_stocks[b]) else "time"
-        events[b].append(Event("game_end", frame_ids[b], winner, {"method": method}))
-    rules.over |= ending
+    if "frame" in frame:
+        out_of_time = (frame["frame"] >= rules.timer_frames) & live
+    else:
+        out_of_time = torch.zeros_like(live)
+    rules.over |= out_of_stocks | out_of_time
+    return torch.where(out_of_stocks, END_BY_STOCKS, torch.where(out_of_time, END_BY_TIME, 0))
+
+
+def events_from_codes(
+    codes: Tensor, frame: dict[str, Tensor], rules: RuleState
+) -> list[list[Event]]:
+    """Each game's events from `rule_step`'s codes, with their details read from the frame
+    and the rule state after the step (one read of the codes; more only for a game with an
+    event, which is rare)."""
+    rows = codes.tolist()
+    if not any(any(row) for row in rows):
+        return [[] for _ in rows]
+    frame_ids = frame["frame"].tolist() if "frame" in frame else [0] * len(rows)
+    events: list[list[Event]] = []
+    for b, row in enumerate(rows):
+        game: list[Event] = []
+        events.append(game)
+        if not any(row):
+            continue
+        for index, column in enumerate(RESPAWN_CODES):
+            if row[column]:
+                game.append(Event("respawn", frame_ids[b], index))
+        for index, column in enumerate(KO_CODES):
+            if row[column]:
+                zone = ZONES[row[column] - 1]
+                stocks = int(rules.stocks[b, index])
+                game.append(Event("ko", frame_ids[b], index, {"zone": zone, "stocks": stocks}))
+        if row[END_CODE]:
+            stocks = rules.stocks[b].tolist()
+            percents = [float(frame[f"{p}_percent"][b]) for p in gs.PLAYERS]
+            if stocks[0] != stocks[1]:
+                winner = 0 if stocks[0] > stocks[1] else 1
+            elif percents[0] != percents[1]:
+                winner = 0 if percents[0] < percents[1] else 1
+            else:
+                winner = None
+            method = "stocks" if row[END_CODE] == END_BY_STOCKS else "time"
+            game.append(Event("game_end", frame_ids[b], winner, {"method": method}))
+    return events

@@ -30,7 +30,13 @@ from torch import Tensor
 from model import game_state as gs
 from model.frames import Frames, controls_of, index
 from model.heads import decode
-from model.rules import DEFAULT_TIMER_FRAMES, Event, RuleState, apply_rules
+from model.rules import (
+    DEFAULT_TIMER_FRAMES,
+    Event,
+    RuleState,
+    apply_rules,
+    events_from_codes,
+)
 from model.stages import get_stage, spawn_points_for
 from model.traced_step import TracedStep, traced_step
 from model.world_model import WorldModel, WorldModelCache
@@ -212,37 +218,49 @@ class Simulation:
         column without an entry gets a neutral controller."""
         if not self.game_ids:
             return {}
+        ctrl = self._controls_batch(controls)
+        prev, rules = self._prev, self._rules
+        with torch.inference_mode():
+            # Finished games stay on their last frame: the rare step with one in the batch
+            # runs eagerly, so that the trace need not copy every field back every step.
+            any_over = bool(rules.over.any())
+            if self.trace and not any_over and (traced := self._traced_step(prev, ctrl)):
+                frame, codes = traced(prev, ctrl, self._cache, rules)
+                events = events_from_codes(codes, frame, rules)
+            else:
+                if self.cuda_graphs:
+                    frame = self._cast(self._graph_step(prev, ctrl))
+                else:
+                    preds = self.model.step(prev, ctrl, self._cache)
+                    frame = self._cast(self._decode(preds, prev, ctrl))
+                if any_over:
+                    frame = {
+                        k: torch.where(_rows_mask(rules.over, v), prev[k], v)
+                        for k, v in frame.items()
+                    }
+                events = apply_rules(frame, rules, prev, ctrl)
+                frame = self._cast(frame)
+        self._prev = frame
+        over = rules.over.tolist()
+        return {g: StepResult(frame, i, events[i], over[i]) for i, g in enumerate(self.game_ids)}
+
+    def _controls_batch(self, controls: dict[int, dict]) -> Frames:
+        """(B,) tensors of every controller column, one tensor per dtype built at once (the
+        live server steps every tick, and a tensor per column per game is measurable)."""
         neutral: dict = {}
         per_game = [controls.get(g, neutral) for g in self.game_ids]
-        ctrl = {
-            key: torch.tensor([_number(c.get(key, 0)) for c in per_game], dtype=self._dtypes[key])
-            for key in CONTROL_KEYS
-        }
-        ctrl = (
-            {k: v.to(self.device) for k, v in ctrl.items()} if self.device.type != "cpu" else ctrl
-        )
-        prev = self._prev
-        with torch.inference_mode():
-            if self.cuda_graphs:
-                frame = self._cast(self._graph_step(prev, ctrl))
-            elif self.trace and (traced := self._traced_step(prev, ctrl)) is not None:
-                frame = self._cast(traced(prev, ctrl, self._cache))
-            else:
-                preds = self.model.step(prev, ctrl, self._cache)
-                frame = self._cast(self._decode(preds, prev, ctrl))
-            over = self._rules.over
-            if over.any():  # finished games stay on their last frame
-                frame = {k: torch.where(_rows_mask(over, v), prev[k], v) for k, v in frame.items()}
-            events = apply_rules(frame, self._rules, prev, ctrl)
-            frame = self._cast(frame)
-        self._prev = frame
-        return {
-            g: StepResult(frame, i, events[i], bool(over[i])) for i, g in enumerate(self.game_ids)
-        }
+        ctrl = {}
+        for dtype, keys in _group_by_dtype(CONTROL_KEYS, self._dtypes).items():
+            rows = [[_number(c.get(key, 0)) for key in keys] for c in per_game]
+            columns = torch.tensor(rows, dtype=dtype).T.contiguous().unbind(0)
+            ctrl.update(zip(keys, columns, strict=True))
+        if self.device.type != "cpu":
+            ctrl = {k: v.to(self.device) for k, v in ctrl.items()}
+        return ctrl
 
     def _traced_step(self, prev: Frames, ctrl: Frames) -> TracedStep | None:
         if self._traced is None:
-            self._traced = traced_step(self.model, prev, ctrl, self._cache)
+            self._traced = traced_step(self.model, prev, ctrl, self._cache, self._rules)
             self.trace = self._traced is not None
         return self._traced
 
@@ -374,6 +392,13 @@ def standard_start(setup: GameSetup) -> Frames:
 
 
 CONTROL_KEYS = tuple(f"{p}_{f.name}" for p in gs.PLAYERS for f in gs.CONTROLLER_FIELDS)
+
+
+def _group_by_dtype(keys, dtypes: dict[str, torch.dtype]) -> dict[torch.dtype, list[str]]:
+    groups: dict[torch.dtype, list[str]] = {}
+    for key in keys:
+        groups.setdefault(dtypes[key], []).append(key)
+    return groups
 
 
 def _number(value) -> float | int:

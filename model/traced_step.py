@@ -1,4 +1,5 @@
-"""One live step (model.step + argmax decode) run from a TorchScript trace: the CPU fast path.
+"""One live step (model.step + argmax decode, and optionally Melee's rules) run from a
+TorchScript trace: the CPU fast path.
 
 On a CPU, a step of the small model at 60 Hz is bound by per-op overhead, not arithmetic:
 about a thousand small tensor ops, each paying Python and dispatcher costs. Replaying a trace
@@ -13,6 +14,13 @@ leaves. A trace takes well under a second and serves every batch size, because t
 dimension is read with `size()` inside the graph rather than baked in as a constant. It is
 made once per model and shared by every `Simulation` of that model (the server's rollbacks
 replay on scratch simulations).
+
+With the rules (`Simulation`'s use) the trace also casts the frame back to the previous
+frame's dtypes and runs `rules.clamp_frame` and `rules.rule_step` (written without branches on
+the data for this), so a live tick makes one call into the trace and no eager tensor op per
+rule. That matters beyond the ops' own cost: every eager op releases the GIL, and a server's
+device thread that releases it a few hundred times a tick waits, each time, for the event
+loop's thread to hand it back.
 
 torch.jit.trace is deprecated in favour of torch.compile and torch.export; its deprecation
 warning is silenced here on purpose. If tracing fails (a future torch without it), callers get
@@ -29,78 +37,203 @@ from torch import Tensor, nn
 from model.frames import Frames
 from model.heads import decode
 from model.mamba2 import Mamba2Cache
+from model.rules import RuleState, clamp_frame, rule_step
 from model.world_model import WorldModel, WorldModelCache
+
+Layout = list[list[str]]
+"""A frame's fields in groups of one dtype and number of dimensions, in field order."""
+
+
+def layout_of(frame: Frames) -> Layout:
+    groups: dict[tuple, list[str]] = {}
+    for key, value in frame.items():
+        # Not the shape: while tracing, sizes are traced values, never equal as keys.
+        groups.setdefault((value.dtype, value.dim()), []).append(key)
+    return list(groups.values())
+
+
+def pack(frame: Frames, layout: Layout) -> list[Tensor]:
+    """One stacked tensor per group: (fields, B, ...)."""
+    return [torch.stack([frame[key] for key in keys]) for keys in layout]
+
+
+def unpack(packed: list[Tensor], layout: Layout) -> Frames:
+    frame = {}
+    for keys, group in zip(layout, packed, strict=True):
+        frame.update(zip(keys, group.unbind(0), strict=True))
+    return frame
 
 
 class _LiveStep(nn.Module):
-    """model.step + argmax decode over a cache given as flat lists of tensors (a trace takes
-    tensors and containers of tensors, not dataclasses)."""
+    """model.step + argmax decode; with `rules` (RuleState's tensors), then the cast to the
+    previous frame's dtypes and the rules, returning the frame and the event codes.
 
-    def __init__(self, model: WorldModel):
+    Frames come in and go out packed (`pack`), a few stacked tensors instead of a hundred,
+    because of the GIL: torch takes it again whenever a tensor that Python holds gains or
+    loses its only other owner, so each of a hundred input tensors released by the trace as
+    it runs, and each of a hundred outputs handed back, is a wait for the GIL. A server's
+    device thread waits for it while the event loop holds it (measured: about 110 waits a
+    step, against a busy thread, unpacked; about 25 packed). The cache is a list of tensors
+    and the rules a dict, as a trace takes containers of tensors, not dataclasses."""
+
+    def __init__(self, model: WorldModel, prev: Layout, controls: Layout, out: Layout):
         super().__init__()
         self.model = model
+        self.layouts = prev, controls, out
 
     def forward(
-        self, prev: Frames, controls: Frames, conv: list[Tensor], ssm: list[Tensor]
-    ) -> Frames:
+        self,
+        prev: list[Tensor],
+        controls: list[Tensor],
+        conv: list[Tensor],
+        ssm: list[Tensor],
+        rules: dict[str, Tensor] | None = None,
+    ) -> list[Tensor] | tuple[list[Tensor], Tensor]:
+        prev_layout, controls_layout, out_layout = self.layouts
+        frame, codes = self.frame(
+            unpack(prev, prev_layout), unpack(controls, controls_layout), conv, ssm, rules
+        )
+        packed = pack(frame, out_layout)
+        return packed if codes is None else (packed, codes)
+
+    def frame(
+        self,
+        prev: Frames,
+        controls: Frames,
+        conv: list[Tensor],
+        ssm: list[Tensor],
+        rules: dict[str, Tensor] | None,
+    ) -> tuple[Frames, Tensor | None]:
         cache = WorldModelCache([Mamba2Cache(c, s) for c, s in zip(conv, ssm, strict=True)])
-        return decode(self.model.step(prev, controls, cache), prev, controls)
+        frame = decode(self.model.step(prev, controls, cache), prev, controls)
+        if rules is None:
+            return frame, None
+        # The same ops as Simulation's eager step: cast, rules, cast.
+        frame = _cast_like(frame, prev)
+        state = RuleState.from_tensors(rules)
+        clamp_frame(frame, state)
+        codes = rule_step(frame, state, prev, controls)
+        return _cast_like(frame, prev), codes
+
+
+def _cast_like(frame: Frames, prev: Frames) -> Frames:
+    return {
+        k: v if k not in prev or v.dtype == prev[k].dtype else v.to(prev[k].dtype)
+        for k, v in frame.items()
+    }
 
 
 class TracedStep:
     """Callable like `decode(model.step(prev, controls, cache), prev, controls)`; updates
     `cache` in place the same way."""
 
-    def __init__(self, module: torch.jit.ScriptModule):
+    def __init__(self, module: torch.jit.ScriptModule, layouts: tuple[Layout, Layout, Layout]):
         self.module = module
+        self.layouts = layouts
+        self.order: list[str] = []  # the output's fields in the order of the eager step's
+        # The last output, its packing, and its fields (a field replaced since: no reuse).
+        self._last: tuple[Frames, list[Tensor], tuple] | None = None
 
-    def __call__(self, prev: Frames, controls: Frames, cache: WorldModelCache) -> Frames:
-        conv = [layer.conv_state for layer in cache.layers]
-        ssm = [layer.ssm_state for layer in cache.layers]
-        return self.module(prev, controls, conv, ssm)
+    def __call__(
+        self,
+        prev: Frames,
+        controls: Frames,
+        cache: WorldModelCache,
+        rules: RuleState | None = None,
+    ) -> Frames | tuple[Frames, Tensor]:
+        """Without `rules`: the next frame. With them (and a trace made with them): the
+        next frame after the rules, and the event codes of `rules.rule_step`; `rules` is
+        updated in place like `cache`."""
+        prev_layout, controls_layout, out_layout = self.layouts
+        # The last output fed back as it is (as a live game does): its packing is reused,
+        # its fields being views of it (an in-place change to a field is in the packing too).
+        last = self._last
+        fed_back = (
+            last is not None
+            and last[0] is prev
+            and len(prev) == len(last[2])
+            and all(a is b for a, b in zip(prev.values(), last[2], strict=True))
+        )
+        packed_prev = last[1] if fed_back else pack(prev, prev_layout)
+        inputs = [
+            packed_prev,
+            pack(controls, controls_layout),
+            [layer.conv_state for layer in cache.layers],
+            [layer.ssm_state for layer in cache.layers],
+        ]
+        if rules is None:
+            packed, codes = self.module(*inputs), None
+        else:
+            packed, codes = self.module(*inputs, rules.tensors())
+        views = unpack(packed, out_layout)
+        frame = {key: views[key] for key in self.order}
+        self._last = (frame, packed, tuple(frame.values())) if out_layout == prev_layout else None
+        return frame if codes is None else (frame, codes)
 
 
 def traced_step(
-    model: WorldModel, prev: Frames, controls: Frames, cache: WorldModelCache
+    model: WorldModel,
+    prev: Frames,
+    controls: Frames,
+    cache: WorldModelCache,
+    rules: RuleState | None = None,
 ) -> TracedStep | None:
-    """The trace of `model`'s live step, made on first use from these example inputs (which
-    are not modified) and kept on the model for every later caller; None, with a warning, if
-    it cannot be made. A trace holds what it was made with: a model whose parameters were
-    since replaced (moved to another device or dtype), or frames with other columns, dtypes or
-    item shapes, get a new trace (callers keep the one they were given)."""
+    """The trace of `model`'s live step (with the rules if `rules` is given), made on first
+    use from these example inputs (which are not modified) and kept on the model for every
+    later caller; None, with a warning, if it cannot be made. A trace holds what it was made
+    with: a model whose parameters were since replaced (moved to another device or dtype), or
+    frames with other columns, dtypes or item shapes, get a new trace (callers keep the one
+    they were given)."""
+    examples = [prev, controls] + ([] if rules is None else [rules.tensors()])
     signature = tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
+    signature += (rules is not None,)
     signature += tuple(
-        (key, frame[key].dtype, tuple(frame[key].shape[1:]))
-        for frame in (prev, controls)
-        for key in sorted(frame)
+        (key, tensors[key].dtype, tuple(tensors[key].shape[1:]))
+        for tensors in examples
+        for key in sorted(tensors)
     )
     kept = getattr(model, _ATTRIBUTE, None)  # a plain attribute: not a submodule, not saved
-    if kept is not None and kept[0] == signature:
-        return kept[1]
-    scratch = WorldModelCache(
-        [Mamba2Cache(c.conv_state.clone(), c.ssm_state.clone()) for c in cache.layers]
-    )
+    if kept is None:
+        kept = {}
+        setattr(model, _ATTRIBUTE, kept)
+    if signature in kept:
+        return kept[signature]
+
+    def copy_of_state():  # the trace runs the step, and the rules, in place: on copies
+        conv = [c.conv_state.clone() for c in cache.layers]
+        ssm = [c.ssm_state.clone() for c in cache.layers]
+        copied = None if rules is None else {k: v.clone() for k, v in rules.tensors().items()}
+        return conv, ssm, copied
+
     try:
+        with torch.inference_mode():  # the output's fields, from one eager step on copies
+            frame = _LiveStep(model, [], [], []).frame(prev, controls, *copy_of_state())[0]
+        layouts = layout_of(prev), layout_of(controls), layout_of(frame)
+        if sorted(map(sorted, layouts[2])) == sorted(map(sorted, layouts[0])):
+            layouts = layouts[0], layouts[1], layouts[0]  # output packed as the input is
+        live = _LiveStep(model, *layouts).eval()
+        conv, ssm, rules_copy = copy_of_state()
+        inputs = (pack(prev, layouts[0]), pack(controls, layouts[1]), conv, ssm)
+        inputs += () if rules is None else (rules_copy,)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             module = torch.jit.trace(
-                _LiveStep(model).eval(),
-                (
-                    prev,
-                    controls,
-                    [c.conv_state for c in scratch.layers],
-                    [c.ssm_state for c in scratch.layers],
-                ),
-                strict=False,  # the output is a dict
+                live,
+                inputs,
+                strict=False,  # the output is a list
                 check_trace=False,  # checking would run the step again, for nothing new
             )
-        result: TracedStep | None = TracedStep(module)
+        result: TracedStep | None = TracedStep(module, layouts)
+        result.order = list(frame)
     except Exception as e:  # noqa: BLE001 - any tracer failure: step eagerly instead
         warnings.warn(f"tracing the live step failed ({e!r:.200}); stepping eagerly", stacklevel=2)
         result = None
-    setattr(model, _ATTRIBUTE, (signature, result))
+    if len(kept) >= _KEEP:  # parameters replaced, or a run of other frames: forget the oldest
+        del kept[next(iter(kept))]
+    kept[signature] = result
     return result
 
 
-_ATTRIBUTE = "_traced_live_step"
+_ATTRIBUTE = "_traced_live_steps"
+_KEEP = 4

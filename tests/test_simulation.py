@@ -422,6 +422,43 @@ def test_traced_steps_equal_eager_steps_bit_for_bit_as_the_batch_changes(any_mod
             assert value.dtype == traced.batch_frame[key].dtype, key
 
 
+def test_traced_rules_equal_eager_rules_through_kos_respawns_and_a_game_end(model):
+    """The live trace runs the rules too: its KOs, respawns, platform waits and game ends,
+    frames and events, are the eager rules' own, game by game in a shared batch."""
+    eager, traced = Simulation(model, trace=False), Simulation(model)
+    pairs, policies = [], {}
+    for seed, (stocks, pushed) in enumerate([(4, "p1"), (1, "p2"), (4, None)]):
+        setup = GameSetup(stage=31, stocks=stocks, seed=seed)
+        pair = []
+        for sim in (eager, traced):
+            game = sim.new_game(setup)
+            if pushed:  # below the bottom blast zone: KO'd on the first frame
+                snapshot = sim.snapshot(game)
+                snapshot.tensors[f"frame.{pushed}_y"] = torch.tensor(-500.0)
+                sim.restore(game, snapshot)
+            pair.append(game)
+        pairs.append(tuple(pair))
+        policies[pairs[-1]] = (RandomPolicy(seed), RandomPolicy(seed + 10))
+    seen = set()
+    for t in range(200):
+        controls_e, controls_t = {}, {}
+        for a, b in pairs:
+            columns = controls_for(policies[a, b], eager.batch_frame, eager.game_ids.index(a))
+            controls_e[a], controls_t[b] = columns, columns
+        results_e, results_t = eager.step(controls_e), traced.step(controls_t)
+        for key, value in eager.batch_frame.items():
+            assert torch.equal(value, traced.batch_frame[key]), (t, key)
+        for a, b in list(pairs):
+            assert results_e[a].events == results_t[b].events, t
+            assert results_e[a].over == results_t[b].over, t
+            seen |= {e.type for e in results_e[a].events}
+            if results_e[a].over and t > 5:  # a finished game leaves both batches
+                eager.remove_game(a), traced.remove_game(b)
+                pairs.remove((a, b))
+    assert traced.trace
+    assert seen == {"ko", "respawn", "game_end"}
+
+
 def test_frames_with_other_columns_get_their_own_trace(model, replay_frames):
     from model.traced_step import traced_step
 
@@ -440,6 +477,30 @@ def test_frames_with_other_columns_get_their_own_trace(model, replay_frames):
     assert "frame" not in traced and traced.keys() == eager.keys()
     for key, value in eager.items():
         assert torch.equal(value, traced[key]), key
+
+
+def test_a_trace_fed_its_own_frame_back_sees_the_changes_made_to_it(model):
+    """The live trace keeps its last frame packed, to take it back as the next input
+    without packing it again; a field changed in place or replaced since must be seen."""
+    eager, traced = Simulation(model, trace=False), Simulation(model)
+    for sim in (eager, traced):
+        for seed in range(2):
+            sim.new_game(GameSetup(seed=seed))
+    for t in range(6):
+        eager.step({}), traced.step({})
+        assert traced._traced._last is not None, "the trace does not keep its frame"
+        for sim in (eager, traced):
+            frame = sim.batch_frame
+            if t % 2:
+                frame["p1_x"] = frame["p1_x"] + 30.0  # replaced
+            else:
+                with torch.inference_mode():  # as the simulation made it
+                    frame["p2_y"][1] += 7.0  # changed in place
+        for key, value in eager.batch_frame.items():
+            assert torch.equal(value, traced.batch_frame[key]), (t, key)
+    eager.step({}), traced.step({})
+    for key, value in eager.batch_frame.items():
+        assert torch.equal(value, traced.batch_frame[key]), key
 
 
 @pytest.mark.gpu
