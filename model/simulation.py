@@ -30,6 +30,7 @@ from torch import Tensor
 from model import game_state as gs
 from model.frames import Frames, controls_of, index
 from model.heads import decode
+from model.packed_frame import PackedFrame
 from model.rules import (
     DEFAULT_TIMER_FRAMES,
     Event,
@@ -115,6 +116,7 @@ class Simulation:
         self._rules: RuleState | None = None
         self._next_id = itertools.count()
         self._dtypes: dict[str, torch.dtype] = {}
+        self._control_layout: list[list[str]] | None = None  # controller columns by dtype
 
     # ------------------------------------------------------------------ games
     def new_game(
@@ -245,18 +247,18 @@ class Simulation:
         return {g: StepResult(frame, i, events[i], over[i]) for i, g in enumerate(self.game_ids)}
 
     def _controls_batch(self, controls: dict[int, dict]) -> Frames:
-        """(B,) tensors of every controller column, one tensor per dtype built at once (the
-        live server steps every tick, and a tensor per column per game is measurable)."""
+        """(B,) tensors of every controller column, built as one tensor per dtype and kept
+        packed (`PackedFrame`): the live server steps every tick, and a tensor per column
+        per game, or per column, is measurable (docs/SIMULATION.md, "Fast paths")."""
         neutral: dict = {}
         per_game = [controls.get(g, neutral) for g in self.game_ids]
-        ctrl = {}
-        for dtype, keys in _group_by_dtype(CONTROL_KEYS, self._dtypes).items():
-            rows = [[_number(c.get(key, 0)) for key in keys] for c in per_game]
-            columns = torch.tensor(rows, dtype=dtype).T.contiguous().unbind(0)
-            ctrl.update(zip(keys, columns, strict=True))
-        if self.device.type != "cpu":
-            ctrl = {k: v.to(self.device) for k, v in ctrl.items()}
-        return ctrl
+        if self._control_layout is None:
+            self._control_layout = list(_group_by_dtype(CONTROL_KEYS, self._dtypes).values())
+        blocks = []
+        for keys in self._control_layout:
+            rows = [[_number(c.get(key, 0)) for c in per_game] for key in keys]
+            blocks.append(torch.tensor(rows, dtype=self._dtypes[keys[0]], device=self.device))
+        return PackedFrame(blocks, self._control_layout)
 
     def _traced_step(self, prev: Frames, ctrl: Frames) -> TracedStep | None:
         if self._traced is None:

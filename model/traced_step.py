@@ -37,31 +37,9 @@ from torch import Tensor, nn
 from model.frames import Frames
 from model.heads import decode
 from model.mamba2 import Mamba2Cache
+from model.packed_frame import Layout, PackedFrame, layout_of, pack, unpack
 from model.rules import RuleState, clamp_frame, rule_step
 from model.world_model import WorldModel, WorldModelCache
-
-Layout = list[list[str]]
-"""A frame's fields in groups of one dtype and number of dimensions, in field order."""
-
-
-def layout_of(frame: Frames) -> Layout:
-    groups: dict[tuple, list[str]] = {}
-    for key, value in frame.items():
-        # Not the shape: while tracing, sizes are traced values, never equal as keys.
-        groups.setdefault((value.dtype, value.dim()), []).append(key)
-    return list(groups.values())
-
-
-def pack(frame: Frames, layout: Layout) -> list[Tensor]:
-    """One stacked tensor per group: (fields, B, ...)."""
-    return [torch.stack([frame[key] for key in keys]) for keys in layout]
-
-
-def unpack(packed: list[Tensor], layout: Layout) -> Frames:
-    frame = {}
-    for keys, group in zip(layout, packed, strict=True):
-        frame.update(zip(keys, group.unbind(0), strict=True))
-    return frame
 
 
 class _LiveStep(nn.Module):
@@ -131,8 +109,6 @@ class TracedStep:
         self.module = module
         self.layouts = layouts
         self.order: list[str] = []  # the output's fields in the order of the eager step's
-        # The last output, its packing, and its fields (a field replaced since: no reuse).
-        self._last: tuple[Frames, list[Tensor], tuple] | None = None
 
     def __call__(
         self,
@@ -140,23 +116,14 @@ class TracedStep:
         controls: Frames,
         cache: WorldModelCache,
         rules: RuleState | None = None,
-    ) -> Frames | tuple[Frames, Tensor]:
+    ) -> PackedFrame | tuple[PackedFrame, Tensor]:
         """Without `rules`: the next frame. With them (and a trace made with them): the
         next frame after the rules, and the event codes of `rules.rule_step`; `rules` is
-        updated in place like `cache`."""
+        updated in place like `cache`. A frame this returned, fed back (as a live game
+        does), goes in without being packed again."""
         prev_layout, controls_layout, out_layout = self.layouts
-        # The last output fed back as it is (as a live game does): its packing is reused,
-        # its fields being views of it (an in-place change to a field is in the packing too).
-        last = self._last
-        fed_back = (
-            last is not None
-            and last[0] is prev
-            and len(prev) == len(last[2])
-            and all(a is b for a, b in zip(prev.values(), last[2], strict=True))
-        )
-        packed_prev = last[1] if fed_back else pack(prev, prev_layout)
         inputs = [
-            packed_prev,
+            pack(prev, prev_layout),
             pack(controls, controls_layout),
             [layer.conv_state for layer in cache.layers],
             [layer.ssm_state for layer in cache.layers],
@@ -165,9 +132,7 @@ class TracedStep:
             packed, codes = self.module(*inputs), None
         else:
             packed, codes = self.module(*inputs, rules.tensors())
-        views = unpack(packed, out_layout)
-        frame = {key: views[key] for key in self.order}
-        self._last = (frame, packed, tuple(frame.values())) if out_layout == prev_layout else None
+        frame = PackedFrame(packed, out_layout, self.order)
         return frame if codes is None else (frame, codes)
 
 

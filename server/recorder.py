@@ -35,6 +35,7 @@ from torch import Tensor
 from model import game_state as gs
 from model.atomic_file import atomic_path
 from model.frames import Frames, frames_from_table, table_from_frames
+from model.packed_frame import PackedFrame
 from training.manifest import ManifestAppender
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,13 @@ class Layout:
     def of(frame: Mapping[str, Tensor | np.ndarray], leading: int) -> Layout:
         """The layout of a frame whose arrays have `leading` batch axes (1: a batch, 0: one
         game's frame), cached per distinct set of columns."""
-        signature = tuple(
-            (k, str(v.dtype).removeprefix("torch."), tuple(v.shape[leading:]))
-            for k, v in sorted(frame.items())
-        )
+        if isinstance(frame, PackedFrame) and leading == 1:
+            signature = frame.signature()
+        else:
+            signature = tuple(
+                (k, str(v.dtype).removeprefix("torch."), tuple(v.shape[leading:]))
+                for k, v in sorted(frame.items())
+            )
         layout = _LAYOUTS.get(signature)
         if layout is None:
             layout = _LAYOUTS[signature] = Layout(signature)
@@ -96,10 +100,22 @@ class BatchCopy:
 
     def __init__(self, batch: Frames):
         self.layout = Layout.of(batch, leading=1)
-        self.groups = [
-            torch.stack([batch[n] for n in names], 1).cpu().numpy()
-            for _, names in self.layout.groups
-        ]
+        if isinstance(batch, PackedFrame) and not batch.replaced:
+            # Numpy views of the packed groups, then numpy copies: no tensor per field.
+            arrays = [group.cpu().numpy() for group in batch.packed]
+            where = {
+                key: arrays[g][i]
+                for g, keys in enumerate(batch.layout)
+                for i, key in enumerate(keys)
+            }
+            self.groups = [
+                np.stack([where[n] for n in names], 1) for _, names in self.layout.groups
+            ]
+        else:
+            self.groups = [
+                torch.stack([batch[n] for n in names], 1).cpu().numpy()
+                for _, names in self.layout.groups
+            ]
         self.columns: dict[str, np.ndarray] = {}
         for (_, names), array in zip(self.layout.groups, self.groups, strict=True):
             for j, name in enumerate(names):

@@ -15,6 +15,7 @@ import torch
 
 from model import game_state as gs
 from model.actions import action_category, action_name
+from model.packed_frame import PackedFrame
 from model.rules import Event
 
 PLAYER_WIRE_FIELDS = (
@@ -46,7 +47,9 @@ WIRE_COLUMNS = (
 
 def batch_columns(frames: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, list]:
     """The fields the wire needs, as Python lists (one row per game, or per frame), from
-    tensors or numpy arrays."""
+    tensors or numpy arrays (a packed frame: a group of fields at a time)."""
+    if isinstance(frames, PackedFrame):
+        return frames.lists(WIRE_COLUMNS)
     return {key: frames[key].tolist() for key in WIRE_COLUMNS}
 
 

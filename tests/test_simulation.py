@@ -13,6 +13,7 @@ from model.actions import ON_HALO_WAIT
 from model.config import ModelConfig
 from model.frames import controls_of, frames_from_table, index, stack
 from model.heads import decode
+from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
 from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, RuleState, apply_rules
 from model.simulation import GameSetup, Simulation, standard_start
@@ -480,15 +481,17 @@ def test_frames_with_other_columns_get_their_own_trace(model, replay_frames):
 
 
 def test_a_trace_fed_its_own_frame_back_sees_the_changes_made_to_it(model):
-    """The live trace keeps its last frame packed, to take it back as the next input
-    without packing it again; a field changed in place or replaced since must be seen."""
+    """The live trace returns its frame packed and takes it back as the next input without
+    packing it again; a field changed in place or replaced since must be seen."""
     eager, traced = Simulation(model, trace=False), Simulation(model)
     for sim in (eager, traced):
         for seed in range(2):
             sim.new_game(GameSetup(seed=seed))
     for t in range(6):
         eager.step({}), traced.step({})
-        assert traced._traced._last is not None, "the trace does not keep its frame"
+        packed = traced.batch_frame
+        assert isinstance(packed, PackedFrame) and not packed.replaced
+        assert pack(packed, traced._traced.layouts[0]) is packed.packed, "packed again"
         for sim in (eager, traced):
             frame = sim.batch_frame
             if t % 2:

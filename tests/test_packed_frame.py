@@ -1,0 +1,53 @@
+"""PackedFrame: the live trace's frames, read like a dict of tensors without making one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from model.config import ModelConfig
+from model.packed_frame import PackedFrame
+from model.simulation import GameSetup, Simulation
+from model.world_model import WorldModel
+from server.recorder import BatchCopy, Layout
+from server.wire_frames import batch_columns
+
+TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
+
+
+def stepped_batch() -> PackedFrame:
+    torch.manual_seed(0)
+    sim = Simulation(WorldModel(TINY).eval())
+    for seed in range(3):
+        sim.new_game(GameSetup(stage=(31, 32, 2)[seed], seed=seed))
+    for _ in range(5):
+        sim.step({})
+    assert isinstance(sim.batch_frame, PackedFrame)
+    return sim.batch_frame
+
+
+def test_a_packed_frame_reads_like_the_dict_of_its_fields():
+    packed = stepped_batch()
+    plain = dict(packed)
+    assert list(packed) == list(plain) and len(packed) == len(plain)
+    assert "p1_x" in packed and "nothing" not in packed
+    assert batch_columns(packed) == batch_columns(plain)
+    assert Layout.of(packed, leading=1) is Layout.of(plain, leading=1)
+    copies = BatchCopy(packed), BatchCopy(plain)
+    for ours, theirs in zip(copies[0].groups, copies[1].groups, strict=True):
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+
+
+def test_changes_to_a_packed_frame_are_read_back():
+    packed = stepped_batch()
+    with torch.inference_mode():  # as the simulation made it
+        packed["p1_percent"][1] += 12.0  # in place: the packing changes too
+    assert not packed.replaced
+    assert batch_columns(packed)["p1_percent"][1] == float(packed["p1_percent"][1])
+    packed["p2_x"] = packed["p2_x"] + 5.0  # replaced
+    assert packed.replaced
+    assert batch_columns(packed)["p2_x"] == packed["p2_x"].tolist()
+    plain = dict(packed)
+    assert np.array_equal(BatchCopy(packed).columns["p2_x"], BatchCopy(plain).columns["p2_x"])
+    del packed["p2_x"]
+    assert "p2_x" not in packed and "p2_x" not in list(packed)
