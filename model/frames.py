@@ -7,6 +7,8 @@ and frame columns, (frames, ITEM_SLOTS) for the dense item columns (`item_exists
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -36,6 +38,15 @@ def _tensor(values: np.ndarray) -> Tensor:
     # A copy: Arrow's buffers are read-only, and callers may write into the frames.
     dtype = {"f": np.float32, "b": np.bool_}.get(values.dtype.kind, np.int64)
     return torch.from_numpy(np.array(values, dtype=dtype, order="C"))
+
+
+def cast_to(frames: Frames, dtypes: Mapping[str, torch.dtype]) -> Frames:
+    """Every field with an entry in `dtypes` in that dtype (decode and the rules work in
+    float32 and int64; a simulation's frames keep the dtypes they started with)."""
+    return {
+        k: v if k not in dtypes or v.dtype == (t := dtypes[k]) else v.to(t)
+        for k, v in frames.items()
+    }
 
 
 def index(frames: Frames, i) -> Frames:

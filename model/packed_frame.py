@@ -101,21 +101,11 @@ class PackedFrame(MutableMapping):
             out[key] = converted[g][i]
         return out
 
-    def signature(self) -> tuple:
-        """(field, dtype name, item shape) of every field, sorted by name, as
-        `server.recorder.Layout` describes a frame."""
-        if not self.replaced:
-            items = [
-                (
-                    key,
-                    str(self.packed[g].dtype).removeprefix("torch."),
-                    tuple(self.packed[g].shape[2:]),
-                )
-                for key, (g, _) in self._where.items()
-            ]
-        else:
-            items = [
-                (key, str(v.dtype).removeprefix("torch."), tuple(v.shape[1:]))
-                for key, v in self.items()
-            ]
-        return tuple(sorted(items))
+    def field_types(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(field, dtype, item shape) of every field, read from the packing, without a
+        tensor per field; for a frame not `replaced`."""
+        assert not self.replaced, "a replaced field's type is its own tensor's"
+        return [
+            (key, self.packed[g].dtype, tuple(self.packed[g].shape[2:]))
+            for key, (g, _) in self._where.items()
+        ]

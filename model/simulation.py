@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from model import game_state as gs
-from model.frames import Frames, controls_of, index
+from model.frames import Frames, cast_to, controls_of, index
 from model.heads import decode
 from model.packed_frame import PackedFrame
 from model.rules import (
@@ -301,9 +301,7 @@ class Simulation:
         return {k: v[:size].clone() for k, v in out.items()}
 
     def _cast(self, frame: Frames) -> Frames:
-        """Every field back to the dtype the frames started with (decode and the rules work
-        in float32 and int64)."""
-        return {k: v if v.dtype == (t := self._dtypes[k]) else v.to(t) for k, v in frame.items()}
+        return cast_to(frame, self._dtypes)
 
     def _decode(self, preds: Frames, prev: Frames, ctrl: Frames) -> Frames:
         if self.temperature <= 0:

@@ -34,7 +34,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from model.frames import Frames
+from model.frames import Frames, cast_to
 from model.heads import decode
 from model.mamba2 import Mamba2Cache
 from model.packed_frame import Layout, PackedFrame, layout_of, pack, unpack
@@ -47,12 +47,11 @@ class _LiveStep(nn.Module):
     previous frame's dtypes and the rules, returning the frame and the event codes.
 
     Frames come in and go out packed (`pack`), a few stacked tensors instead of a hundred,
-    because of the GIL: torch takes it again whenever a tensor that Python holds gains or
-    loses its only other owner, so each of a hundred input tensors released by the trace as
-    it runs, and each of a hundred outputs handed back, is a wait for the GIL. A server's
-    device thread waits for it while the event loop holds it (measured: about 110 waits a
-    step, against a busy thread, unpacked; about 25 packed). The cache is a list of tensors
-    and the rules a dict, as a trace takes containers of tensors, not dataclasses."""
+    because of the GIL: a call into the trace with a hundred frame tensors in and out took
+    the GIL back about 110 times (measured against a second busy Python thread, which is what
+    a server's event loop is to its device thread), and about 30 times packed. The cache is a
+    list of tensors and the rules a dict, as a trace takes containers of tensors, not
+    dataclasses."""
 
     def __init__(self, model: WorldModel, prev: Layout, controls: Layout, out: Layout):
         super().__init__()
@@ -87,28 +86,27 @@ class _LiveStep(nn.Module):
         if rules is None:
             return frame, None
         # The same ops as Simulation's eager step: cast, rules, cast.
-        frame = _cast_like(frame, prev)
+        dtypes = {k: v.dtype for k, v in prev.items()}
+        frame = cast_to(frame, dtypes)
         state = RuleState.from_tensors(rules)
         clamp_frame(frame, state)
         codes = rule_step(frame, state, prev, controls)
-        return _cast_like(frame, prev), codes
-
-
-def _cast_like(frame: Frames, prev: Frames) -> Frames:
-    return {
-        k: v if k not in prev or v.dtype == prev[k].dtype else v.to(prev[k].dtype)
-        for k, v in frame.items()
-    }
+        return cast_to(frame, dtypes), codes
 
 
 class TracedStep:
     """Callable like `decode(model.step(prev, controls, cache), prev, controls)`; updates
     `cache` in place the same way."""
 
-    def __init__(self, module: torch.jit.ScriptModule, layouts: tuple[Layout, Layout, Layout]):
+    def __init__(
+        self,
+        module: torch.jit.ScriptModule,
+        layouts: tuple[Layout, Layout, Layout],
+        order: list[str],
+    ):
         self.module = module
         self.layouts = layouts
-        self.order: list[str] = []  # the output's fields in the order of the eager step's
+        self.order = order  # the output's fields in the order of the eager step's
 
     def __call__(
         self,
@@ -189,8 +187,7 @@ def traced_step(
                 strict=False,  # the output is a list
                 check_trace=False,  # checking would run the step again, for nothing new
             )
-        result: TracedStep | None = TracedStep(module, layouts)
-        result.order = list(frame)
+        result: TracedStep | None = TracedStep(module, layouts, list(frame))
     except Exception as e:  # noqa: BLE001 - any tracer failure: step eagerly instead
         warnings.warn(f"tracing the live step failed ({e!r:.200}); stepping eagerly", stacklevel=2)
         result = None

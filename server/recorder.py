@@ -72,13 +72,13 @@ class Layout:
     def of(frame: Mapping[str, Tensor | np.ndarray], leading: int) -> Layout:
         """The layout of a frame whose arrays have `leading` batch axes (1: a batch, 0: one
         game's frame), cached per distinct set of columns."""
-        if isinstance(frame, PackedFrame) and leading == 1:
-            signature = frame.signature()
+        if isinstance(frame, PackedFrame) and not frame.replaced and leading == 1:
+            types = frame.field_types()
         else:
-            signature = tuple(
-                (k, str(v.dtype).removeprefix("torch."), tuple(v.shape[leading:]))
-                for k, v in sorted(frame.items())
-            )
+            types = [(k, v.dtype, tuple(v.shape[leading:])) for k, v in frame.items()]
+        signature = tuple(
+            sorted((k, str(dtype).removeprefix("torch."), shape) for k, dtype, shape in types)
+        )
         layout = _LAYOUTS.get(signature)
         if layout is None:
             layout = _LAYOUTS[signature] = Layout(signature)
