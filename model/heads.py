@@ -104,10 +104,14 @@ def with_copy_prior(preds: dict[str, Tensor], prev: dict[str, Tensor]) -> dict[s
             if spec.kind is Head.CATEGORICAL:
                 logits = preds[key]
                 last = fs.to_class(spec.name, prev[key]).unsqueeze(-1)  # (*lead, 1)
+                # Made on the logits' device: a CUDA graph capture refuses host-to-device copies.
                 bonus = torch.full(
-                    last.shape, math.log(spec.vocab) + COPY_PRIOR, dtype=logits.dtype
+                    last.shape,
+                    math.log(spec.vocab) + COPY_PRIOR,
+                    dtype=logits.dtype,
+                    device=logits.device,
                 )
-                out[key] = logits.scatter_add(-1, last, bonus.to(logits.device))
+                out[key] = logits.scatter_add(-1, last, bonus)
             elif spec.kind is Head.BINARY:
                 last = fs.head_target(spec, prev[f"{p}_{fs.BINARY_HEAD_SOURCE[spec.name]}"])
                 out[key] = preds[key] + COPY_PRIOR * (2 * last - 1).to(preds[key].dtype)

@@ -164,6 +164,13 @@ class Mamba2Cache:
     ssm_state: Tensor  # (B, nheads, headdim, d_state), fp32
 
 
+def _saved_for_backward(state: Tensor) -> Tensor:
+    """The initial state a scan may save for its backward pass. The cache is then overwritten in
+    place with the final state, which autograd refuses for a saved tensor ("modified by an
+    inplace operation", seen with mamba_ssm's kernels on CUDA): with gradients on, a copy."""
+    return state.clone() if torch.is_grad_enabled() else state
+
+
 class RMSNormGated(nn.Module):
     """``rmsnorm(x * silu(z)) * weight`` per group of ``group_size`` channels, computed in fp32."""
 
@@ -337,7 +344,7 @@ class Mamba2(nn.Module):
                 z=None,
                 dt_bias=self.dt_bias,
                 dt_softplus=True,
-                initial_states=None if cache is None else cache.ssm_state,
+                initial_states=None if cache is None else _saved_for_backward(cache.ssm_state),
                 return_final_states=cache is not None,
             )
             y = out if cache is None else out[0]  # (B, L, H, P)
@@ -359,7 +366,7 @@ class Mamba2(nn.Module):
             return self.out_proj(y.to(u.dtype))
 
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, L, H)
-        initial = None if cache is None else cache.ssm_state
+        initial = None if cache is None else _saved_for_backward(cache.ssm_state)
         y, final_state = ssd_chunked(x, dt, A, B, C, self.chunk_size, initial)  # (B, L, H, P)
         if cache is not None:
             cache.ssm_state.copy_(final_state)

@@ -109,21 +109,31 @@ class RuleState:
     respawn_top: Tensor  # (B,) float: y where the revival platform's descent starts
 
     @staticmethod
-    def new(stage: Stage, stocks: tuple[int, int], timer_frames: int = DEFAULT_TIMER_FRAMES):
+    def new(
+        stage: Stage,
+        stocks: tuple[int, int],
+        timer_frames: int = DEFAULT_TIMER_FRAMES,
+        device: torch.device | str = "cpu",
+    ) -> RuleState:
+        """One game's rule state, on the device its frames live on."""
         blast = [stage.blast_left, stage.blast_right, stage.blast_bottom, stage.blast_top]
+        long, f32 = (
+            {"dtype": torch.long, "device": device},
+            {"dtype": torch.float32, "device": device},
+        )
         return RuleState(
-            stocks=torch.tensor([stocks], dtype=torch.long),
-            invulnerable=torch.zeros(1, 2, dtype=torch.long),
-            over=torch.zeros(1, dtype=torch.bool),
-            timer_frames=torch.tensor([timer_frames], dtype=torch.long),
-            blast=torch.tensor([blast], dtype=torch.float32),
-            respawn=torch.tensor([list(stage.respawns[:2])], dtype=torch.float32),
-            floor=torch.tensor([[stage.main_flat_x, stage.main.y]], dtype=torch.float32),
-            halo=torch.zeros(1, 2, dtype=torch.long),
-            dead=torch.zeros(1, 2, dtype=torch.long),
-            descent=torch.zeros(1, 2, dtype=torch.long),
-            dead_at=torch.zeros(1, 2, 3, dtype=torch.float32),
-            respawn_top=torch.tensor([stage.respawn_top_y], dtype=torch.float32),
+            stocks=torch.tensor([stocks], **long),
+            invulnerable=torch.zeros(1, 2, **long),
+            over=torch.zeros(1, dtype=torch.bool, device=device),
+            timer_frames=torch.tensor([timer_frames], **long),
+            blast=torch.tensor([blast], **f32),
+            respawn=torch.tensor([list(stage.respawns[:2])], **f32),
+            floor=torch.tensor([[stage.main_flat_x, stage.main.y]], **f32),
+            halo=torch.zeros(1, 2, **long),
+            dead=torch.zeros(1, 2, **long),
+            descent=torch.zeros(1, 2, **long),
+            dead_at=torch.zeros(1, 2, 3, **f32),
+            respawn_top=torch.tensor([stage.respawn_top_y], **f32),
         )
 
     def tensors(self) -> dict[str, Tensor]:

@@ -135,7 +135,7 @@ class Simulation:
             frame, setup = self._prefill(replay, start_frame or 0, setup, cache)
         stage = get_stage(int(frame["stage"]))
         stocks = (int(frame["p1_stocks"]), int(frame["p2_stocks"]))
-        rules = RuleState.new(stage, stocks, setup.timer_frames)
+        rules = RuleState.new(stage, stocks, setup.timer_frames, self.device)
         frame = {k: v.to(self.device).unsqueeze(0) for k, v in frame.items()}
         if not self._dtypes:
             self._dtypes = {k: v.dtype for k, v in frame.items()}
@@ -180,14 +180,16 @@ class Simulation:
 
     def remove_game(self, game_id: int) -> None:
         row = self._row(game_id)
-        keep = torch.tensor([i for i in range(len(self.game_ids)) if i != row], dtype=torch.long)
+        keep = torch.tensor(
+            [i for i in range(len(self.game_ids)) if i != row], dtype=torch.long, device=self.device
+        )
         self.game_ids.pop(row)
         del self._setups[game_id], self._generators[game_id]
         if not self.game_ids:
             self._cache = self._prev = self._rules = None
             return
-        self._cache = _select_cache(self._cache, keep.to(self.device))
-        self._prev = index(self._prev, keep.to(self.device))
+        self._cache = _select_cache(self._cache, keep)
+        self._prev = index(self._prev, keep)
         self._rules = RuleState.from_tensors({k: v[keep] for k, v in self._rules.tensors().items()})
 
     def setup(self, game_id: int) -> GameSetup:

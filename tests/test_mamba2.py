@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model.mamba2 import KERNELS_AVAILABLE, Mamba2, Mamba2Cache, segsum, ssd_chunked
+from model.mamba2 import (
+    KERNELS_AVAILABLE,
+    Mamba2,
+    Mamba2Cache,
+    causal_conv1d_fn,
+    segsum,
+    ssd_chunked,
+)
 
 D_MODEL, D_STATE, HEADDIM, EXPAND = 64, 16, 16, 2
 ATOL = 1e-4
@@ -246,14 +253,23 @@ def test_backward_runs() -> None:
     not torch.cuda.is_available() or not KERNELS_AVAILABLE,
     reason="needs CUDA and an importable mamba_ssm",
 )
-def test_matches_mamba_ssm_on_gpu() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["split", "fused"])
+def test_matches_mamba_ssm_on_gpu(fused: bool) -> None:
+    """`fused`: mamba_ssm's memory-efficient path (conv and scan in one kernel call), which
+    needs causal_conv1d's CUDA extension; `split`: its conv, then its Triton SSD scan."""
     from mamba_ssm import Mamba2 as RefMamba2
 
+    if fused and causal_conv1d_fn is None:
+        pytest.skip("the fused path needs causal_conv1d")
     dev = torch.device("cuda")
     kw = {"d_state": D_STATE, "d_conv": 4, "expand": EXPAND, "headdim": HEADDIM}
     torch.manual_seed(0)
     ours = Mamba2(D_MODEL, chunk_size=64, layer_idx=0, **kw).to(dev).eval()
-    ref = RefMamba2(D_MODEL, ngroups=1, layer_idx=0, chunk_size=64, **kw).to(dev).eval()
+    ref = (
+        RefMamba2(D_MODEL, ngroups=1, layer_idx=0, chunk_size=64, use_mem_eff_path=fused, **kw)
+        .to(dev)
+        .eval()
+    )
     pure = Mamba2(D_MODEL, chunk_size=64, use_kernels=False, **kw).to(dev).eval()
     # ours -> ref and ref -> ours, both strict.
     ref.load_state_dict(ours.state_dict(), strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -423,15 +424,15 @@ def test_traced_steps_equal_eager_steps_bit_for_bit_as_the_batch_changes(any_mod
             assert value.dtype == traced.batch_frame[key].dtype, key
 
 
-def test_traced_rules_equal_eager_rules_through_kos_respawns_and_a_game_end(model):
-    """The live trace runs the rules too: its KOs, respawns, platform waits and game ends,
-    frames and events, are the eager rules' own, game by game in a shared batch."""
-    eager, traced = Simulation(model, trace=False), Simulation(model)
+def play_through_kos_respawns_and_a_game_end(first: Simulation, second: Simulation, same_frames):
+    """Three games in each simulation: one player KO'd on the first frame, one on their last
+    stock, one left alone. Both simulations must give the same events and game ends, game by
+    game in a shared batch, and frames that `same_frames(a, b)` accepts."""
     pairs, policies = [], {}
     for seed, (stocks, pushed) in enumerate([(4, "p1"), (1, "p2"), (4, None)]):
         setup = GameSetup(stage=31, stocks=stocks, seed=seed)
         pair = []
-        for sim in (eager, traced):
+        for sim in (first, second):
             game = sim.new_game(setup)
             if pushed:  # below the bottom blast zone: KO'd on the first frame
                 snapshot = sim.snapshot(game)
@@ -442,22 +443,43 @@ def test_traced_rules_equal_eager_rules_through_kos_respawns_and_a_game_end(mode
         policies[pairs[-1]] = (RandomPolicy(seed), RandomPolicy(seed + 10))
     seen = set()
     for t in range(200):
-        controls_e, controls_t = {}, {}
+        controls_1, controls_2 = {}, {}
         for a, b in pairs:
-            columns = controls_for(policies[a, b], eager.batch_frame, eager.game_ids.index(a))
-            controls_e[a], controls_t[b] = columns, columns
-        results_e, results_t = eager.step(controls_e), traced.step(controls_t)
-        for key, value in eager.batch_frame.items():
-            assert torch.equal(value, traced.batch_frame[key]), (t, key)
+            columns = controls_for(policies[a, b], first.batch_frame, first.game_ids.index(a))
+            controls_1[a], controls_2[b] = columns, columns
+        results_1, results_2 = first.step(controls_1), second.step(controls_2)
+        for key, value in first.batch_frame.items():
+            assert same_frames(value, second.batch_frame[key]), (t, key)
         for a, b in list(pairs):
-            assert results_e[a].events == results_t[b].events, t
-            assert results_e[a].over == results_t[b].over, t
-            seen |= {e.type for e in results_e[a].events}
-            if results_e[a].over and t > 5:  # a finished game leaves both batches
-                eager.remove_game(a), traced.remove_game(b)
+            assert results_1[a].events == results_2[b].events, t
+            assert results_1[a].over == results_2[b].over, t
+            seen |= {e.type for e in results_1[a].events}
+            if results_1[a].over and t > 5:  # a finished game leaves both batches
+                first.remove_game(a), second.remove_game(b)
                 pairs.remove((a, b))
-    assert traced.trace
     assert seen == {"ko", "respawn", "game_end"}
+
+
+def test_traced_rules_equal_eager_rules_through_kos_respawns_and_a_game_end(model):
+    """The live trace runs the rules too: its KOs, respawns, platform waits and game ends,
+    frames and events, are the eager rules' own, bit for bit."""
+    eager, traced = Simulation(model, trace=False), Simulation(model)
+    play_through_kos_respawns_and_a_game_end(eager, traced, torch.equal)
+    assert traced.trace
+
+
+@pytest.mark.gpu
+def test_rules_run_on_cuda_and_graphs_replay_them(model):
+    """On CUDA the rules' state lives beside the frames; graph replay gives the eager step's
+    KOs, respawns and game end."""
+    cuda_model = copy.deepcopy(model).cuda()
+    eager = Simulation(cuda_model, device="cuda")
+    graphed = Simulation(cuda_model, device="cuda", cuda_graphs=True)
+    play_through_kos_respawns_and_a_game_end(
+        eager, graphed, lambda a, b: torch.allclose(a.float(), b.float(), atol=1e-3)
+    )
+    assert graphed.cuda_graphs, "capture fell back to eager"
+    assert eager.batch_frame["p1_x"].is_cuda
 
 
 def test_frames_with_other_columns_get_their_own_trace(model, replay_frames):
