@@ -2,7 +2,7 @@
 and optimiser step, and data loading alone.
 
     python bench/train.py [--configs mamba2-small,mamba2-large] [--batch 64] [--seq-len 60]
-                          [--steps N] [--data DIR] [--json OUT]
+                          [--steps N] [--data DIR] [--device cpu|cuda] [--json OUT]
 
 Uses the real `Trainer.train_step` (dataset batch, model, losses, AdamW) on a dataset folder
 made by `playmodel parse` (default: ../shared/replays/dev ingested into a temporary folder).
@@ -38,6 +38,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=60)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--data", type=Path)
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: CUDA if present",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -55,6 +60,7 @@ def main() -> None:
         results = {
             "machine": describe_machine(),
             "threads": torch.get_num_threads(),
+            "device": args.device,
             "batch": args.batch,
             "seq_len": args.seq_len,
             "data_loading_frames_per_s": round(loading),
@@ -70,15 +76,24 @@ def main() -> None:
                 val_fraction=0.0,
                 max_steps=10**6,
             )
-            trainer = Trainer(config, data, Path(tmp) / name)
-            trainer.train_step()  # warm up
+            trainer = Trainer(config, data, Path(tmp) / name, device=args.device)
+            trainer.train_step()  # warm up (on CUDA: kernel compilation and autotuning)
+            synchronize(args.device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 trainer.train_step()
+            synchronize(args.device)
             fps = args.steps * frames_per_step / (time.perf_counter() - start)
             params = trainer.model.num_parameters()
             results["models"].append(
-                {"config": name, "params": params, "train_frames_per_s": round(fps)}
+                {
+                    "config": name,
+                    "params": params,
+                    "amp": str(trainer.amp_dtype).removeprefix("torch.")
+                    if trainer.amp_dtype
+                    else "fp32",
+                    "train_frames_per_s": round(fps),
+                }
             )
             print(
                 f"{name} ({params:,} parameters): {fps:>10,.0f} frames/s "
@@ -86,6 +101,11 @@ def main() -> None:
             )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

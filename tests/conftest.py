@@ -39,10 +39,13 @@ def replays() -> Path:
 
 @pytest.fixture(scope="session")
 def dev_dataset_dir(replays, tmp_path_factory) -> Path:
-    """shared/replays/dev ingested once for the whole session. Tests only read it (a re-run
-    of the ingestion into it is a no-op)."""
+    """shared/replays/dev ingested once for the whole session, or the folder that
+    PLAYMODEL_DEV_DATASET names. Tests only read it (a re-run of the ingestion is a no-op)."""
     from training.ingest import ingest
 
+    ready = os.environ.get("PLAYMODEL_DEV_DATASET")
+    if ready:  # already ingested elsewhere (a GPU machine without the replay parser's pyarrow)
+        return Path(ready)
     out = tmp_path_factory.mktemp("dev_dataset")
     summary = ingest([replays / "dev"], out, workers=2, progress=False)
     assert (summary.ok, summary.failed) == (8, 0)
