@@ -12,7 +12,7 @@ import torch
 from model import game_state as gs
 from model.actions import ON_HALO_WAIT
 from model.config import ModelConfig
-from model.frames import controls_of, frames_from_table, index, stack
+from model.frames import cast_to, controls_of, frames_from_table, index, stack
 from model.heads import decode
 from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
@@ -466,6 +466,23 @@ def test_traced_rules_equal_eager_rules_through_kos_respawns_and_a_game_end(mode
     eager, traced = Simulation(model, trace=False), Simulation(model)
     play_through_kos_respawns_and_a_game_end(eager, traced, torch.equal)
     assert traced.trace
+
+
+def test_the_step_and_the_rules_make_every_tensor_on_their_inputs_device(model):
+    """On CUDA the live step is replayed from a captured graph, which refuses copies from the
+    host, and the rules run beside it on the device. A tensor made on the default device and
+    then moved breaks both. With the default device set to `meta`, such a tensor has no data
+    and the step fails here, on a CPU."""
+    frame, rules = batch_frame(31)
+    frame["p1_y"] = torch.tensor([-500.0])  # a KO, so every branch of the rules has work
+    controls = controls_of(frame)
+    cache = model.allocate_inference_cache(1)
+    dtypes = {k: v.dtype for k, v in frame.items()}
+    with torch.inference_mode(), torch.device("meta"):
+        out = cast_to(decode(model.step(frame, controls, cache), frame, controls), dtypes)
+        events = apply_rules(out, rules, frame, controls)
+    assert {v.device.type for v in out.values()} == {"cpu"}
+    assert [e.type for e in events[0]] == ["ko"]
 
 
 @pytest.mark.gpu
