@@ -144,20 +144,45 @@ class RuleState:
         return RuleState(**tensors)
 
 
+class _Players:
+    """A frame's player fields as (B, 2) tensors, stacked over the players on first read and
+    written back as per-player columns by `write_back`. The rules then make one op for both
+    players where they made one for each: the live trace's cost is its count of ops."""
+
+    def __init__(self, frame: dict[str, Tensor]):
+        self.frame, self.fields, self.changed = frame, {}, set()
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.fields:
+            self.fields[name] = torch.stack([self.frame[f"{p}_{name}"] for p in gs.PLAYERS], -1)
+        return self.fields[name]
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        self.fields[name] = value
+        self.changed.add(name)
+
+    def write_back(self) -> None:
+        for name in self.changed:
+            for index, p in enumerate(gs.PLAYERS):
+                self.frame[f"{p}_{name}"] = self.fields[name][:, index]
+        self.changed.clear()
+
+
 def clamp_frame(frame: dict[str, Tensor], rules: RuleState) -> None:
     """Clamp every field of a (B,) frame to its legal range, in place."""
-    for p in gs.PLAYERS:
-        for name, (low, high) in LIMITS.items():
-            key = f"{p}_{name}"
-            frame[key] = frame[key].clamp(low, high)
-        frame[f"{p}_x"] = torch.minimum(
-            torch.maximum(frame[f"{p}_x"], rules.blast[:, 0] - POSITION_MARGIN),
-            rules.blast[:, 1] + POSITION_MARGIN,
-        )
-        frame[f"{p}_y"] = torch.minimum(
-            torch.maximum(frame[f"{p}_y"], rules.blast[:, 2] - POSITION_MARGIN),
-            rules.blast[:, 3] + POSITION_MARGIN,
-        )
+    players = _Players(frame)
+    _clamp(frame, players, rules)
+    players.write_back()
+
+
+def _clamp(frame: dict[str, Tensor], players: _Players, rules: RuleState) -> None:
+    for name, (low, high) in LIMITS.items():
+        players[name] = players[name].clamp(low, high)
+    bounds = rules.blast[:, None, :] + rules.blast.new_tensor(
+        [-POSITION_MARGIN, POSITION_MARGIN, -POSITION_MARGIN, POSITION_MARGIN]
+    )  # (B, 1, 4): left, right, bottom, top
+    players["x"] = torch.minimum(torch.maximum(players["x"], bounds[..., 0]), bounds[..., 1])
+    players["y"] = torch.minimum(torch.maximum(players["y"], bounds[..., 2]), bounds[..., 3])
     for name, (low, high) in ITEM_LIMITS.items():
         frame[f"item_{name}"] = frame[f"item_{name}"].clamp(low, high)
     for axis, (low, high) in (("x", (0, 1)), ("y", (2, 3))):
@@ -180,60 +205,70 @@ def keep_above_main_stage(
     frame: dict[str, Tensor], prev: dict[str, Tensor], rules: RuleState
 ) -> None:
     """Rule 3, in place: nobody falls through the flat part of the main stage from above."""
-    half_width, surface = rules.floor[:, 0], rules.floor[:, 1]
+    players = _Players(frame)
+    _keep_above_main_stage(players, _Players(prev), rules)
+    players.write_back()
+
+
+def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) -> None:
+    half_width, surface = rules.floor[:, 0, None], rules.floor[:, 1, None]  # (B, 1)
     floor = surface - FLOOR_TOLERANCE
-    for p in gs.PLAYERS:
-        x, y, was_y = frame[f"{p}_x"], frame[f"{p}_y"], prev[f"{p}_y"].float()
-        over = (x.abs() < half_width) & (prev[f"{p}_x"].float().abs() < half_width)
-        sunk = over & (was_y >= floor) & (y < floor)
-        frame[f"{p}_y"] = torch.where(sunk, surface, y)
-        for name in ("vel_self_y", "vel_knockback_y"):
-            key = f"{p}_{name}"
-            frame[key] = torch.where(sunk, frame[key].clamp(min=0), frame[key])
+    x, y, was_y = players["x"], players["y"], prev["y"].float()
+    over = (x.abs() < half_width) & (prev["x"].float().abs() < half_width)
+    sunk = over & (was_y >= floor) & (y < floor)
+    players["y"] = torch.where(sunk, surface, y)
+    for name in ("vel_self_y", "vel_knockback_y"):
+        players[name] = torch.where(sunk, players[name].clamp(min=0), players[name])
 
 
 def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
     """Rule 3a, in place: during the entry animation nobody moves sideways, nobody moves at
     all in ENTRY itself, and ENTRY_START / ENTRY_END only bob (as real players do). By frame
     -40 the animation is over: a player still in it falls (real ones all leave it into FALL)."""
-    early = frame["frame"] < ENTRY_HOLD_UNTIL
-    for p in gs.PLAYERS:
-        over = ~early & _is_any(frame[f"{p}_action"], ENTRY_ACTIONS)
-        frame[f"{p}_action"] = torch.where(over, FALL_ACTION, frame[f"{p}_action"])
-        frame[f"{p}_airborne"] = torch.where(over, 1, frame[f"{p}_airborne"])
-        frame[f"{p}_state_age"] = torch.where(
-            over, torch.zeros_like(frame[f"{p}_state_age"]), frame[f"{p}_state_age"]
-        )
-        was, now = prev[f"{p}_action"], frame[f"{p}_action"]
-        entry = early & _is_any(was, ENTRY_ACTIONS) & _is_any(now, ENTRY_ACTIONS)
-        still = entry & (was == ENTRY_ACTIONS[0]) & (now == ENTRY_ACTIONS[0])
-        _hold(frame, p, still, prev[f"{p}_x"], prev[f"{p}_y"])
-        x, y, was_x, was_y = frame[f"{p}_x"], frame[f"{p}_y"], prev[f"{p}_x"], prev[f"{p}_y"]
-        frame[f"{p}_x"] = torch.where(entry, was_x.to(x.dtype), x)
-        bob = was_y + (y - was_y).clamp(-ENTRY_BOB_PER_FRAME, ENTRY_BOB_PER_FRAME)
-        frame[f"{p}_y"] = torch.where(entry & ~still, bob.to(y.dtype), frame[f"{p}_y"])
+    players = _Players(frame)
+    _hold_entry(frame, players, _Players(prev))
+    players.write_back()
 
 
-def hold_on_platform(
-    frame: dict[str, Tensor], rules: RuleState, controls: dict[str, Tensor] | None
+def _hold_entry(frame: dict[str, Tensor], players: _Players, prev: _Players) -> None:
+    early = (frame["frame"] < ENTRY_HOLD_UNTIL)[:, None]  # (B, 1)
+    over = ~early & _is_any(players["action"], ENTRY_ACTIONS)
+    players["action"] = torch.where(over, FALL_ACTION, players["action"])
+    players["airborne"] = torch.where(over, 1, players["airborne"])
+    age = players["state_age"]
+    players["state_age"] = torch.where(over, torch.zeros_like(age), age)
+    was, now = prev["action"], players["action"]
+    entry = early & _is_any(was, ENTRY_ACTIONS) & _is_any(now, ENTRY_ACTIONS)
+    still = entry & (was == ENTRY_ACTIONS[0]) & (now == ENTRY_ACTIONS[0])
+    _hold(players, still, prev["x"], prev["y"])
+    x, y, was_x, was_y = players["x"], players["y"], prev["x"], prev["y"]
+    players["x"] = torch.where(entry, was_x.to(x.dtype), x)
+    bob = was_y + (y - was_y).clamp(-ENTRY_BOB_PER_FRAME, ENTRY_BOB_PER_FRAME)
+    players["y"] = torch.where(entry & ~still, bob.to(y.dtype), players["y"])
+
+
+def _hold_on_platform(
+    players: _Players, rules: RuleState, controls: dict[str, Tensor] | None
 ) -> None:
     """Rule 3b, in place: a respawned player waits on the revival platform until their
     controller is touched or `HALO_MAX_FRAMES` have passed, then falls from it."""
+    on_halo = rules.halo > 0  # (B, 2)
+    touched = []
     for index, p in enumerate(gs.PLAYERS):
-        on_halo = rules.halo[:, index] > 0
-        touched = torch.zeros_like(on_halo)
         if controls is not None and f"{p}_joystick_x" in controls:
             stick = torch.maximum(
                 controls[f"{p}_joystick_x"].abs(), controls[f"{p}_joystick_y"].abs()
             )
-            touched = (stick > STICK_DEADZONE) | (controls[f"{p}_buttons"] != 0)
-        leaving = on_halo & (touched | (rules.halo[:, index] == 1))
-        point = rules.respawn[:, index]
-        _hold(frame, p, on_halo, point[:, 0], point[:, 1])  # leaving: falls from the spot
-        action = torch.where(leaving, FALL_ACTION, ON_HALO_WAIT)
-        frame[f"{p}_action"] = torch.where(on_halo, action, frame[f"{p}_action"])
-        frame[f"{p}_airborne"] = torch.where(on_halo, 1, frame[f"{p}_airborne"])
-        rules.halo[:, index] = torch.where(on_halo & ~leaving, rules.halo[:, index] - 1, 0)
+            touched.append((stick > STICK_DEADZONE) | (controls[f"{p}_buttons"] != 0))
+        else:  # controls without this player's columns: untouched
+            touched.append(torch.zeros_like(on_halo[:, index]))
+    leaving = on_halo & (torch.stack(touched, -1) | (rules.halo == 1))
+    point = rules.respawn  # (B, 2, 2)
+    _hold(players, on_halo, point[..., 0], point[..., 1])  # leaving: falls from the spot
+    action = torch.where(leaving, FALL_ACTION, ON_HALO_WAIT)
+    players["action"] = torch.where(on_halo, action, players["action"])
+    players["airborne"] = torch.where(on_halo, 1, players["airborne"])
+    rules.halo.copy_(torch.where(on_halo & ~leaving, rules.halo - 1, 0))
 
 
 def _is_any(values: Tensor, ids: tuple[int, ...]) -> Tensor:
@@ -243,15 +278,18 @@ def _is_any(values: Tensor, ids: tuple[int, ...]) -> Tensor:
     return out
 
 
-def _hold(frame: dict[str, Tensor], p: str, mask: Tensor, x: Tensor, y: Tensor) -> None:
+def _hold(players: _Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
     """The masked players at (x, y) with no speed."""
-    frame[f"{p}_x"] = torch.where(mask, x.to(frame[f"{p}_x"].dtype), frame[f"{p}_x"])
-    frame[f"{p}_y"] = torch.where(mask, y.to(frame[f"{p}_y"].dtype), frame[f"{p}_y"])
-    for name in ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y"):
-        key = f"{p}_{name}"
-        frame[key] = torch.where(mask, torch.zeros_like(frame[key]), frame[key])
-    key = f"{p}_vel_self_x_ground"
-    frame[key] = torch.where(mask, torch.zeros_like(frame[key]), frame[key])
+    players["x"] = torch.where(mask, x.to(players["x"].dtype), players["x"])
+    players["y"] = torch.where(mask, y.to(players["y"].dtype), players["y"])
+    for name in (
+        "vel_self_x_air",
+        "vel_self_y",
+        "vel_knockback_x",
+        "vel_knockback_y",
+        "vel_self_x_ground",
+    ):
+        players[name] = torch.where(mask, torch.zeros_like(players[name]), players[name])
 
 
 # Columns of the event codes `rule_step` returns, one row per game: a respawn of each player
@@ -273,7 +311,6 @@ def apply_rules(
 
     Games already over are left as they are. Returns each game's events.
     """
-    clamp_frame(frame, rules)
     codes = rule_step(frame, rules, prev, controls)
     return events_from_codes(codes, frame, rules)
 
@@ -284,107 +321,97 @@ def rule_step(
     prev: dict[str, Tensor] | None = None,
     controls: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """Every rule but the clamp (`clamp_frame`, which comes first), in place, as tensor ops
-    without a branch on the data: the live step's trace runs them after the model, and each
+    """Every rule, the clamp first, in place, as tensor ops without a branch on the data and
+    over both players at once: the live step's trace runs them after the model, and each
     game's rows get the same result whatever else is in the batch. Returns the event codes,
     (B, 5) long (see RESPAWN_CODES, KO_CODES, END_CODE), read by `events_from_codes`."""
+    players = _Players(frame)
+    _clamp(frame, players, rules)
     live = ~rules.over
-    respawned = _way_back(frame, rules)
-    hold_on_platform(frame, rules, controls)
+    respawned = _way_back(players, rules)
+    _hold_on_platform(players, rules, controls)
     if prev is not None:
-        hold_entry(frame, prev)
-        keep_above_main_stage(frame, prev, rules)
+        before = _Players(prev)
+        _hold_entry(frame, players, before)
+        _keep_above_main_stage(players, before, rules)
     # The DEAD_* action of each zone, in ZONES order.
     dead_actions = rules.dead_at.new_tensor([float(DEAD_ACTIONS[z]) for z in ZONES])
-    kos = []
-    for index, p in enumerate(gs.PLAYERS):
-        x, y = frame[f"{p}_x"], frame[f"{p}_y"]
-        beyond = torch.stack(
-            [
-                x < rules.blast[:, 0],
-                x > rules.blast[:, 1],
-                y < rules.blast[:, 2],
-                y > rules.blast[:, 3],
-            ],
-            -1,
-        )  # (B, 4)
-        returning = (rules.dead[:, index] > 0) | (rules.descent[:, index] > 0)
-        ko = beyond.any(-1) & live & (rules.stocks[:, index] > 0) & ~returning
-        zone = beyond.long().argmax(-1)  # the first zone crossed, in ZONES order
-        kos.append(torch.where(ko, zone + 1, 0))
-        rules.stocks[:, index] -= ko.long()
-        dead_at = rules.dead_at[:, index]
-        dead_at[:, 2] = torch.where(ko, dead_actions[zone], dead_at[:, 2])
-        dead_at[:, 0] = torch.where(ko, x.float(), dead_at[:, 0])
-        dead_at[:, 1] = torch.where(ko, y.float(), dead_at[:, 1])
-        rules.dead[:, index] = torch.where(ko, DEAD_FRAMES, rules.dead[:, index])
-        rules.halo[:, index] = torch.where(ko, 0, rules.halo[:, index])
-        rules.invulnerable[:, index] = torch.where(ko, 0, rules.invulnerable[:, index])
-        _hold_dead(frame, p, ko, dead_at)
-        # From the KO until the platform is left, and for the invulnerability after it, the
-        # player cannot be hit, whatever hurtbox the model predicts.
-        away = (rules.dead[:, index] > 0) | (rules.descent[:, index] > 0)
-        protected = away | (rules.halo[:, index] > 0) | (rules.invulnerable[:, index] > 0)
-        frame[f"{p}_hurtbox_state"] = torch.where(protected, 1, frame[f"{p}_hurtbox_state"])
-        counting = (~away & (rules.halo[:, index] == 0)).long()  # the platform protects
-        rules.invulnerable[:, index] = (rules.invulnerable[:, index] - counting).clamp(min=0)
-        frame[f"{p}_stocks"] = rules.stocks[:, index].to(frame[f"{p}_stocks"].dtype)
+    x, y = players["x"], players["y"]  # (B, 2)
+    blast = rules.blast[:, None, :]  # (B, 1, 4): left, right, bottom, top
+    beyond = torch.stack(
+        [x < blast[..., 0], x > blast[..., 1], y < blast[..., 2], y > blast[..., 3]], -1
+    )  # (B, 2, 4)
+    returning = (rules.dead > 0) | (rules.descent > 0)
+    ko = beyond.any(-1) & live[:, None] & (rules.stocks > 0) & ~returning  # (B, 2)
+    zone = beyond.long().argmax(-1)  # the first zone crossed, in ZONES order
+    kos = torch.where(ko, zone + 1, 0)
+    rules.stocks.sub_(ko.long())
+    dead_at = rules.dead_at  # (B, 2, 3)
+    dead_at[..., 2] = torch.where(ko, dead_actions[zone], dead_at[..., 2])
+    dead_at[..., 0] = torch.where(ko, x.float(), dead_at[..., 0])
+    dead_at[..., 1] = torch.where(ko, y.float(), dead_at[..., 1])
+    rules.dead.copy_(torch.where(ko, DEAD_FRAMES, rules.dead))
+    rules.halo.copy_(torch.where(ko, 0, rules.halo))
+    rules.invulnerable.copy_(torch.where(ko, 0, rules.invulnerable))
+    _hold_dead(players, ko, dead_at)
+    # From the KO until the platform is left, and for the invulnerability after it, the
+    # player cannot be hit, whatever hurtbox the model predicts.
+    away = (rules.dead > 0) | (rules.descent > 0)
+    protected = away | (rules.halo > 0) | (rules.invulnerable > 0)
+    players["hurtbox_state"] = torch.where(protected, 1, players["hurtbox_state"])
+    counting = (~away & (rules.halo == 0)).long()  # the platform protects
+    rules.invulnerable.copy_((rules.invulnerable - counting).clamp(min=0))
+    players["stocks"] = rules.stocks.to(players["stocks"].dtype)
+    players.write_back()
 
     ending = _end_games(frame, rules, live)
-    return torch.stack([*respawned, *kos, ending], -1)
+    return torch.cat([respawned, kos, ending[:, None]], -1)
 
 
-def _way_back(frame: dict[str, Tensor], rules: RuleState) -> list[Tensor]:
+def _way_back(players: _Players, rules: RuleState) -> Tensor:
     """Advance KO'd players: held where they died; then, with stocks left, respawned on the
-    descending revival platform; then waiting on it (`hold_on_platform`). Returns, per
-    player, 1 where they respawned this frame, else 0."""
-    respawned = []
-    for index, p in enumerate(gs.PLAYERS):
-        dead = rules.dead[:, index] > 0
-        rules.dead[:, index] = (rules.dead[:, index] - 1).clamp(min=0)
-        back = dead & (rules.dead[:, index] == 0) & (rules.stocks[:, index] > 0)
-        _hold_dead(frame, p, dead & ~back, rules.dead_at[:, index])
-        top = torch.stack([rules.respawn[:, index, 0], rules.respawn_top], -1)
-        _respawn(frame, p, back, top)
-        frame[f"{p}_action"] = torch.where(back, ON_HALO_DESCENT, frame[f"{p}_action"])
-        rules.invulnerable[:, index] = torch.where(
-            back, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable[:, index]
-        )
-        respawned.append(back.long())
-        # A player who respawns this frame starts the descent at its top next frame.
-        descending = (rules.descent[:, index] > 0) & ~back
-        rules.descent[:, index] = torch.where(
-            descending, (rules.descent[:, index] - 1).clamp(min=0), rules.descent[:, index]
-        )
-        rules.descent[:, index] = torch.where(back, DESCENT_FRAMES, rules.descent[:, index])
-        left = rules.descent[:, index].float() / DESCENT_FRAMES  # 1 at the top, 0 at rest
-        point = rules.respawn[:, index]
-        y = point[:, 1] + left * (rules.respawn_top - point[:, 1])
-        _hold(frame, p, descending, point[:, 0], y)
-        frame[f"{p}_action"] = torch.where(descending, ON_HALO_DESCENT, frame[f"{p}_action"])
-        frame[f"{p}_airborne"] = torch.where(descending, 1, frame[f"{p}_airborne"])
-        landed = descending & (rules.descent[:, index] == 0)
-        rules.halo[:, index] = torch.where(landed, HALO_MAX_FRAMES, rules.halo[:, index])
-    return respawned
+    descending revival platform; then waiting on it (`_hold_on_platform`). Returns (B, 2):
+    1 where a player respawned this frame, else 0."""
+    dead = rules.dead > 0  # (B, 2)
+    rules.dead.copy_((rules.dead - 1).clamp(min=0))
+    back = dead & (rules.dead == 0) & (rules.stocks > 0)
+    _hold_dead(players, dead & ~back, rules.dead_at)
+    point = rules.respawn  # (B, 2, 2)
+    top_y = rules.respawn_top[:, None]  # (B, 1)
+    _respawn(players, back, point[..., 0], top_y.expand_as(back))
+    players["action"] = torch.where(back, ON_HALO_DESCENT, players["action"])
+    rules.invulnerable.copy_(torch.where(back, RESPAWN_INVULNERABLE_FRAMES, rules.invulnerable))
+    # A player who respawns this frame starts the descent at its top next frame.
+    descending = (rules.descent > 0) & ~back
+    rules.descent.copy_(torch.where(descending, (rules.descent - 1).clamp(min=0), rules.descent))
+    rules.descent.copy_(torch.where(back, DESCENT_FRAMES, rules.descent))
+    left = rules.descent.float() / DESCENT_FRAMES  # 1 at the top, 0 at rest
+    y = point[..., 1] + left * (top_y - point[..., 1])
+    _hold(players, descending, point[..., 0], y)
+    players["action"] = torch.where(descending, ON_HALO_DESCENT, players["action"])
+    players["airborne"] = torch.where(descending, 1, players["airborne"])
+    landed = descending & (rules.descent == 0)
+    rules.halo.copy_(torch.where(landed, HALO_MAX_FRAMES, rules.halo))
+    return back.long()
 
 
-def _hold_dead(frame: dict[str, Tensor], p: str, mask: Tensor, dead_at: Tensor) -> None:
-    _hold(frame, p, mask, dead_at[:, 0], dead_at[:, 1])
-    action = dead_at[:, 2].to(frame[f"{p}_action"].dtype)
-    frame[f"{p}_action"] = torch.where(mask, action, frame[f"{p}_action"])
-    frame[f"{p}_airborne"] = torch.where(mask, 1, frame[f"{p}_airborne"])
+def _hold_dead(players: _Players, mask: Tensor, dead_at: Tensor) -> None:
+    _hold(players, mask, dead_at[..., 0], dead_at[..., 1])
+    action = dead_at[..., 2].to(players["action"].dtype)
+    players["action"] = torch.where(mask, action, players["action"])
+    players["airborne"] = torch.where(mask, 1, players["airborne"])
 
 
-def _respawn(frame: dict[str, Tensor], p: str, mask: Tensor, point: Tensor) -> None:
+def _respawn(players: _Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
     """Put the masked players on their revival platform at 0%, still, invulnerable."""
 
     def put(name: str, value) -> None:
-        key = f"{p}_{name}"
-        value = torch.as_tensor(value, dtype=frame[key].dtype, device=frame[key].device)
-        frame[key] = torch.where(mask, value, frame[key])
+        old = players[name]
+        value = torch.as_tensor(value, dtype=old.dtype, device=old.device)
+        players[name] = torch.where(mask, value, old)
 
-    put("x", point[:, 0])
-    put("y", point[:, 1])
+    put("x", x)
+    put("y", y)
     for name in ("percent", "hitlag", "hitstun", "combo_count", "state_age"):
         put(name, 0)
     for name in ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y"):
@@ -395,7 +422,7 @@ def _respawn(frame: dict[str, Tensor], p: str, mask: Tensor, point: Tensor) -> N
     put("airborne", 1)
     put("hurtbox_state", 1)
     put("ground", gs.GROUND_NONE)
-    put("facing", torch.where(point[:, 0] > 0, -1, 1))  # face the centre of the stage
+    put("facing", torch.where(x > 0, -1, 1))  # face the centre of the stage
 
 
 def _end_games(frame, rules: RuleState, live: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ made once per model and shared by every `Simulation` of that model (the server's
 replay on scratch simulations).
 
 With the rules (`Simulation`'s use) the trace also casts the frame back to the previous
-frame's dtypes and runs `rules.clamp_frame` and `rules.rule_step` (written without branches on
+frame's dtypes and runs `rules.rule_step` (the clamp included; written without branches on
 the data for this), so a live tick makes one call into the trace and no eager tensor op per
 rule. That matters beyond the ops' own cost: every eager op releases the GIL, and a server's
 device thread that releases it a few hundred times a tick waits, each time, for the event
@@ -38,7 +38,7 @@ from model.frames import Frames, cast_to
 from model.heads import decode
 from model.mamba2 import Mamba2Cache
 from model.packed_frame import Layout, PackedFrame, layout_of, pack, unpack
-from model.rules import RuleState, clamp_frame, rule_step
+from model.rules import RuleState, rule_step
 from model.world_model import WorldModel, WorldModelCache
 
 
@@ -89,7 +89,6 @@ class _LiveStep(nn.Module):
         dtypes = {k: v.dtype for k, v in prev.items()}
         frame = cast_to(frame, dtypes)
         state = RuleState.from_tensors(rules)
-        clamp_frame(frame, state)
         codes = rule_step(frame, state, prev, controls)
         return cast_to(frame, dtypes), codes
 
