@@ -241,6 +241,26 @@ def test_checkpoint_of_another_schema_is_refused(model, tmp_path, monkeypatch):
         load_checkpoint(path)
 
 
+def test_the_live_step_reads_no_tensor_value_into_python(model, game, monkeypatch):
+    """A CUDA graph capture refuses every read of a tensor's value on the host (`.item()`, a
+    tensor in an `if`, ...): the captured step (model.step + decode) must make none."""
+    reads = []
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    frames = window(game, 1000, 3)
+    prev, controls = index(frames, slice(0, 2)), controls_of(index(frames, slice(1, 3)))
+    cache = model.allocate_inference_cache(2)
+    with torch.inference_mode():
+        decode(model.step(prev, controls, cache), prev, controls)
+    assert reads == []
+
+
 @pytest.mark.gpu
 def test_cuda_graph_step_equals_eager(game):
     from model.cuda_graph import CudaGraphStep
