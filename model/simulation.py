@@ -322,17 +322,20 @@ class Simulation:
             )
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def warm_up(self, steps: int = 3) -> None:
-        """Step a throw-away game a few times, so that one-off costs (the trace of the step and
-        its first optimised runs, a CUDA graph's capture, lazy initialisations) are paid now
-        rather than by the first live game, whose first frames would stall. Other games are
-        not disturbed."""
-        game = self.new_game()
-        try:
-            for _ in range(steps):
-                self.step({})
-        finally:
-            self.remove_game(game)
+    def warm_up(self, steps: int = 3, max_batch: int = 1) -> None:
+        """Step throw-away games a few times, so that one-off costs (the trace of the step and
+        its first optimised runs, lazy initialisations, and with CUDA graphs the capture of
+        each batch-size bucket up to `max_batch` games) are paid now rather than by the live
+        games, whose frames would stall. Call it before any game is added."""
+        sizes = graph_buckets(max_batch) if self.cuda_graphs else [1]
+        for size in sizes:
+            games = [self.new_game() for _ in range(size)]
+            try:
+                for _ in range(steps):
+                    self.step({})
+            finally:
+                for game in games:
+                    self.remove_game(game)
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, game_id: int) -> Snapshot:
@@ -355,6 +358,13 @@ class Simulation:
             group, key = name.split(".", 1)
             groups[group][key][row].copy_(value)
         self._generators[game_id].set_state(snapshot.generator_state)
+
+
+def graph_buckets(max_batch: int) -> list[int]:
+    """The batch-size buckets CUDA graphs are captured for, for up to `max_batch` games: the
+    powers of two up to the one a batch of `max_batch` is padded to, at most MAX_GRAPH_BATCH."""
+    top = min(1 << (max_batch - 1).bit_length(), MAX_GRAPH_BATCH)
+    return [1 << i for i in range(top.bit_length())]
 
 
 def standard_start(setup: GameSetup) -> Frames:

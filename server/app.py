@@ -79,7 +79,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 model = await asyncio.to_thread(maybe_quantize, model, settings.quantize)
                 model_name += f" ({settings.quantize})"
         engine = Engine(model, model_name, settings)
-        await engine.on_device(engine.sim.warm_up)  # the first session's frames do not stall
+        # The first sessions' frames do not stall on a trace or a CUDA graph capture.
+        await engine.on_device(engine.sim.warm_up, 3, settings.max_sessions)
         checkpoint = settings.resolved_checkpoint()
         engine.recording_info = {
             "model": model_name,

@@ -17,7 +17,13 @@ from model.heads import decode
 from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
 from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, RuleState, apply_rules
-from model.simulation import GameSetup, Simulation, standard_start
+from model.simulation import (
+    MAX_GRAPH_BATCH,
+    GameSetup,
+    Simulation,
+    graph_buckets,
+    standard_start,
+)
 from model.stages import get_stage, legal_stage_ids
 from model.world_model import WorldModel
 from training.replay_reader import read_replay
@@ -483,6 +489,29 @@ def test_the_step_and_the_rules_make_every_tensor_on_their_inputs_device(model):
         events = apply_rules(out, rules, frame, controls)
     assert {v.device.type for v in out.values()} == {"cpu"}
     assert [e.type for e in events[0]] == ["ko"]
+
+
+def test_warm_up_traces_the_step_and_leaves_no_game(model):
+    sim = Simulation(model)
+    sim.warm_up(max_batch=5)  # on CPU: one game (the trace serves every batch size)
+    assert sim.game_ids == [] and sim.trace
+    game = sim.new_game(GameSetup(seed=1))
+    assert sim.step({})[game].frame["frame"] == standard_start(GameSetup())["frame"] + 1
+
+
+def test_graph_buckets_cover_every_batch_up_to_the_largest():
+    assert graph_buckets(1) == [1]
+    assert graph_buckets(5) == [1, 2, 4, 8]
+    assert graph_buckets(32) == [1, 2, 4, 8, 16, 32]
+    assert graph_buckets(10_000)[-1] == MAX_GRAPH_BATCH
+
+
+@pytest.mark.gpu
+def test_warm_up_captures_every_bucket_on_cuda(model):
+    sim = Simulation(copy.deepcopy(model).cuda(), device="cuda", cuda_graphs=True)
+    sim.warm_up(max_batch=5)
+    assert sim.cuda_graphs and sorted(sim._graphs) == [1, 2, 4, 8]
+    assert sim.game_ids == []
 
 
 @pytest.mark.gpu
