@@ -11,6 +11,7 @@ the simulations; the event loop keeps handling websockets while a step runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,19 @@ def logged_write(write):
             log.exception("a recording write failed")
 
     return run
+
+
+@dataclasses.dataclass
+class _RollbackRun:
+    """One session's part of a tick's rollbacks (`Engine._rollbacks`)."""
+
+    session: Session
+    records: list  # the session's history records, from the first frame re-made
+    controls: dict  # the columns of the frame about to be stepped, fixed up afterwards
+    missing: list[int]  # its ports whose input had not arrived
+    carry: dict  # port -> its latest real input seen so far in the re-made frames
+    game: int | None = None  # its game in the scratch simulation, once added
+    step: tuple = ()  # the record being re-made this round, and its still-missing ports
 
 
 class Engine:
@@ -304,57 +318,79 @@ class Engine:
             connection.offer(data)
 
     # ------------------------------------------------------------------ device thread
-    def _rollback(
-        self, session: Session, start: int, controls: dict, missing: list[int], record
-    ) -> list[bytes]:
-        """Re-step frames `start`..`session.frame` with the inputs that have arrived since
-        (a port still missing reuses its latest real input), put the result in the batch, and
-        return the corrected frames' messages. Also fixes the substitutions of the frame about
-        to be stepped (`controls`, `missing`, `record`), which were chosen before the late
-        input was known."""
-        records = [session.history.get(f) for f in range(start, session.frame + 1)]
-        if not records or any(r is None for r in records) or records[0].before is None:
-            log.warning("session %s: cannot roll back to frame %d", session.id, start)
-            return []
-        scratch = self.scratch
-        game = scratch.add_from_snapshot(records[0].before)
-        carry: dict[int, dict | None] = {port: None for port in session.human_ports}
-        messages = []
-        for rec in records:
-            columns = dict(rec.used)
-            still_missing = []
-            for port in session.human_ports:
-                value = rec.real.get(port)
-                if value is None:
-                    still_missing.append(port)
-                    value = carry[port]
-                else:
-                    carry[port] = value
-                if value is not None:
-                    columns.update({f"p{port}_{k}": v for k, v in value.items()})
-            rec.before = scratch.snapshot(game) if still_missing else None
-            rec.used = columns
-            result = scratch.step({game: columns})[game]
-            message = frame_message(
-                batch_columns(scratch.batch_frame), result.row, result.events, still_missing
-            )
-            if session.recorder is not None:
-                row = BatchCopy(scratch.batch_frame).row(result.row)
-                session.recorder.correct(rec.frame, row)
-            message["corrected"] = True
-            messages.append(protocol.encode(message))
-        self.sim.restore(session.game_id, scratch.snapshot(game))
-        scratch.remove_game(game)
-        for port, value in carry.items():
-            if value is None:
+    def _rollbacks(self, jobs: list[tuple]) -> dict[str, list[bytes]]:
+        """Re-step, for each job (session, start, controls, missing, record), the frames
+        `start`..`session.frame` with the inputs that have arrived since (a port still missing
+        reuses its latest real input), put the result in the batch, and return each session's
+        corrected frames' messages. Also fixes the substitutions of the frame about to be
+        stepped (`controls`, `missing`, `record`), which were chosen before the late input
+        was known.
+
+        The sessions rolling back in one tick are re-stepped together, in one scratch batch,
+        their runs aligned to end together: a step of several games costs about what a step
+        of one does on a CPU, and under a bad network several sessions roll back at once."""
+        corrections: dict[str, list[bytes]] = {}
+        runs = []
+        for session, start, controls, missing, _ in jobs:
+            corrections[session.id] = []
+            records = [session.history.get(f) for f in range(start, session.frame + 1)]
+            if not records or any(r is None for r in records) or records[0].before is None:
+                log.warning("session %s: cannot roll back to frame %d", session.id, start)
                 continue
-            session.last_input[port] = value
-            if port in missing:  # the frame about to be stepped reuses the newer input
-                prefixed = {f"p{port}_{k}": v for k, v in value.items()}
-                controls.update(prefixed)
-        session.rollbacks += 1
-        session.rolled_back_frames += len(records)
-        return messages
+            carry: dict[int, dict | None] = {port: None for port in session.human_ports}
+            runs.append(_RollbackRun(session, records, controls, missing, carry))
+        if not runs:
+            return corrections
+        scratch = self.scratch
+        length = max(len(run.records) for run in runs)
+        for t in range(length):
+            active = [run for run in runs if t >= length - len(run.records)]
+            step_controls = {}
+            for run in active:
+                if run.game is None:
+                    run.game = scratch.add_from_snapshot(run.records[0].before)
+                rec = run.records[t - (length - len(run.records))]
+                columns = dict(rec.used)
+                still_missing = []
+                for port in run.session.human_ports:
+                    value = rec.real.get(port)
+                    if value is None:
+                        still_missing.append(port)
+                        value = run.carry[port]
+                    else:
+                        run.carry[port] = value
+                    if value is not None:
+                        columns.update({f"p{port}_{k}": v for k, v in value.items()})
+                rec.before = scratch.snapshot(run.game) if still_missing else None
+                rec.used = columns
+                run.step = (rec, still_missing)
+                step_controls[run.game] = columns
+            results = scratch.step(step_controls)
+            wire = batch_columns(scratch.batch_frame)
+            copy = None
+            if any(run.session.recorder is not None for run in active):
+                copy = BatchCopy(scratch.batch_frame)
+            for run in active:
+                rec, still_missing = run.step
+                result = results[run.game]
+                message = frame_message(wire, result.row, result.events, still_missing)
+                if run.session.recorder is not None:
+                    run.session.recorder.correct(rec.frame, copy.row(result.row))
+                message["corrected"] = True
+                corrections[run.session.id].append(protocol.encode(message))
+        for run in runs:
+            session = run.session
+            self.sim.restore(session.game_id, scratch.snapshot(run.game))
+            scratch.remove_game(run.game)
+            for port, value in run.carry.items():
+                if value is None:
+                    continue
+                session.last_input[port] = value
+                if port in run.missing:  # the frame about to be stepped reuses the newer input
+                    run.controls.update({f"p{port}_{k}": v for k, v in value.items()})
+            session.rollbacks += 1
+            session.rolled_back_frames += len(run.records)
+        return corrections
 
     def _device_tick(self, plan, retired: list[Session], resets: list[Session]) -> list[tuple]:
         sim = self.sim
@@ -384,12 +420,13 @@ class Engine:
         if not plan:
             return []
 
-        corrections = {}
-        for session, _, controls, missing, record, rollback in plan:
-            if rollback is not None:
-                corrections[session.id] = self._rollback(
-                    session, rollback, controls, missing, record
-                )
+        corrections = self._rollbacks(
+            [
+                (session, rollback, controls, missing, record)
+                for session, _, controls, missing, record, rollback in plan
+                if rollback is not None
+            ]
+        )
         batch = sim.batch_frame
         step_controls = {}
         for session, _, human, missing, record, _ in plan:
