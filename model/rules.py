@@ -168,14 +168,8 @@ class _Players:
         self.changed.clear()
 
 
-def clamp_frame(frame: dict[str, Tensor], rules: RuleState) -> None:
-    """Clamp every field of a (B,) frame to its legal range, in place."""
-    players = _Players(frame)
-    _clamp(frame, players, rules)
-    players.write_back()
-
-
 def _clamp(frame: dict[str, Tensor], players: _Players, rules: RuleState) -> None:
+    """Rule 1, in place: every field of a (B,) frame within its legal range."""
     for name, (low, high) in LIMITS.items():
         players[name] = players[name].clamp(low, high)
     bounds = rules.blast[:, None, :] + rules.blast.new_tensor(

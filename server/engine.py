@@ -319,19 +319,19 @@ class Engine:
 
     # ------------------------------------------------------------------ device thread
     def _rollbacks(self, jobs: list[tuple]) -> dict[str, list[bytes]]:
-        """Re-step, for each job (session, start, controls, missing, record), the frames
+        """Re-step, for each job (session, start, controls, missing), the frames
         `start`..`session.frame` with the inputs that have arrived since (a port still missing
         reuses its latest real input), put the result in the batch, and return each session's
         corrected frames' messages. Also fixes the substitutions of the frame about to be
-        stepped (`controls`, `missing`, `record`), which were chosen before the late input
-        was known.
+        stepped (`controls`, for the ports in `missing`), which were chosen before the late
+        input was known.
 
         The sessions rolling back in one tick are re-stepped together, in one scratch batch,
         their runs aligned to end together: a step of several games costs about what a step
         of one does on a CPU, and under a bad network several sessions roll back at once."""
         corrections: dict[str, list[bytes]] = {}
         runs = []
-        for session, start, controls, missing, _ in jobs:
+        for session, start, controls, missing in jobs:
             corrections[session.id] = []
             records = [session.history.get(f) for f in range(start, session.frame + 1)]
             if not records or any(r is None for r in records) or records[0].before is None:
@@ -422,8 +422,8 @@ class Engine:
 
         corrections = self._rollbacks(
             [
-                (session, rollback, controls, missing, record)
-                for session, _, controls, missing, record, rollback in plan
+                (session, rollback, controls, missing)
+                for session, _, controls, missing, _, rollback in plan
                 if rollback is not None
             ]
         )
