@@ -125,12 +125,34 @@ class TracedStep:
             [layer.conv_state for layer in cache.layers],
             [layer.ssm_state for layer in cache.layers],
         ]
-        if rules is None:
+        rule_tensors = None if rules is None else rules.tensors()
+        pin = _pin_for_the_call(inputs, rule_tensors)  # noqa: F841 - held until the call ends
+        if rule_tensors is None:
             packed, codes = self.module(*inputs), None
         else:
-            packed, codes = self.module(*inputs, rules.tensors())
+            packed, codes = self.module(*inputs, rule_tensors)
         frame = PackedFrame(packed, out_layout, self.order)
         return frame if codes is None else (frame, codes)
+
+
+def _pin_for_the_call(inputs: list[list[Tensor]], rules: dict[str, Tensor] | None):
+    """One more C++ reference to every tensor going into the trace, held until it returns.
+
+    In torch 2.13 (this project's CPU build) a tensor with a Python object keeps that object
+    alive from C++: when the tensor's C++ reference count crosses between 1 and 2 (the
+    interpreter taking or dropping its reference to an input), torch increfs or decrefs the
+    Python object, which needs the GIL. The trace runs without the GIL, so it took the GIL
+    back once or twice per input tensor, 30-50 times a step, each time waiting for whichever
+    thread held it; in the server that is the event loop. Against a thread spinning in Python
+    (5 ms switch interval), a step of 16 games of the demo model took 208 ms instead of 57.
+    With this reference held, the counts stay at 2 or more during the call and the trace takes
+    the GIL back once, to return (tests/test_simulation.py). A C++ list of the tensors is such
+    a reference; None where torch has no ScriptList."""
+    tensors = [t for group in inputs for t in group]
+    if rules is not None:
+        tensors += rules.values()
+    script_list = getattr(torch, "ScriptList", None)
+    return None if script_list is None else script_list(tensors)
 
 
 def traced_step(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import resource
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -645,3 +648,79 @@ def test_the_solid_stage_rule_never_moves_a_real_player(dev_dataset_dir):
         keep_above_main_stage(new, prev, rules)
         for key, value in before.items():
             assert torch.equal(new[key], value), f"{path.name}: the rule moved {key}"
+
+
+def _voluntary_switches() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+def test_pinning_holds_one_more_reference_to_every_input_of_the_trace(model):
+    from model.traced_step import _pin_for_the_call
+
+    sim = Simulation(model)
+    sim.new_game()
+    inputs = [[layer.conv_state for layer in sim._cache.layers], [sim._prev["p1_x"]]]
+    rules = sim._rules.tensors()
+    tensors = [t for group in inputs for t in group] + list(rules.values())
+    before = [t._use_count() for t in tensors]
+    pin = _pin_for_the_call(inputs, rules)
+    assert [t._use_count() for t in tensors] == [n + 1 for n in before]
+    del pin
+    assert [t._use_count() for t in tensors] == before
+
+
+@pytest.mark.skipif(not hasattr(resource, "RUSAGE_THREAD"), reason="needs Linux")
+def test_the_traced_step_does_not_take_the_gil_back_per_input(model, monkeypatch):
+    """The trace runs without the GIL. A thread that then needs the GIL while another thread
+    holds it sleeps until it is handed over: a voluntary context switch. In the server that
+    other thread is the event loop. Against a thread that spins in Python, the live step
+    waits for the GIL once or twice (to return), not once per input tensor as it did before
+    its inputs were pinned (`_pin_for_the_call`). Unpinned calls run alongside as the control:
+    on a machine too busy to keep the spinner on a core there is no contention to show."""
+    import model.traced_step as traced_step_module
+
+    pin = traced_step_module._pin_for_the_call
+    sim = Simulation(model)
+    for seed in range(4):
+        sim.new_game(GameSetup(seed=seed))
+    sim.step({})
+    assert sim._traced is not None
+    spinning, stop = threading.Event(), threading.Event()
+
+    def spin():
+        spinning.set()
+        while not stop.is_set():
+            pass
+
+    interval, threads = sys.getswitchinterval(), torch.get_num_threads()
+    sys.setswitchinterval(0.002)
+    torch.set_num_threads(1)  # a second OpenMP thread would take the spinner's core
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    counts: dict[bool, list[int]] = {True: [], False: []}
+    try:
+        spinning.wait()
+        controls = sim._controls_batch({})
+        with torch.inference_mode():
+            for _ in range(5):
+                for pinned in (False, True):
+                    monkeypatch.setattr(
+                        traced_step_module, "_pin_for_the_call", pin if pinned else lambda *a: None
+                    )
+                    before = _voluntary_switches()
+                    sim._traced(sim.batch_frame, controls, sim._cache, sim._rules)
+                    counts[pinned].append(_voluntary_switches() - before)
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+        torch.set_num_threads(threads)
+    inputs = len(sim._cache.layers) * 2 + len(sim._rules.tensors())
+    unpinned, pinned = (sorted(counts[p])[2] for p in (False, True))  # medians
+    if unpinned < inputs // 2:
+        pytest.skip(f"no GIL contention to show on this busy machine ({counts})")
+    assert pinned <= 3, counts
+
+
+def _voluntary_switches() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
