@@ -66,8 +66,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = settings.resolved_device()
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        threads = settings.resolved_threads(device)
+        if threads:
+            torch.set_num_threads(threads)
         model, model_name = await asyncio.to_thread(
             load_model, settings.checkpoint, settings.untrained_config, device
         )
@@ -98,7 +99,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         sockets = LiveSockets(engine)
         app.state.engine, app.state.matches, app.state.sockets = engine, matches, sockets
         tasks = [asyncio.create_task(engine.run()), asyncio.create_task(matches.run())]
-        log.info("serving %s on %s at %.0f Hz", model_name, device, settings.tick_rate)
+        log.info(
+            "serving %s on %s (%d torch threads) at %.0f Hz",
+            model_name,
+            device,
+            torch.get_num_threads(),
+            settings.tick_rate,
+        )
         try:
             yield
         finally:

@@ -77,7 +77,14 @@ class Engine:
         self.device = settings.resolved_device()
         self.sim = self.new_simulation(cuda_graphs=settings.cuda_graphs)
         self.scratch = self.new_simulation()  # for rollbacks
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="device")
+        threads = settings.resolved_threads(self.device)
+        self.executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="device",
+            # OpenMP keeps the thread count per thread: set it where the steps run.
+            initializer=torch.set_num_threads if threads else None,
+            initargs=(threads,) if threads else (),
+        )
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="recorder")  # files, in order
         self.recording_info: dict = {"model": model_name}  # set by the app: checkpoint hash
         self._writes: list = []  # file writes due, queued by the device thread

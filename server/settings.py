@@ -4,6 +4,7 @@ by `playmodel serve`'s options."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +43,9 @@ class ServerSettings(BaseSettings):
         "frames, less per-op overhead)",
     )
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads (default: torch's choice, one per core)"
+        None,
+        ge=1,
+        description="torch CPU threads (default on CPU: one fewer than the cores, at least 1)",
     )
     temperature: float = Field(0.0, ge=0.0, description="0: argmax decoding")
     tick_rate: float = Field(60.0, gt=0.0, le=1000.0)
@@ -89,6 +92,22 @@ class ServerSettings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_threads(self, device: str) -> int | None:
+        """torch's CPU threads: `threads` if set; serving on CPU, one fewer than the cores
+        this process may run on (at least one); on a GPU, torch's own choice (None).
+
+        Why not torch's default of one per core: the server has a second busy thread, the
+        event loop. With both cores of a 2-core machine given to torch, the step's larger
+        products split across an OpenMP thread that competes with the event loop, and 8
+        live sessions of the demo model had 1.4-7.9% late ticks (tick p99 16.5-19.9 ms)
+        against 0.3-0.5% (p99 14.1-14.3 ms) with one thread (BENCHMARKS.md)."""
+        if self.threads is not None:
+            return self.threads
+        if not device.startswith("cpu"):
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return max(1, (cores or os.cpu_count() or 1) - 1)
 
     def resolved_checkpoint(self) -> Path | None:
         if self.checkpoint is not None or self.untrained_config is not None:

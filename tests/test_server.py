@@ -432,3 +432,13 @@ def test_tokens_never_reach_the_logs():
     assert "[redacted]" in text  # the websocket lines were logged, without their tokens
     for token in session["tokens"].values():
         assert token not in text
+
+
+def test_torch_threads_leave_a_core_to_the_event_loop_on_cpu():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert ServerSettings().resolved_threads("cpu") == max(1, cores - 1)
+    assert ServerSettings(threads=3).resolved_threads("cpu") == 3
+    assert ServerSettings().resolved_threads("cuda") is None
+    assert ServerSettings(threads=2).resolved_threads("cuda") == 2
