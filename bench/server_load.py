@@ -227,7 +227,9 @@ def main() -> int:
     parser.add_argument(
         "--jitter", type=int, default=0, help="delay each input by 0..N frames (rollback load)"
     )
-    parser.add_argument("--threads", type=int, help="torch threads in the server")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads in the server (default: its own, cores less one)"
+    )
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="the server's --quantize")
     parser.add_argument("--no-record", action="store_true", help="server records nothing")
     parser.add_argument("--json", type=Path)
