@@ -100,11 +100,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.state.engine, app.state.matches, app.state.sockets = engine, matches, sockets
         tasks = [asyncio.create_task(engine.run()), asyncio.create_task(matches.run())]
         log.info(
-            "serving %s on %s (%d torch threads) at %.0f Hz",
+            "serving %s on %s at %.0f Hz (torch threads: %d)",
             model_name,
             device,
-            torch.get_num_threads(),
             settings.tick_rate,
+            torch.get_num_threads(),
         )
         try:
             yield
