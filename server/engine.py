@@ -373,10 +373,11 @@ class Engine:
                 run.step = (rec, still_missing)
                 step_controls[run.game] = columns
             results = scratch.step(step_controls)
-            wire = batch_columns(scratch.batch_frame)
+            # As in a tick: one copy off the device, the recordings', read by the wire too.
             copy = None
             if any(run.session.recorder is not None for run in active):
                 copy = BatchCopy(scratch.batch_frame)
+            wire = batch_columns(scratch.batch_frame if copy is None else copy.columns)
             for run in active:
                 rec, still_missing = run.step
                 result = results[run.game]

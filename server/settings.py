@@ -106,8 +106,11 @@ class ServerSettings(BaseSettings):
             return self.threads
         if not device.startswith("cpu"):
             return None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        return max(1, (cores or os.cpu_count() or 1) - 1)
+        if hasattr(os, "sched_getaffinity"):
+            cores = len(os.sched_getaffinity(0))
+        else:
+            cores = os.cpu_count() or 1
+        return max(1, cores - 1)
 
     def resolved_checkpoint(self) -> Path | None:
         if self.checkpoint is not None or self.untrained_config is not None:
