@@ -19,7 +19,8 @@ On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`
 is also timed replayed from a CUDA graph captured per batch size (`model.cuda_graph`); on CPU,
 run from the TorchScript trace that `Simulation` uses (`model.traced_step`; --no-trace skips),
 the eager and traced steps taking turns frame by frame so that they see the same machine;
---int8 adds the traced step of the model with int8 mixer weights (`model.quantize`) to them.
+--int8 adds the traced step of the model with int8 mixer and head weights (`model.quantize`)
+to them.
 --dtype bf16 stores the weights in bf16 (the recurrent state and residual stream stay fp32).
 """
 
@@ -236,7 +237,7 @@ def main() -> None:
     )
     parser.add_argument("--no-trace", action="store_true", help="on CPU, time the eager step only")
     parser.add_argument(
-        "--int8", action="store_true", help="on CPU, also time the traced step with int8 mixers"
+        "--int8", action="store_true", help="on CPU, also time the traced step with int8 weights"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -94,7 +94,9 @@ class FrameEncoder(nn.Module):
         items = torch.cat([items, item_embedded], -1).flatten(-2)  # (*lead, slots * per_item)
 
         features = torch.cat([per_player.flatten(-2), stage, items], -1)
-        return self.proj(features.to(self.proj.weight.dtype))  # (*lead, d_model)
+        # The model's dtype, read from an embedding: proj may be an int8 module without a
+        # weight tensor (model.quantize), which takes fp32.
+        return self.proj(features.to(self.stage_embedding.weight.dtype))  # (*lead, d_model)
 
 
 def _gather(frame: dict[str, Tensor], players, names) -> Tensor:

@@ -121,7 +121,8 @@ class WorldModel(nn.Module):
         return self._heads(x)
 
     def _heads(self, x: Tensor) -> dict[str, Tensor]:
-        return self.heads(self.norm_f(x).to(self.heads.player.weight.dtype))
+        # The heads' dtype, read from item_out, which model.quantize leaves as it is.
+        return self.heads(self.norm_f(x).to(self.heads.item_out.weight.dtype))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

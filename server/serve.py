@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-sessions", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument(
-        "--quantize", choices=QUANTIZE_CHOICES, help="on CPU, int8 mixer weights (faster)"
+        "--quantize", choices=QUANTIZE_CHOICES, help="on CPU, int8 mixer and head weights (faster)"
     )
     parser.add_argument("--tick-rate", type=float)
     parser.add_argument("--log-level", default="info")

@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         default="none",
         choices=QUANTIZE_CHOICES,
-        help="evaluate the model with int8 mixer weights, as served with QUANTIZE=int8",
+        help="evaluate the model with int8 mixer and head weights, as served with QUANTIZE=int8",
     )
     return parser
 
