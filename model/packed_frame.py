@@ -101,6 +101,10 @@ class PackedFrame(MutableMapping):
             out[key] = converted[g][i]
         return out
 
+    def position(self, key: str) -> tuple[int, int]:
+        """(group, index in the group) of a packed field."""
+        return self._where[key]
+
     def field_types(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         """(field, dtype, item shape) of every field, read from the packing, without a
         tensor per field; for a frame not `replaced`."""

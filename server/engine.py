@@ -447,8 +447,10 @@ class Engine:
             if missing and session.rollback_window > 0:
                 record.before = sim.snapshot(session.game_id)
             session.history[record.frame] = record
-            for old in [f for f in session.history if f <= record.frame - session.rollback_window]:
-                del session.history[old]
+            # Frames go in in order (a reset clears the history): the oldest leave first.
+            history, oldest_kept = session.history, record.frame - session.rollback_window + 1
+            while history and (oldest := next(iter(history))) < oldest_kept:
+                del history[oldest]
             step_controls[session.game_id] = columns
         results = sim.step(step_controls)
         # One copy of the batch off the device per tick: the recordings' numpy copy when any
