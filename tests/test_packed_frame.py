@@ -36,6 +36,10 @@ def test_a_packed_frame_reads_like_the_dict_of_its_fields():
     copies = BatchCopy(packed), BatchCopy(plain)
     for ours, theirs in zip(copies[0].groups, copies[1].groups, strict=True):
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    x = float(packed["p1_x"][0])
+    with torch.inference_mode():
+        packed["p1_x"][0] += 100.0  # a later restore writes in place: the copy must not see it
+    assert copies[0].columns["p1_x"][0] == x == copies[1].columns["p1_x"][0]
 
 
 def test_changes_to_a_packed_frame_are_read_back():
