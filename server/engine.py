@@ -249,9 +249,10 @@ class Engine:
                 if end - last_behind_log > BEHIND_LOG_EVERY_S:
                     log.warning(
                         "the tick loop fell behind %d times in %.0f s (too much load for this "
-                        "device): each time its schedule restarted",
+                        "device): each time its schedule restarted%s",
                         restarts,
                         end - last_behind_log,
+                        self.settings.overload_hint(self.device),
                     )
                     restarts, last_behind_log = 0, end
             self.next_deadline = deadline

@@ -93,6 +93,12 @@ class ServerSettings(BaseSettings):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def overload_hint(self, device: str) -> str:
+        """What the warning of a tick loop that falls behind suggests, if anything."""
+        if device == "cpu" and self.quantize == "none":
+            return "; on a CPU, QUANTIZE=int8 makes each tick faster (docs/SERVER.md)"
+        return ""
+
     def resolved_threads(self, device: str) -> int | None:
         """torch's CPU threads: `threads` if set; serving on CPU, one fewer than the cores
         this process may run on (at least one); on a GPU, torch's own choice (None).

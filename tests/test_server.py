@@ -442,3 +442,9 @@ def test_torch_threads_leave_a_core_to_the_event_loop_on_cpu():
     assert ServerSettings(threads=3).resolved_threads("cpu") == 3
     assert ServerSettings().resolved_threads("cuda") is None
     assert ServerSettings(threads=2).resolved_threads("cuda") == 2
+
+
+def test_an_overloaded_cpu_server_suggests_int8_weights():
+    assert "QUANTIZE=int8" in ServerSettings().overload_hint("cpu")
+    assert ServerSettings(quantize="int8").overload_hint("cpu") == ""
+    assert ServerSettings().overload_hint("cuda") == ""
