@@ -10,9 +10,9 @@ faster at batch 1 (BENCHMARKS.md). The cost is fidelity: the frames are no longe
 fp32 model (docs/MODEL.md gives how far they drift on the demo model), so it is an opt-in
 (`playmodel serve --quantize int8`, setting QUANTIZE; `playmodel eval --quantize int8`).
 
-The players' heads were added later: on this VM the weights compete for the cache with
-everything else a step touches, and their 3.5 MB (mamba2-large) cost 0.3-0.8 ms a step as fp32;
-int8, they leave the demo model's rollouts as they were (docs/MODEL.md). The encoder's
+The players' heads are int8 too: on the development machines weights compete for the cache
+with everything else a step touches, and theirs (3.5 MB in mamba2-large) cost 0.3-0.8 ms a step
+as fp32; as int8 they leave the demo model's rollouts as they were (docs/MODEL.md). The encoder's
 projection, the item heads, the convolution, the norms and the SSM parameters and state stay
 fp32 (`_products` says why for the encoder).
 """

@@ -95,7 +95,7 @@ class ServerSettings(BaseSettings):
 
     def overload_hint(self, device: str) -> str:
         """What the warning of a tick loop that falls behind suggests, if anything."""
-        if device == "cpu" and self.quantize == "none":
+        if device.startswith("cpu") and self.quantize == "none":
             return "; on a CPU, QUANTIZE=int8 makes each tick faster (docs/SERVER.md)"
         return ""
 

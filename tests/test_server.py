@@ -448,3 +448,4 @@ def test_an_overloaded_cpu_server_suggests_int8_weights():
     assert "QUANTIZE=int8" in ServerSettings().overload_hint("cpu")
     assert ServerSettings(quantize="int8").overload_hint("cpu") == ""
     assert ServerSettings().overload_hint("cuda") == ""
+    assert ServerSettings().overload_hint("cuda:1") == ""
