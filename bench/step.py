@@ -44,8 +44,8 @@ from machine import describe_machine
 
 from model import game_state as gs
 from model.config import load_config
+from model.decoding import decode
 from model.frames import Frames, controls_of, frames_from_table, index
-from model.heads import decode
 from model.quantize import quantize_int8
 from model.traced_step import traced_step
 from model.world_model import WorldModel, WorldModelCache

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.heads import decode
+from model.decoding import decode
 from model.world_model import WorldModel, WorldModelCache
 
 

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from model import game_state as gs
+from model.decoding import decode
 from model.frames import Frames, cast_to, controls_of, index
-from model.heads import decode
 from model.packed_frame import PackedFrame
 from model.rules import (
     DEFAULT_TIMER_FRAMES,

@@ -34,8 +34,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from model.decoding import decode
 from model.frames import Frames, cast_to
-from model.heads import decode
 from model.mamba2 import Mamba2Cache
 from model.packed_frame import Layout, PackedFrame, layout_of, pack, unpack
 from model.rules import RuleState, rule_step

@@ -15,8 +15,8 @@ import torch
 from model import game_state as gs
 from model.actions import ON_HALO_WAIT
 from model.config import ModelConfig
+from model.decoding import decode
 from model.frames import cast_to, controls_of, frames_from_table, index, stack
-from model.heads import decode
 from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
 from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, RuleState, apply_rules

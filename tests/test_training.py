@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from model.checkpoint import load_checkpoint
-from model.heads import decode
+from model.decoding import decode
 from training import train as train_module
 from training.dataset import GameDataset
 from training.losses import compute_losses

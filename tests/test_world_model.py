@@ -11,9 +11,10 @@ from model import frame_spec as fs
 from model import game_state as gs
 from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from model.config import ModelConfig, load_config
+from model.decoding import decode
 from model.encoder import FrameEncoder
 from model.frames import controls_of, frames_from_table, index, model_inputs, stack
-from model.heads import decode, head_targets
+from model.heads import head_targets
 from model.world_model import WorldModel
 from training.replay_reader import read_replay
 
@@ -179,6 +180,27 @@ def test_a_head_that_predicts_no_change_keeps_the_previous_values(model, game):
         assert torch.equal(decoded[f"{p}_facing"], torch.where(prev[f"{p}_facing"] > 0, 1, -1))
         assert torch.equal(decoded[f"{p}_airborne"], (prev[f"{p}_airborne"] != 0).long())
     assert torch.equal(decoded["item_exists"], prev["item_exists"].bool())
+
+
+def test_decoding_reads_the_heads_tensors_and_a_dict_alike(model, game):
+    """decode reads the two tensors the heads' predictions are views of; a plain dict of the
+    same predictions, or one changed after the heads made it, decodes from its entries."""
+    prev, controls, _ = (batch_first(f) for f in model_inputs(window(game, 1000, 200)))
+    with torch.no_grad():
+        preds = model(prev, controls)
+    assert preds.raw is not None
+    fast, plain = decode(preds, prev, controls), decode(dict(preds), prev, controls)
+    assert list(fast) == list(plain)
+    for key in fast:
+        assert fast[key].dtype == plain[key].dtype and torch.equal(fast[key], plain[key]), key
+
+    logits = preds["p1_action"].clone()
+    logits[..., 341] = 1e4  # a class these frames never show
+    preds["p1_action"] = logits
+    assert preds.raw is None  # its tensors no longer match the entries
+    assert (decode(preds, prev, controls)["p1_action"] == 341).all()
+    preds.update(p1_action=torch.zeros_like(logits))
+    assert not (decode(preds, prev, controls)["p1_action"] == 341).any()
 
 
 def test_state_age_rule(game):

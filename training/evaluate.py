@@ -33,8 +33,8 @@ from model import game_state as gs
 from model.actions import CATEGORIES, action_name, category_table
 from model.atomic_file import atomic_path
 from model.checkpoint import load_checkpoint
+from model.decoding import decode
 from model.frames import controls_of, index
-from model.heads import decode
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
 from model.simulation import Simulation
 from model.world_model import WorldModel

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from model import frame_spec as fs
 from model import game_state as gs
+from model.decoding import with_copy_prior
 from model.frame_spec import Head
-from model.heads import head_targets, with_copy_prior
+from model.heads import head_targets
 
 # Smooth L1's quadratic zone, in scaled units, for the heads that positions are decoded from
 # (displacement residuals and velocity deltas). Most of their targets are exactly 0 or a

@@ -47,8 +47,8 @@ from tqdm import tqdm
 from model.atomic_file import atomic_path
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig, load_config
+from model.decoding import decode
 from model.frames import Frames, controls_of
-from model.heads import decode
 from model.mamba2 import Mamba2Cache
 from model.world_model import WorldModel, WorldModelCache
 from training.dataset import GameDataset
@@ -200,7 +200,7 @@ def unroll(
     model: WorldModel, prev: Frames, controls: Frames, steps: int
 ) -> tuple[dict[str, Tensor], Frames]:
     """Teacher forcing over positions 0..L-steps-1, then `steps` recurrent steps, each reading
-    the frame decoded (argmax, `model.heads.decode`) from the prediction at the position before.
+    the frame decoded (argmax, `model.decoding.decode`) from the prediction at the position before.
 
     Returns the predictions at every position, (B, L, ...), and the frames the positions read:
     the given ones, then the model's own. The decoded frames are inputs, not part of the graph
