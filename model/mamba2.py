@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.causal_conv import causal_conv
+
 try:  # Optional fused kernels; importing mamba_ssm can fail in many ways without a GPU.
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 except Exception:  # noqa: BLE001
@@ -312,16 +314,14 @@ class Mamba2(nn.Module):
                 xBC_t = xBC_t.contiguous()  # channel-last kernel needs 8-aligned strides
             out = causal_conv1d_fn(xBC_t, weight, bias=self.conv1d.bias, activation="silu")
             return out.transpose(1, 2)  # (B, L, conv_dim)
-        if cache is None:
-            context = xBC_t.new_zeros(xBC_t.shape[0], self.conv_dim, self.d_conv - 1)
-        else:
-            context = cache.conv_state[:, :, 1:].to(xBC_t.dtype)  # (B, conv_dim, d_conv-1)
-        full = torch.cat([context, xBC_t], dim=-1)  # (B, conv_dim, d_conv-1+L)
-        out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        context = None
+        if cache is not None:  # the last d_conv - 1 inputs before this sequence
+            context = cache.conv_state[:, :, 1:].transpose(1, 2).to(xBC.dtype)
+        out = causal_conv(xBC, weight, self.conv1d.bias, context)  # (B, L, conv_dim)
         if cache is not None:
             history = torch.cat([cache.conv_state.to(xBC_t.dtype), xBC_t], dim=-1)
             cache.conv_state.copy_(history[:, :, -self.d_conv :])
-        return F.silu(out).transpose(1, 2)  # (B, L, conv_dim)
+        return F.silu(out)
 
     def forward(self, u: Tensor, cache: Mamba2Cache | None = None) -> Tensor:
         """u: (B, L, d_model) -> (B, L, d_model). With ``cache``, continue from and update it."""

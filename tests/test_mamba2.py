@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from model.causal_conv import causal_conv
 from model.mamba2 import (
     KERNELS_AVAILABLE,
     Mamba2,
@@ -60,6 +61,29 @@ def naive_ssd(x, dt, A, B, C, initial_state=None):
         h = h * dA + dBx
         ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
     return torch.stack(ys, dim=1), h
+
+
+@pytest.mark.parametrize("length", [1, 2, 7])
+@pytest.mark.parametrize("with_context", [False, True])
+def test_causal_conv_matches_conv1d_and_its_gradients_check(length: int, with_context: bool):
+    """The channels-last conv against PyTorch's depthwise conv1d on the zero- or
+    context-padded sequence, and its hand-written backward against finite differences
+    (lengths shorter than, equal to and longer than the kernel's reach)."""
+    torch.manual_seed(0)
+    b, c, k = 2, 5, 4
+    x = torch.randn(b, length, c, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(c, k, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(c, dtype=torch.float64, requires_grad=True)
+    context = torch.randn(b, k - 1, c, dtype=torch.float64, requires_grad=True)
+    before = context if with_context else torch.zeros_like(context)
+    full = torch.cat([before, x], 1).transpose(1, 2)  # (B, C, K - 1 + L)
+    expected = F.conv1d(full, weight[:, None], bias, groups=c).transpose(1, 2)
+    given = context if with_context else None
+    assert torch.allclose(causal_conv(x, weight, bias, given), expected, atol=1e-12)
+    inputs = (x, weight, bias, context) if with_context else (x, weight, bias)
+    assert torch.autograd.gradcheck(
+        lambda *a: causal_conv(*a[:3], a[3] if with_context else None), inputs
+    )
 
 
 def test_segsum_matches_naive() -> None:
