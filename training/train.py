@@ -52,6 +52,7 @@ from model.frames import Frames, controls_of
 from model.mamba2 import Mamba2Cache
 from model.world_model import WorldModel, WorldModelCache
 from training.dataset import GameDataset
+from training.host_memory import keep_freed_host_memory
 from training.losses import LossWeights, compute_losses
 
 log = logging.getLogger(__name__)
@@ -364,6 +365,8 @@ class Trainer:
         self.config, self.run_dir, self.device = config, Path(run_dir), torch.device(device)
         self.ranks = ranks or Distributed()
         self.rows = self.ranks.shard(config.batch_size)
+        if self.device.type == "cpu":  # a step's big temporaries then reuse last step's pages
+            keep_freed_host_memory()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model_config: ModelConfig = load_config(config.model)
         kwargs = dict(stages=config.stages, characters=config.characters)
