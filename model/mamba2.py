@@ -58,21 +58,6 @@ KERNELS_AVAILABLE = mamba_chunk_scan_combined is not None
 _FP32_PARAMS = ("A_log", "D", "dt_bias")
 
 
-def segsum(x: Tensor) -> Tensor:
-    """Stable segment sum: ``out[..., i, j] = sum(x[..., j+1 : i+1])`` for i >= j, else -inf.
-
-    Built as a cumulative sum of a masked copy rather than a difference of two cumulative sums,
-    so no large cumulative values are subtracted from each other.
-    """
-    T = x.size(-1)
-    x = x[..., None].expand(*x.shape, T)  # (..., T, T); x[..., i, j] = x_i
-    strict = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
-    x = x.masked_fill(~strict, 0.0)
-    out = torch.cumsum(x, dim=-2)  # (..., T, T)
-    keep = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(0)
-    return out.masked_fill(~keep, -math.inf)
-
-
 def ssd_chunked(
     x: Tensor,
     dt: Tensor,
@@ -128,7 +113,7 @@ def _ssd_chunked_fp32(
     # 1. Intra-chunk outputs (diagonal blocks): y = (C B^T * decay) x. Within one chunk the
     # segment sums are differences of the cumulative sum, as in mamba_ssm's kernels: over at
     # most chunk_size steps the fp32 rounding is far below the tests' tolerance, and the
-    # masked-cumsum form (`segsum`) cost four passes over this (b, c, g, r, l, s) tensor and
+    # paper's masked cumulative sum cost four passes over this (b, c, g, r, l, s) tensor and
     # as many in the backward (a third of a mamba2-large training step on CPU).
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     decay = (A_cs[..., :, None] - A_cs[..., None, :]).masked_fill(~causal, -math.inf).exp()
@@ -140,21 +125,29 @@ def _ssd_chunked_fp32(
     xw = xdt * decay_to_end.permute(0, 1, 4, 2, 3)[..., None]  # (b, c, l, g, r, p)
     states = torch.einsum("bclgn,bclgrp->bcgrpn", B, xw).reshape(b, c, H, P, N)
 
-    # 3. Inter-chunk recurrence over chunk boundaries (A terms).
-    if initial_state is None:
-        initial_state = x.new_zeros(b, H, P, N)
-    states = torch.cat([initial_state.float()[:, None], states], dim=1)  # (b, c+1, h, p, n)
-    chunk_decay = A_cs[..., -1].reshape(b, c, H).transpose(1, 2)  # (b, h, c)
-    chunk_decay = torch.exp(segsum(F.pad(chunk_decay, (1, 0))))  # (b, h, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)  # (b, c+1, h, p, n)
-    prev_states, final_state = states[:, :-1], states[:, -1]
+    # 3. Inter-chunk recurrence (A terms): the state entering each chunk, one chunk after
+    # another. A training window is one or two chunks, a prefill a few hundred of small
+    # states; as one product over a (c+1, c+1) decay matrix (the paper's listing) this cost
+    # a batched product of tiny matrices and copies of every state, 8% of a mamba2-large
+    # training step on CPU, where a chunk's update is one multiply-add.
+    chunk_decay = torch.exp(A_cs[..., -1]).reshape(b, c, H)[..., None, None]  # (b, c, h, 1, 1)
+    state = None if initial_state is None else initial_state.float()
+    entering = []  # (b, h, p, n) or None (zero) per chunk
+    for z in range(c):
+        entering.append(state)
+        state = states[:, z] if state is None else state * chunk_decay[:, z] + states[:, z]
+    final_state = state
 
-    # 4. State -> output within each chunk (C terms).
-    prev_states = prev_states.reshape(b, c, G, R, P, N)  # (b, c, g, r, p, n)
-    decay_from_start = torch.exp(A_cs).permute(0, 1, 4, 2, 3)[..., None]  # (b, c, l, g, r, 1)
-    y_off = torch.einsum("bclgn,bcgrpn->bclgrp", C, prev_states) * decay_from_start
+    # 4. State -> output within each chunk (C terms); a zero entering state adds nothing.
+    y = y_diag
+    if any(s is not None for s in entering):
+        zero = states.new_zeros(b, H, P, N)
+        prev_states = torch.stack([zero if s is None else s for s in entering], 1)
+        prev_states = prev_states.reshape(b, c, G, R, P, N)  # (b, c, g, r, p, n)
+        decay_from_start = torch.exp(A_cs).permute(0, 1, 4, 2, 3)[..., None]  # (b,c,l,g,r,1)
+        y = y + torch.einsum("bclgn,bcgrpn->bclgrp", C, prev_states) * decay_from_start
 
-    y = (y_diag + y_off).reshape(b, c * Q, H, P)[:, :L]  # (b, L, h, p)
+    y = y.reshape(b, c * Q, H, P)[:, :L]  # (b, L, h, p)
     return y, final_state
 
 

@@ -13,7 +13,6 @@ from model.mamba2 import (
     Mamba2,
     Mamba2Cache,
     causal_conv1d_fn,
-    segsum,
     ssd_chunked,
 )
 
@@ -84,17 +83,6 @@ def test_causal_conv_matches_conv1d_and_its_gradients_check(length: int, with_co
     assert torch.autograd.gradcheck(
         lambda *a: causal_conv(*a[:3], a[3] if with_context else None), inputs
     )
-
-
-def test_segsum_matches_naive() -> None:
-    x = torch.randn(3, 7, dtype=torch.float64)
-    out = segsum(x)
-    for i in range(7):
-        for j in range(7):
-            if j > i:
-                assert out[0, i, j] == float("-inf")
-            else:
-                assert torch.allclose(out[:, i, j], x[:, j + 1 : i + 1].sum(-1))
 
 
 @pytest.mark.parametrize("ngroups", [1, 2])
