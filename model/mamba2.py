@@ -310,6 +310,7 @@ class Mamba2(nn.Module):
         context = None
         if cache is not None:  # the last d_conv - 1 inputs before this sequence
             context = cache.conv_state[:, :, 1:].transpose(1, 2).to(xBC.dtype)
+            context = _saved_for_backward(context)  # the cache is overwritten below
         out = causal_conv(xBC, weight, self.conv1d.bias, context)  # (B, L, conv_dim)
         if cache is not None:
             history = torch.cat([cache.conv_state.to(xBC_t.dtype), xBC_t], dim=-1)
