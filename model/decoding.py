@@ -120,28 +120,22 @@ def _binary_targets(prev: Tensor) -> Tensor:
 def _add_copy_prior(
     players: Tensor, items: Tensor, prev_players: Tensor, prev_exists: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """The heads' output with the copy prior added (see COPY_PRIOR), as one scatter_add over
-    the players' columns (the previous class of every categorical head, every binary head)."""
+    """The players' output with the copy prior added (see COPY_PRIOR), as one scatter_add
+    over its columns (the previous class of every categorical head, every binary head), and
+    the `item_exists` logits with theirs."""
     c = _constants(players.device)
     first = _PREV[_CATEGORICAL[0].name]
     last_class = prev_players[..., first : first + len(_CATEGORICAL)].long()
     last_class = torch.minimum(last_class.clamp(min=0), c["class_max"])  # frame_spec.to_class
-    columns = torch.cat(
-        [
-            c["class_start"] + last_class,
-            c["binary_column"].expand_as(last_class[..., : len(_BINARY)]),
-        ],
-        -1,
-    )
+    binary_columns = c["binary_column"].expand(*last_class.shape[:-1], len(_BINARY))
+    columns = torch.cat([c["class_start"] + last_class, binary_columns], -1)
     binary_bonus = COPY_PRIOR * (2 * _binary_targets(prev_players) - 1)
     class_bonus = c["class_bonus"].expand_as(last_class)
     bonus = torch.cat([class_bonus, binary_bonus], -1).to(players.dtype)
     players = players.scatter_add(-1, columns, bonus)
-    exists = items[..., _ITEM_EXISTS] + COPY_PRIOR * (2 * prev_exists.float() - 1).to(items.dtype)
-    items = torch.cat(
-        [items[..., :_ITEM_EXISTS], exists.unsqueeze(-1), items[..., _ITEM_EXISTS + 1 :]], -1
-    )
-    return players, items
+    exists = items[..., _ITEM_EXISTS]
+    exists = exists + COPY_PRIOR * (2 * prev_exists.float() - 1).to(items.dtype)
+    return players, exists
 
 
 def with_copy_prior(preds: dict[str, Tensor], prev: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -149,10 +143,11 @@ def with_copy_prior(preds: dict[str, Tensor], prev: dict[str, Tensor]) -> dict[s
     player categorical and binary head and to `item_exists`. Both the losses and `decode`
     read predictions through it, so the raw logits only have to learn when a field changes."""
     players, items = head_outputs(preds)
-    players, items = _add_copy_prior(
-        players, items, _gather(prev, _PREV_FIELDS), prev["item_exists"]
-    )
-    return split_outputs(players, items)
+    prev_players = _gather(prev, _PREV_FIELDS)
+    players, exists = _add_copy_prior(players, items, prev_players, prev["item_exists"])
+    out = split_outputs(players, items)
+    out["item_exists"] = exists
+    return out
 
 
 def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -188,7 +183,7 @@ def decode(
     c = _constants(next(iter(prev.values())).device)
     prev_players = _gather(prev, _PREV_FIELDS)  # (*lead, 2, fields)
     players, items = head_outputs(preds)
-    players, items = _add_copy_prior(players, items, prev_players, prev["item_exists"])
+    players, exists_logit = _add_copy_prior(players, items, prev_players, prev["item_exists"])
 
     def prev_block(heads: list[HeadSpec]) -> Tensor:
         first = _PREV[heads[0].name]
@@ -246,7 +241,7 @@ def decode(
     if "frame" in prev:
         frame["frame"] = prev["frame"] + 1
 
-    exists = _pick_binary(items[..., _ITEM_EXISTS], temperature, generator)  # (*lead, slots)
+    exists = _pick_binary(exists_logit, temperature, generator)  # (*lead, slots)
     frame["item_exists"] = exists
     for spec in _ITEM_CATEGORICAL:
         start, stop = ITEM_COLUMNS[spec.name]

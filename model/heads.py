@@ -78,11 +78,18 @@ def split_outputs(players: Tensor, items: Tensor) -> Predictions:
         chunks = players[..., index, :].split(widths, dim=-1)
         for spec, chunk in zip(fs.PLAYER_HEADS, chunks, strict=True):
             out[f"{p}_{spec.name}"] = chunk if spec.kind is Head.CATEGORICAL else chunk[..., 0]
-    chunks = items.split([_width(s) for s in fs.ITEM_HEADS], dim=-1)
-    for spec, chunk in zip(fs.ITEM_HEADS, chunks, strict=True):
-        out[f"item_{spec.name}"] = chunk if spec.kind is Head.CATEGORICAL else chunk[..., 0]
+    out.update(item_outputs(items))
     out.raw = players, items
     return out
+
+
+def item_outputs(items: Tensor) -> dict[str, Tensor]:
+    """The item heads' tensor (*lead, width) as `item_<head>` views."""
+    chunks = items.split([_width(s) for s in fs.ITEM_HEADS], dim=-1)
+    return {
+        f"item_{spec.name}": chunk if spec.kind is Head.CATEGORICAL else chunk[..., 0]
+        for spec, chunk in zip(fs.ITEM_HEADS, chunks, strict=True)
+    }
 
 
 def head_outputs(preds: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ from model import frame_spec as fs
 from model import game_state as gs
 from model.decoding import with_copy_prior
 from model.frame_spec import Head
-from model.heads import head_targets
+from model.heads import head_outputs, head_targets, item_outputs
 
 # Smooth L1's quadratic zone, in scaled units, for the heads that positions are decoded from
 # (displacement residuals and velocity deltas). Most of their targets are exactly 0 or a
@@ -120,6 +120,7 @@ def compute_losses(
     """
     weights = weights or LossWeights()
     masks = masks or {}
+    _, items = head_outputs(preds)  # the item heads but `exists` have no copy prior
     preds = with_copy_prior(preds, prev)
     targets = head_targets(prev, target)
     exists = target["item_exists"]  # (B, T, slots)
@@ -130,6 +131,8 @@ def compute_losses(
     def present_rows(values: Tensor) -> Tensor:
         return values.flatten(0, exists.dim() - 1)[present]
 
+    present_items = item_outputs(present_rows(items))  # one gather for every item head
+
     total = torch.zeros((), device=target["frame"].device)
     per_head: dict[str, Tensor] = {}
     specs = [(f"{p}_{s.name}", s) for p in gs.PLAYERS for s in fs.PLAYER_HEADS]
@@ -139,7 +142,7 @@ def compute_losses(
         pred, goal = preds[key], targets[key]
         only_present = key.startswith("item_") and spec.name != "exists"
         if only_present:
-            pred, goal = present_rows(pred), present_rows(goal)
+            pred, goal = present_items[key], present_rows(goal)
         loss = _elementwise(spec, pred, goal, motion)  # (B, T), (B, T, slots) or (present,)
         weight = torch.ones_like(loss)
         # Positions are decoded as the previous position plus the predicted velocities plus
