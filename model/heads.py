@@ -64,9 +64,17 @@ def _drops_raw(method):
     return changed
 
 
-for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem", "setdefault"):
+for _name in (
+    "__setitem__",
+    "__delitem__",
+    "__ior__",
+    "clear",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+):
     setattr(Predictions, _name, _drops_raw(getattr(dict, _name)))
-Predictions.update = _drops_raw(dict.update)
 
 
 def split_outputs(players: Tensor, items: Tensor) -> Predictions:
