@@ -20,7 +20,8 @@ from torch import Tensor
 from model import frame_spec as fs
 from model import game_state as gs
 from model.frame_spec import Head, HeadSpec
-from model.heads import head_outputs, split_outputs
+from model.frames import player_columns
+from model.heads import head_outputs, head_width, split_outputs
 
 MIN_PERCENT_CHANGE = 0.5
 # Copy prior, in logits: categorical and binary fields mostly keep last frame's value (on the
@@ -35,9 +36,8 @@ def _columns(specs: tuple[HeadSpec, ...]) -> dict[str, tuple[int, int]]:
     """Where each head sits in a row of the heads' output: name -> (start, stop)."""
     out, start = {}, 0
     for spec in specs:
-        width = spec.vocab if spec.kind is Head.CATEGORICAL else 1
-        out[spec.name] = (start, start + width)
-        start += width
+        out[spec.name] = (start, start + head_width(spec))
+        start += head_width(spec)
     return out
 
 
@@ -102,12 +102,6 @@ def _constants(device: torch.device) -> dict[str, Tensor]:
         }
 
 
-def _gather(frame: dict[str, Tensor], names) -> Tensor:
-    """`<player>_<name>` columns as (*lead, 2, names), in float32 (integer ids are exact)."""
-    columns = [frame[f"{p}_{n}"] for p in gs.PLAYERS for n in names]
-    return torch.stack(columns, -1).unflatten(-1, (2, len(names))).float()
-
-
 def _binary_targets(prev: Tensor) -> Tensor:
     """`frame_spec.head_target` of each binary head, from the gathered previous frame."""
     targets = []
@@ -143,7 +137,7 @@ def with_copy_prior(preds: dict[str, Tensor], prev: dict[str, Tensor]) -> dict[s
     player categorical and binary head and to `item_exists`. Both the losses and `decode`
     read predictions through it, so the raw logits only have to learn when a field changes."""
     players, items = head_outputs(preds)
-    prev_players = _gather(prev, _PREV_FIELDS)
+    prev_players = player_columns(prev, _PREV_FIELDS).float()
     players, exists = _add_copy_prior(players, items, prev_players, prev["item_exists"])
     out = split_outputs(players, items)
     out["item_exists"] = exists
@@ -181,7 +175,7 @@ def decode(
     prior (`with_copy_prior`) is added here, so `preds` is the heads' raw output.
     """
     c = _constants(next(iter(prev.values())).device)
-    prev_players = _gather(prev, _PREV_FIELDS)  # (*lead, 2, fields)
+    prev_players = player_columns(prev, _PREV_FIELDS).float()  # (*lead, 2, fields)
     players, items = head_outputs(preds)
     players, exists_logit = _add_copy_prior(players, items, prev_players, prev["item_exists"])
 

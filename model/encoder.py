@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from model import frame_spec as fs
 from model import game_state as gs
 from model.config import ModelConfig
+from model.frames import player_columns
 
 
 class FrameEncoder(nn.Module):
@@ -71,16 +72,15 @@ class FrameEncoder(nn.Module):
         Both players go through each op together (a players axis of 2), so that one live step
         costs a few dozen tensor ops rather than a few hundred.
         """
-        players = gs.PLAYERS
-        floats = _gather(prev, players, fs.PLAYER_FLOAT_INPUTS).float()  # (*lead, 2, n_float)
+        floats = player_columns(prev, fs.PLAYER_FLOAT_INPUTS).float()  # (*lead, 2, n_float)
         floats = torch.minimum(floats, self.player_float_caps) / self.player_scales
-        binaries = _gather(prev, players, fs.PLAYER_BINARY_INPUTS)  # (*lead, 2, 2): facing, air
+        binaries = player_columns(prev, fs.PLAYER_BINARY_INPUTS)  # (*lead, 2, 2): facing, air
         binaries = torch.stack([binaries[..., 0] > 0, binaries[..., 1] != 0], -1).float()
-        ids = _gather(prev, players, self.player_categoricals).long()  # (*lead, 2, n_cat)
+        ids = player_columns(prev, self.player_categoricals).long()  # (*lead, 2, n_cat)
         ids = torch.minimum(ids.clamp(min=0), self.player_class_max) + self.player_offsets
         embedded = self.player_embedding(ids).flatten(-2)  # (*lead, 2, n_cat * embed)
-        sticks = _gather(controls, players, fs.CONTROLLER_FLOAT_INPUTS).float()  # (*lead, 2, 7)
-        buttons = _gather(controls, players, ("buttons",)).long()  # (*lead, 2, 1)
+        sticks = player_columns(controls, fs.CONTROLLER_FLOAT_INPUTS).float()  # (*lead, 2, 7)
+        buttons = player_columns(controls, ("buttons",)).long()  # (*lead, 2, 1)
         pressed = ((buttons & self.button_bits) != 0).float()  # (*lead, 2, n_buttons)
         per_player = torch.cat([floats, binaries, embedded, sticks, pressed], -1)
 
@@ -97,12 +97,6 @@ class FrameEncoder(nn.Module):
         # The model's dtype, read from an embedding: proj may be an int8 module without a
         # weight tensor (model.quantize), which takes fp32.
         return self.proj(features.to(self.stage_embedding.weight.dtype))  # (*lead, d_model)
-
-
-def _gather(frame: dict[str, Tensor], players, names) -> Tensor:
-    """Stack `<player>_<name>` columns into (*lead, players, names)."""
-    columns = [frame[f"{p}_{n}"] for p in players for n in names]
-    return torch.stack(columns, -1).unflatten(-1, (len(players), len(names)))
 
 
 def _offsets(vocabs: list[int]) -> tuple[Tensor, int]:

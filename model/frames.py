@@ -20,6 +20,13 @@ from model import game_state as gs
 Frames = dict[str, Tensor]
 
 
+def player_columns(frame: Mapping[str, Tensor], names) -> Tensor:
+    """Both players' `<player>_<name>` columns stacked into (*lead, 2, len(names)), so that
+    a field of both players goes through one op (the encoder, decoding)."""
+    columns = [frame[f"{p}_{n}"] for p in gs.PLAYERS for n in names]
+    return torch.stack(columns, -1).unflatten(-1, (len(gs.PLAYERS), len(names)))
+
+
 def frames_from_table(table: pa.Table) -> Frames:
     """All frames of one game: (T,) per scalar column, (T, ITEM_SLOTS) per item column."""
     frames: Frames = {}

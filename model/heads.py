@@ -26,19 +26,22 @@ from model.config import ModelConfig
 from model.frame_spec import Head
 
 
-def _width(spec: fs.HeadSpec) -> int:
+def head_width(spec: fs.HeadSpec) -> int:
+    """Columns of a head in the heads' output: its vocabulary if categorical, else one."""
     return spec.vocab if spec.kind is Head.CATEGORICAL else 1
+
+
+PLAYER_WIDTHS = [head_width(s) for s in fs.PLAYER_HEADS]
+ITEM_WIDTHS = [head_width(s) for s in fs.ITEM_HEADS]
 
 
 class FrameHeads(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.player_widths = [_width(s) for s in fs.PLAYER_HEADS]
-        self.player = nn.Linear(config.d_model, 2 * sum(self.player_widths))
+        self.player = nn.Linear(config.d_model, 2 * sum(PLAYER_WIDTHS))
         # Items: a per-slot hidden vector, then one head shared by all slots.
-        self.item_widths = [_width(s) for s in fs.ITEM_HEADS]
         self.item_hidden = nn.Linear(config.d_model, gs.ITEM_SLOTS * config.item_head_dim)
-        self.item_out = nn.Linear(config.item_head_dim, sum(self.item_widths))
+        self.item_out = nn.Linear(config.item_head_dim, sum(ITEM_WIDTHS))
 
     def forward(self, h: Tensor) -> Predictions:
         """h: (*lead, d_model) -> dict of predictions (see module docstring)."""
@@ -81,9 +84,8 @@ def split_outputs(players: Tensor, items: Tensor) -> Predictions:
     """The heads' two output tensors as predictions by name: `<player>_<head>` and
     `item_<head>`, (*lead,) or (*lead, vocab) per player head, with a slot axis for items."""
     out = Predictions()
-    widths = [_width(s) for s in fs.PLAYER_HEADS]
     for index, p in enumerate(gs.PLAYERS):
-        chunks = players[..., index, :].split(widths, dim=-1)
+        chunks = players[..., index, :].split(PLAYER_WIDTHS, dim=-1)
         for spec, chunk in zip(fs.PLAYER_HEADS, chunks, strict=True):
             out[f"{p}_{spec.name}"] = chunk if spec.kind is Head.CATEGORICAL else chunk[..., 0]
     out.update(item_outputs(items))
@@ -93,7 +95,7 @@ def split_outputs(players: Tensor, items: Tensor) -> Predictions:
 
 def item_outputs(items: Tensor) -> dict[str, Tensor]:
     """The item heads' tensor (*lead, width) as `item_<head>` views."""
-    chunks = items.split([_width(s) for s in fs.ITEM_HEADS], dim=-1)
+    chunks = items.split(ITEM_WIDTHS, dim=-1)
     return {
         f"item_{spec.name}": chunk if spec.kind is Head.CATEGORICAL else chunk[..., 0]
         for spec, chunk in zip(fs.ITEM_HEADS, chunks, strict=True)
