@@ -1,7 +1,8 @@
 """Live-step latency: encode + `WorldModel.step` + `decode` for a batch of B games, per frame.
 
     python bench/step.py [--config mamba2-large] [--batch 1,8,32] [--frames N] [--warmup N]
-                         [--threads N] [--compile] [--compile-mode MODE] [--checkpoint PATH]
+                         [--threads N] [--turn N] [--compile] [--compile-mode MODE]
+                         [--checkpoint PATH]
                          [--no-trace] [--int8]
                          [--json OUT]
 
@@ -18,7 +19,7 @@ adds rows for `torch.compile` of the whole step (minutes of compilation per batc
 On CUDA (when available) the timings are bracketed by `torch.cuda.synchronize()`, and the step
 is also timed replayed from a CUDA graph captured per batch size (`model.cuda_graph`); on CPU,
 run from the TorchScript trace that `Simulation` uses (`model.traced_step`; --no-trace skips),
-the eager and traced steps taking turns frame by frame so that they see the same machine;
+the eager and traced steps taking turns of --turn frames so that they see the same machine;
 --int8 adds the traced step of the model with int8 mixer and head weights (`model.quantize`)
 to them.
 --dtype bf16 stores the weights in bf16 (the recurrent state and residual stream stay fp32).
@@ -126,24 +127,31 @@ def time_live(
     warmup: int,
     timed: int,
     device: torch.device,
+    turn: int = 1,
 ) -> list[np.ndarray]:
     """Milliseconds per step of each of `steps` over `timed` steps after `warmup`, decoded
-    frames fed back. The steps take turns frame by frame, each with its own cache and frames,
-    so that a slow spell of a shared machine weighs on all of them alike."""
+    frames fed back. The steps take turns, `turn` frames at a time, each with its own cache and
+    frames, so that a slow spell of a shared machine weighs on all of them alike.
+
+    Turns of several frames rather than one, because a live server steps one model tick after
+    tick: frame by frame, each path would find its weights evicted from the caches by the
+    others' (two fp32 paths of mamba2-large stream 120 MB a round through a 32 MB L3), which
+    cost the int8 path, whose 15 MB could stay in L3, about a millisecond a step at batch 1."""
     prev, controls = live_inputs(frames, batch, warmup + timed, device)
     state = [(prev, model.allocate_inference_cache(batch, device=device)) for _ in steps]
     sync = sync_fn(device)
     times = [np.empty(timed) for _ in steps]
-    for s, ctrl in enumerate(controls):
+    for first in range(0, len(controls), turn):
         for i, step in enumerate(steps):
             prev, cache = state[i]
-            sync()
-            start = time.perf_counter()
-            prev = step(prev, ctrl, cache)
-            sync()
+            for s in range(first, min(first + turn, len(controls))):
+                sync()
+                start = time.perf_counter()
+                prev = step(prev, controls[s], cache)
+                sync()
+                if s >= warmup:
+                    times[i][s - warmup] = (time.perf_counter() - start) * 1e3
             state[i] = prev, cache
-            if s >= warmup:
-                times[i][s - warmup] = (time.perf_counter() - start) * 1e3
     return times
 
 
@@ -221,6 +229,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=500, help="timed steps per batch size")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps first")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--turn", type=int, default=25, help="frames each path steps before the next one's turn"
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument(
         "--compile-mode",
@@ -283,7 +294,14 @@ def main() -> None:
                     else:
                         paths["eager int8"] = make_step(quantized)
             runs = time_live(
-                list(paths.values()), model, frames, batch, args.warmup, args.frames, device
+                list(paths.values()),
+                model,
+                frames,
+                batch,
+                args.warmup,
+                args.frames,
+                device,
+                args.turn,
             )
             for path, live in zip(paths, runs, strict=True):
                 results["results"].append(result_row(batch, live, *bounds[batch], path))

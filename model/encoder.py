@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from model import frame_spec as fs
 from model import game_state as gs
 from model.config import ModelConfig
-from model.frames import player_columns
+from model.frames import player_columns, stacked_columns
 
 
 class FrameEncoder(nn.Module):
@@ -85,7 +85,7 @@ class FrameEncoder(nn.Module):
         per_player = torch.cat([floats, binaries, embedded, sticks, pressed], -1)
 
         stage = self.stage_embedding(fs.to_class("stage", prev["stage"]))  # (*lead, embed)
-        items = torch.stack([prev[f"item_{n}"].float() for n in fs.ITEM_FLOAT_INPUTS], -1)
+        items = stacked_columns(prev, [f"item_{n}" for n in fs.ITEM_FLOAT_INPUTS]).float()
         items = items / self.item_scales  # (*lead, slots, n_float)
         item_ids = torch.stack(
             [fs.to_class(n, prev[f"item_{n}"]) for n in fs.ITEM_CATEGORICAL_INPUTS], -1

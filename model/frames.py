@@ -7,6 +7,7 @@ and frame columns, (frames, ITEM_SLOTS) for the dense item columns (`item_exists
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from model import frame_spec as fs
 from model import game_state as gs
+from model.packed_frame import PackedFrame
 
 Frames = dict[str, Tensor]
 
@@ -23,8 +25,52 @@ Frames = dict[str, Tensor]
 def player_columns(frame: Mapping[str, Tensor], names) -> Tensor:
     """Both players' `<player>_<name>` columns stacked into (*lead, 2, len(names)), so that
     a field of both players goes through one op (the encoder, decoding)."""
-    columns = [frame[f"{p}_{n}"] for p in gs.PLAYERS for n in names]
-    return torch.stack(columns, -1).unflatten(-1, (len(gs.PLAYERS), len(names)))
+    keys = [f"{p}_{n}" for p in gs.PLAYERS for n in names]
+    return stacked_columns(frame, keys).unflatten(-1, (len(gs.PLAYERS), len(names)))
+
+
+def stacked_columns(frame: Mapping[str, Tensor], keys: list[str]) -> Tensor:
+    """The fields `keys` stacked along a new last axis, (*field shape, len(keys)), as
+    `torch.stack` would (mixed dtypes promoted).
+
+    From a `PackedFrame` they are gathered from its groups, one `index_select` per group,
+    rather than stacked one field at a time: in the live step's trace, a stack of 38 fields
+    is 38 row views, 38 unsqueezes and a cat, and the step's time is mostly such per-op
+    overhead (BENCHMARKS.md, "Live step latency")."""
+    if isinstance(frame, PackedFrame) and not frame.replaced:
+        return _gathered(frame, keys)
+    return torch.stack([frame[key] for key in keys], -1)
+
+
+def _gathered(frame: PackedFrame, keys: list[str]) -> Tensor:
+    where = [frame.position(key) for key in keys]
+    groups = list(dict.fromkeys(g for g, _ in where))
+    dtype = functools.reduce(torch.promote_types, [frame.packed[g].dtype for g in groups])
+    parts, order = [], []
+    for g in groups:
+        rows = [i for group, i in where if group == g]
+        block = frame.packed[g]
+        parts.append(block.index_select(0, _index(block.device, tuple(rows))).to(dtype))
+        order += [k for k, (group, _) in enumerate(where) if group == g]
+    gathered = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if order != sorted(order):  # back to the order of `keys`
+        gathered = gathered.index_select(0, _index(gathered.device, _inverse(order)))
+    return gathered.movedim(0, -1)
+
+
+def _inverse(order: list[int]) -> tuple[int, ...]:
+    inverse = [0] * len(order)
+    for position, k in enumerate(order):
+        inverse[k] = position
+    return tuple(inverse)
+
+
+@functools.lru_cache(maxsize=256)
+def _index(device: torch.device, rows: tuple[int, ...]) -> Tensor:
+    # Made outside inference mode: a trace keeps it as a constant, and eager autograd code
+    # may save it for a backward pass, which an inference tensor cannot be.
+    with torch.inference_mode(False):
+        return torch.tensor(rows, dtype=torch.long, device=device)
 
 
 def frames_from_table(table: pa.Table) -> Frames:

@@ -40,13 +40,6 @@ def pack(frame, layout: Layout) -> list[Tensor]:
     return [torch.stack([frame[key] for key in keys]) for keys in layout]
 
 
-def unpack(packed: list[Tensor], layout: Layout) -> dict[str, Tensor]:
-    frame = {}
-    for keys, group in zip(layout, packed, strict=True):
-        frame.update(zip(keys, group.unbind(0), strict=True))
-    return frame
-
-
 class PackedFrame(MutableMapping):
     def __init__(self, packed: list[Tensor], layout: Layout, order: list[str] | None = None):
         """`packed[g]` stacks the fields `layout[g]`; `order`: the fields' order when iterated

@@ -30,6 +30,7 @@ from torch import Tensor
 from model import game_state as gs
 from model.decoding import decode
 from model.frames import Frames, cast_to, controls_of, index
+from model.mamba2 import Mamba2Cache
 from model.packed_frame import PackedFrame
 from model.rules import (
     DEFAULT_TIMER_FRAMES,
@@ -422,14 +423,9 @@ def _rows_mask(mask: Tensor, like: Tensor) -> Tensor:
 
 
 def _cat_caches(a: WorldModelCache, b: WorldModelCache) -> WorldModelCache:
-    for la, lb in zip(a.layers, b.layers, strict=True):
-        la.conv_state = torch.cat([la.conv_state, lb.conv_state])
-        la.ssm_state = torch.cat([la.ssm_state, lb.ssm_state])
-    return a
+    layers = zip(a.layers, b.layers, strict=True)
+    return WorldModelCache([Mamba2Cache.cat([la, lb]) for la, lb in layers])
 
 
 def _select_cache(cache: WorldModelCache, keep: Tensor) -> WorldModelCache:
-    for layer in cache.layers:
-        layer.conv_state = layer.conv_state[keep]
-        layer.ssm_state = layer.ssm_state[keep]
-    return cache
+    return WorldModelCache([layer.rows(keep) for layer in cache.layers])

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from model.decoding import decode
 from model.frames import Frames, cast_to
 from model.mamba2 import Mamba2Cache
-from model.packed_frame import Layout, PackedFrame, layout_of, pack, unpack
+from model.packed_frame import Layout, PackedFrame, layout_of, pack
 from model.rules import RuleState, rule_step
 from model.world_model import WorldModel, WorldModelCache
 
@@ -67,8 +67,10 @@ class _LiveStep(nn.Module):
         rules: dict[str, Tensor] | None = None,
     ) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         prev_layout, controls_layout, out_layout = self.layouts
+        # Packed frames, read as dicts: a field is a view of its group made when first read,
+        # and a stack of fields is a gather from the groups (`frames.stacked_columns`).
         frame, codes = self.frame(
-            unpack(prev, prev_layout), unpack(controls, controls_layout), conv, ssm, rules
+            PackedFrame(prev, prev_layout), PackedFrame(controls, controls_layout), conv, ssm, rules
         )
         packed = pack(frame, out_layout)
         return packed if codes is None else (packed, codes)
@@ -86,11 +88,17 @@ class _LiveStep(nn.Module):
         if rules is None:
             return frame, None
         # The same ops as Simulation's eager step: cast, rules, cast.
-        dtypes = {k: v.dtype for k, v in prev.items()}
+        dtypes = _dtypes(prev)
         frame = cast_to(frame, dtypes)
         state = RuleState.from_tensors(rules)
         codes = rule_step(frame, state, prev, controls)
         return cast_to(frame, dtypes), codes
+
+
+def _dtypes(frame: Frames) -> dict[str, torch.dtype]:
+    if isinstance(frame, PackedFrame) and not frame.replaced:
+        return {key: dtype for key, dtype, _ in frame.field_types()}  # no view per field
+    return {key: value.dtype for key, value in frame.items()}
 
 
 class TracedStep:

@@ -156,6 +156,26 @@ def test_forward_equals_steps(nonzero_init: bool) -> None:
             assert max_diff(m(u), y_full) <= ATOL
 
 
+def test_cache_rows_keep_their_layout_and_any_layout_steps_alike() -> None:
+    m = make_module()
+    a, b = random_cache(m, 3, seed=1), random_cache(m, 2, seed=2)
+    joined = Mamba2Cache.cat([a, b])
+    picked = joined.rows(torch.tensor([4, 0, 2]))
+    for cache in (a, joined, picked):  # channels contiguous, as mamba_ssm lays the state out
+        assert cache.conv_state.transpose(1, 2).is_contiguous()
+    assert torch.equal(joined.conv_state, torch.cat([a.conv_state, b.conv_state]))
+    assert torch.equal(picked.ssm_state, joined.ssm_state[[4, 0, 2]])
+    assert torch.equal(picked.conv_state, joined.conv_state[[4, 0, 2]])
+    # The step reads and shifts the state the same way whatever its layout.
+    plain = Mamba2Cache(joined.conv_state.contiguous(), joined.ssm_state.clone())
+    u = torch.randn(5, 4, D_MODEL)
+    with torch.no_grad():
+        for t in range(4):
+            assert torch.equal(m.step(u[:, t], joined), m.step(u[:, t], plain))
+    assert torch.equal(joined.conv_state, plain.conv_state)
+    assert torch.equal(joined.ssm_state, plain.ssm_state)
+
+
 def test_prefill_then_step() -> None:
     m = make_module()
     u = torch.randn(2, 200, D_MODEL)

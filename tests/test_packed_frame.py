@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from model.config import ModelConfig
+from model.frames import player_columns, stacked_columns
 from model.packed_frame import PackedFrame
 from model.simulation import GameSetup, Simulation
 from model.world_model import WorldModel
@@ -55,3 +56,23 @@ def test_changes_to_a_packed_frame_are_read_back():
     assert np.array_equal(BatchCopy(packed).columns["p2_x"], BatchCopy(plain).columns["p2_x"])
     del packed["p2_x"]
     assert "p2_x" not in packed and "p2_x" not in list(packed)
+
+
+def test_fields_stacked_from_a_packed_frame_are_gathered_as_torch_stack_would():
+    packed = stepped_batch()
+    plain = dict(packed)
+    groups = {packed.position(key)[0] for key in ("p2_x", "p1_action", "p1_facing")}
+    assert len(groups) > 1  # float and int fields: two groups, promoted as a stack promotes
+    for keys in (
+        ["p2_x", "p1_action", "p1_percent", "p2_action", "p1_facing"],
+        ["p1_x", "p2_x"],
+        ["item_x", "item_y", "item_type"],
+    ):
+        gathered, stacked = stacked_columns(packed, keys), torch.stack([plain[k] for k in keys], -1)
+        assert gathered.dtype == stacked.dtype and torch.equal(gathered, stacked), keys
+    names = ["x", "action", "stocks"]
+    assert torch.equal(
+        player_columns(packed, names), player_columns(plain, names)
+    )  # (B, 2, 3) both ways
+    packed["p1_x"] = packed["p1_x"] + 1.0  # replaced: read field by field again
+    assert torch.equal(stacked_columns(packed, ["p1_x"])[..., 0], packed["p1_x"])
