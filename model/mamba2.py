@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.causal_conv import causal_conv
+from model.cpu_kernels import fused_step_ops
 
 try:  # Optional fused kernels; importing mamba_ssm can fail in many ways without a GPU.
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -384,9 +385,22 @@ class Mamba2(nn.Module):
         return self.out_proj(y)
 
     # ------------------------------------------------------------------ single step
-    def _ssm_step(
-        self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor
-    ) -> Tensor:
+    def _fused_ops(self, cache: Mamba2Cache):
+        """`torch.ops.playmodel` when this step can run the fused CPU kernels
+        (`model.cpu_kernels`): on a CPU, float32 weights and states in their usual layouts,
+        no gradient being recorded; else None."""
+        conv_state, weight = cache.conv_state, self.conv1d.weight
+        usable = (
+            conv_state.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and weight.dtype == conv_state.dtype == torch.float32
+            and self.conv1d.bias is not None
+            and conv_state.transpose(1, 2).is_contiguous()
+            and cache.ssm_state.is_contiguous()
+        )
+        return fused_step_ops() if usable else None
+
+    def _ssm_step(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, state: Tensor) -> Tensor:
         """state = exp(dt A) state + dt x B^T, in place; returns y = state C + D x.
 
         Works on a (B*G, R*P, N) view of the state (heads of one group share B and C) in place,
@@ -398,9 +412,10 @@ class Mamba2(nn.Module):
         """
         if torch.is_autocast_enabled(state.device.type):  # the state stays fp32 (training)
             with torch.autocast(device_type=state.device.type, enabled=False):
-                return self._ssm_step(x, dt, A, B, C, state)
+                return self._ssm_step(x, dt, B, C, state)
         b, G, N = B.shape[0], self.ngroups, self.d_state
         RP = (self.nheads // G) * self.headdim
+        A = -torch.exp(self.A_log.float())  # (H,)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, H)
         xf = x.float()  # (B, H, P)
         state.mul_(torch.exp(dt * A)[:, :, None, None])  # decay, (B, H, P, N)
@@ -421,9 +436,12 @@ class Mamba2(nn.Module):
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv)
         conv_state = cache.conv_state
+        fused = None if kernels else self._fused_ops(cache)
 
         if kernels and causal_conv1d_update is not None:
             xBC = causal_conv1d_update(xBC, conv_state, weight, self.conv1d.bias, "silu")
+        elif fused is not None:  # one pass over the conv state, SiLU included
+            xBC = fused.conv_step_(conv_state, xBC.float(), self.conv1d.weight, self.conv1d.bias)
         else:
             # Shift and sum on the state's memory layout, whole rows of channels at a time
             # (a cat and a sum along the d_conv axis of the (B, conv_dim, d_conv) view take
@@ -434,10 +452,10 @@ class Mamba2(nn.Module):
             xBC = (window.to(weight.dtype) * weight.t()).sum(dim=1) + self.conv1d.bias
             xBC = F.silu(xBC).to(u.dtype)  # (B, conv_dim)
         x, B, C = self._split_xBC(xBC)  # (B, H, P), (B, G, N), (B, G, N)
-        A = -torch.exp(self.A_log.float())  # (H,)
 
         if kernels and selective_state_update is not None:
             H, P, N = self.nheads, self.headdim, self.d_state
+            A = -torch.exp(self.A_log.float())  # (H,)
             y = selective_state_update(
                 cache.ssm_state,
                 x,
@@ -450,8 +468,12 @@ class Mamba2(nn.Module):
                 dt_bias=self.dt_bias[:, None].expand(H, P),  # (H, P)
                 dt_softplus=True,
             )
+        elif fused is not None:  # one pass over the SSM state, readout included
+            params = self.dt_bias.float(), self.A_log.float()
+            state, D = cache.ssm_state, self.D.float()
+            y = fused.ssm_step_(state, x.float(), dt.float(), *params, B.float(), C.float(), D)
         else:
-            y = self._ssm_step(x, dt, A, B, C, cache.ssm_state)  # (B, H, P)
+            y = self._ssm_step(x, dt, B, C, cache.ssm_state)  # (B, H, P)
         y = self.norm(y.flatten(-2), z).to(u.dtype)  # (B, d_inner)
         out = self.out_proj(y)  # (B, d_model)
         return out[:, None] if squeeze else out

@@ -1,0 +1,87 @@
+"""Fused CPU kernels for the live step, compiled from `model/csrc` the first time they are needed.
+
+Two kernels (`csrc/mamba2_step.cpp`), the halves of a Mamba-2 layer's recurrent step:
+`playmodel::conv_step_`, the causal conv with its state's shift, and `playmodel::ssm_step_`,
+the SSM, each as one pass over its state, where PyTorch ops make several passes and a few
+dozen small ops around them (BENCHMARKS.md, "Live step latency"). `Mamba2.step` calls them on
+a CPU when no gradient is being recorded (the live step, evaluation); training keeps the
+PyTorch ops, which autograd differentiates.
+
+The build takes under a minute, once per machine and torch version (torch caches it under
+~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR), and needs a C++ compiler and ninja. If
+it fails, a warning says why and the step runs as PyTorch ops; PLAYMODEL_CPU_KERNELS=0 skips
+the kernels (and their build) altogether. Their results agree with the PyTorch ops to float32
+rounding, not bit for bit: they fuse multiply-adds, and the SSM readout sums in another order.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCES = [Path(__file__).with_name("csrc") / "mamba2_step.cpp"]
+DISABLE_ENV = "PLAYMODEL_CPU_KERNELS"  # "0": PyTorch ops only
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _vector_flags() -> list[str]:
+    """AVX2 and FMA where this CPU has them (not -march=native: the build cache may be shared
+    with other machines, so its name says which instructions it was built for)."""
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= _cpu_flags() else []
+
+
+@functools.cache
+def fused_step_ops():
+    """`torch.ops.playmodel` (`conv_step_`, `ssm_step_`), built and loaded on first call; None
+    when disabled or when they cannot be built (with a warning, once)."""
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        return None
+    if not hasattr(torch.ops.playmodel, "ssm_step_"):
+        try:
+            _build()
+        except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a failed build: all alike
+            warnings.warn(
+                f"the fused CPU kernels of the Mamba-2 step could not be built ({e!s:.300}); "
+                f"the step runs as PyTorch ops, a little slower (set {DISABLE_ENV}=0 to skip "
+                "the attempt)",
+                stacklevel=3,
+            )
+            return None
+    return torch.ops.playmodel
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    flags = _vector_flags()
+    name = "playmodel_cpu_kernels" + ("_avx2" if flags else "")
+    built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    if not built.exists():
+        print(
+            "playmodel: building the fused CPU kernels of the Mamba-2 step (once per machine "
+            "and torch version, under a minute)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    cpp_extension.load(
+        name=name,
+        sources=[str(path) for path in SOURCES],
+        extra_cflags=["-O3", "-fopenmp-simd", *flags],
+        is_python_module=False,  # the library registers torch.ops.playmodel.*
+        verbose=False,
+    )
