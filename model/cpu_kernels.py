@@ -81,7 +81,10 @@ def _build() -> None:
     cpp_extension.load(
         name=name,
         sources=[str(path) for path in SOURCES],
-        extra_cflags=["-O3", "-fopenmp-simd", *flags],
+        # OpenMP, as torch's own build uses, so that at::parallel_for splits work over
+        # torch's threads; the library torch loaded (libgomp.so.1) is the one linked to.
+        extra_cflags=["-O3", "-fopenmp", *flags],
+        extra_ldflags=["-fopenmp"],
         is_python_module=False,  # the library registers torch.ops.playmodel.*
         verbose=False,
     )

@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -55,8 +56,9 @@ at::Tensor ssm_step(at::Tensor state, const at::Tensor& x, const at::Tensor& dt,
   const float* D_h = skip.data_ptr<float>();
   float* Y = y.data_ptr<float>();
   const int64_t heads_per_group = H / G;
-  // Rows of (batch, head): a thread takes whole heads, at least 64k state values apiece.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, P * N));
+  // Rows of (batch, head), split over torch's threads when there are at least 256k state
+  // values (1 MB) for each: below that, waking a thread costs more than it saves.
+  const int64_t grain = std::max<int64_t>(1, 262144 / std::max<int64_t>(1, P * N));
   at::parallel_for(0, b * H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t i = bh / H, h = bh % H, g = h / heads_per_group;
@@ -96,40 +98,45 @@ at::Tensor conv_step(at::Tensor state, const at::Tensor& x, const at::Tensor& we
   TORCH_CHECK(x.dim() == 2 && x.size(0) == b && x.size(1) == C && x.stride(1) == 1 &&
                   x.scalar_type() == at::kFloat,
               "conv_step_: x must be float32 (b, C) with contiguous rows");
-  TORCH_CHECK(weight.numel() == C * K && bias.numel() == C &&
+  TORCH_CHECK(weight.numel() == C * K && bias.numel() == C && weight.is_contiguous() &&
                   weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat,
-              "conv_step_: weight must be float32 (C, 1, K) and bias (C)");
-  const at::Tensor taps = weight.reshape({C, K}).t().contiguous();  // (K, C)
+              "conv_step_: weight must be float32 (C, 1, K), contiguous, and bias (C)");
+  // The taps as (K, C), so that each input row is weighed by a contiguous row of taps.
+  std::vector<float> taps(K * C);
+  const float* w = weight.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = 0; k < K; ++k) taps[k * C + c] = w[c * K + k];
+  }
   const at::Tensor shift = bias.contiguous();
   at::Tensor y = at::empty({b, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
   float* S = state.data_ptr<float>();
   const float* X = x.data_ptr<float>();
-  const float* W = taps.data_ptr<float>();
+  const float* W = taps.data();
   const float* bias_c = shift.data_ptr<float>();
   float* Y = y.data_ptr<float>();
   const int64_t x_row = x.stride(0);
-  for (int64_t i = 0; i < b; ++i) {
-    float* s = S + i * K * C;  // row k of this game's inputs: s + k * C
-    const float* xi = X + i * x_row;
-    float* yi = Y + i * C;
-    for (int64_t c = 0; c < C; ++c) yi[c] = 0.f;
-    for (int64_t k = 0; k + 1 < K; ++k) {  // the window's older inputs: rows 1..K-1
-      const float* row = s + (k + 1) * C;
-      const float* w = W + k * C;
+  // Games split over torch's threads when each gets at least 128k state values.
+  const int64_t grain = std::max<int64_t>(1, 131072 / std::max<int64_t>(1, K * C));
+  at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* s = S + i * K * C;  // row k of this game's inputs: s + k * C
+      const float* xi = X + i * x_row;
+      float* yi = Y + i * C;
+      for (int64_t c = 0; c < C; ++c) yi[c] = 0.f;
+      for (int64_t k = 0; k + 1 < K; ++k) {  // the window's older inputs: rows 1..K-1
+        const float* row = s + (k + 1) * C;
+        const float* wk = W + k * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yi[c] += row[c] * w[c];
-    }
-    const float* w_new = W + (K - 1) * C;
+        for (int64_t c = 0; c < C; ++c) yi[c] += row[c] * wk[c];
+      }
+      const float* w_new = W + (K - 1) * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yi[c] += xi[c] * w_new[c];
-    std::memmove(s, s + C, sizeof(float) * (K - 1) * C);
-    std::memcpy(s + (K - 1) * C, xi, sizeof(float) * C);
-    for (int64_t c = 0; c < C; ++c) {
-      const float v = yi[c] + bias_c[c];
-      yi[c] = v / (1.f + std::exp(-v));
+      for (int64_t c = 0; c < C; ++c) yi[c] = yi[c] + xi[c] * w_new[c] + bias_c[c];
+      std::memmove(s, s + C, sizeof(float) * (K - 1) * C);
+      std::memcpy(s + (K - 1) * C, xi, sizeof(float) * C);
     }
-  }
-  return y;
+  });
+  return at::silu_(y);  // ATen's vectorised SiLU: a scalar exp per channel costs more
 }
 
 }  // namespace
