@@ -273,6 +273,9 @@ def main() -> None:
         "results": [],
     }
 
+    def timed(steps: list[StepFn], batch: int, turn: int = 1) -> list[np.ndarray]:
+        return time_live(steps, model, frames, batch, args.warmup, args.frames, device, turn)
+
     step = make_step(model)
     bounds = {}  # batch -> (streamed, hot) matmul times
     with torch.inference_mode():
@@ -293,29 +296,12 @@ def main() -> None:
                         paths["traced int8"] = int8
                     else:
                         paths["eager int8"] = make_step(quantized)
-            runs = time_live(
-                list(paths.values()),
-                model,
-                frames,
-                batch,
-                args.warmup,
-                args.frames,
-                device,
-                args.turn,
-            )
+            runs = timed(list(paths.values()), batch, args.turn)
             for path, live in zip(paths, runs, strict=True):
                 results["results"].append(result_row(batch, live, *bounds[batch], path))
         if device.type == "cuda" and not args.no_cuda_graph:
             for batch in batches:
-                (live,) = time_live(
-                    [graph_step(model, frames, batch, device)],
-                    model,
-                    frames,
-                    batch,
-                    args.warmup,
-                    args.frames,
-                    device,
-                )
+                (live,) = timed([graph_step(model, frames, batch, device)], batch)
                 results["results"].append(result_row(batch, live, *bounds[batch], "cuda graph"))
         if args.compile:
             for batch in batches:
@@ -323,9 +309,7 @@ def main() -> None:
                 start = time.perf_counter()
                 try:
                     compiled = torch.compile(step, mode=args.compile_mode, dynamic=False)
-                    (live,) = time_live(
-                        [compiled], model, frames, batch, args.warmup, args.frames, device
-                    )
+                    (live,) = timed([compiled], batch)
                 except Exception as e:  # noqa: BLE001 - any compiler failure: report and go on
                     print(f"note: torch.compile failed at batch {batch}, eager only: {e!r:.300}")
                     continue
