@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 
 SOURCES = [Path(__file__).with_name("csrc") / "mamba2_step.cpp"]
 DISABLE_ENV = "PLAYMODEL_CPU_KERNELS"  # "0": PyTorch ops only
+_BUILD_LOCK = threading.Lock()
 
 
 def _cpu_flags() -> set[str]:
@@ -51,17 +53,20 @@ def fused_step_ops():
     when disabled or when they cannot be built (with a warning, once)."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return None
-    if not hasattr(torch.ops.playmodel, "ssm_step_"):
-        try:
-            _build()
-        except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a failed build: all alike
-            warnings.warn(
-                f"the fused CPU kernels of the Mamba-2 step could not be built ({e!s:.300}); "
-                f"the step runs as PyTorch ops, a little slower (set {DISABLE_ENV}=0 to skip "
-                "the attempt)",
-                stacklevel=3,
-            )
-            return None
+    # functools.cache does not stop two threads' first calls from racing (a server's device
+    # thread and a session's prefill), and the library may be loaded only once per process.
+    with _BUILD_LOCK:
+        if not hasattr(torch.ops.playmodel, "ssm_step_"):
+            try:
+                _build()
+            except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a failed build
+                warnings.warn(
+                    f"the fused CPU kernels of the Mamba-2 step could not be built "
+                    f"({e!s:.300}); the step runs as PyTorch ops, a little slower (set "
+                    f"{DISABLE_ENV}=0 to skip the attempt)",
+                    stacklevel=3,
+                )
+                return None
     return torch.ops.playmodel
 
 
