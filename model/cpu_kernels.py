@@ -1,11 +1,12 @@
 """Fused CPU kernels for the live step, compiled from `model/csrc` the first time they are needed.
 
-Two kernels (`csrc/mamba2_step.cpp`), the halves of a Mamba-2 layer's recurrent step:
+Three kernels (`csrc/mamba2_step.cpp`) for a Mamba-2 layer's recurrent step:
 `playmodel::conv_step_`, the causal conv with its state's shift, and `playmodel::ssm_step_`,
 the SSM, each as one pass over its state, where PyTorch ops make several passes and a few
-dozen small ops around them (BENCHMARKS.md, "Live step latency"). `Mamba2.step` calls them on
-a CPU when no gradient is being recorded (the live step, evaluation); training keeps the
-PyTorch ops, which autograd differentiates.
+dozen small ops around them (BENCHMARKS.md, "Live step latency"); and `playmodel::rms_norm`,
+the block's RMSNorm and the mixer's gated one, one op each instead of about seven.
+`Mamba2.step` and `Block.step` call them on a CPU when no gradient is being recorded (the
+live step, evaluation); training keeps the PyTorch ops, which autograd differentiates.
 
 The build takes under a minute, once per machine and torch version (torch caches it under
 ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR), and needs a C++ compiler and ninja. If
@@ -56,7 +57,7 @@ def fused_step_ops():
     # functools.cache does not stop two threads' first calls from racing (a server's device
     # thread and a session's prefill), and the library may be loaded only once per process.
     with _BUILD_LOCK:
-        if not hasattr(torch.ops.playmodel, "ssm_step_"):
+        if not hasattr(torch.ops.playmodel, "rms_norm"):
             try:
                 _build()
             except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a failed build

@@ -474,6 +474,10 @@ class Mamba2(nn.Module):
             y = fused.ssm_step_(state, x.float(), dt.float(), *params, B.float(), C.float(), D)
         else:
             y = self._ssm_step(x, dt, B, C, cache.ssm_state)  # (B, H, P)
-        y = self.norm(y.flatten(-2), z).to(u.dtype)  # (B, d_inner)
+        if fused is not None:  # the gated norm in one op
+            norm = self.norm
+            y = fused.rms_norm(y.flatten(-2), z, norm.weight, norm.group_size, norm.eps)
+        else:
+            y = self.norm(y.flatten(-2), z).to(u.dtype)  # (B, d_inner)
         out = self.out_proj(y)  # (B, d_model)
         return out[:, None] if squeeze else out

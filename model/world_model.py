@@ -61,7 +61,11 @@ class Block(nn.Module):
         return x + self.mixer(h, cache).float()
 
     def step(self, x: Tensor, cache: Mamba2Cache) -> Tensor:
-        h = self.norm(x).to(self.mixer.conv1d.weight.dtype)
+        fused = self.mixer._fused_ops(cache) if x.dim() == 2 else None
+        if fused is not None:  # the fused CPU kernels' RMSNorm, one op (model.cpu_kernels)
+            h = fused.rms_norm(x, None, self.norm.weight, x.shape[-1], self.norm.eps)
+        else:
+            h = self.norm(x).to(self.mixer.conv1d.weight.dtype)
         return x + self.mixer.step(h, cache).float()
 
 

@@ -10,9 +10,9 @@ import torch
 
 from model import cpu_kernels, mamba2
 from model.config import ModelConfig
-from model.mamba2 import Mamba2, Mamba2Cache
+from model.mamba2 import Mamba2, Mamba2Cache, RMSNormGated
 from model.simulation import GameSetup, Simulation
-from model.world_model import WorldModel
+from model.world_model import RMSNorm, WorldModel
 
 pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None or shutil.which("ninja") is None,
@@ -52,6 +52,22 @@ def test_a_fused_step_is_the_pytorch_step(ngroups: int):
     torch.testing.assert_close(fused.conv_state, plain.conv_state, atol=0, rtol=0)  # a copy
 
 
+@pytest.mark.parametrize("group_size", [48, 16])
+def test_the_fused_norms_are_the_modules(group_size: int):
+    ops = fused_ops()
+    torch.manual_seed(0)
+    gated, plain = RMSNormGated(48, group_size=group_size), RMSNorm(48)
+    for norm in (gated, plain):
+        norm.weight.data.uniform_(0.5, 1.5)
+    zxd = torch.randn(6, 100)  # x and z as strided views, as the step splits them
+    x, z = zxd[:, :48], zxd[:, 48:96]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ops.rms_norm(x, z, gated.weight, group_size, gated.eps), gated(x, z)
+        )
+        torch.testing.assert_close(ops.rms_norm(x, None, plain.weight, 48, plain.eps), plain(x))
+
+
 def test_the_live_trace_records_the_kernels_and_plays_as_the_pytorch_ops_do(monkeypatch):
     fused_ops()
     config = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16)
@@ -67,6 +83,7 @@ def test_the_live_trace_records_the_kernels_and_plays_as_the_pytorch_ops_do(monk
         graph = str(sim._traced.module.graph)
         assert ("playmodel::ssm_step_" in graph) == use
         assert ("playmodel::conv_step_" in graph) == use
+        assert ("playmodel::rms_norm" in graph) == use
         frames[use] = dict(sim.batch_frame)
     # The model's state drifts by float32 rounding; the frames it decodes stay the same.
     for key, value in frames[True].items():
@@ -88,6 +105,8 @@ def test_bad_inputs_are_refused_with_a_message():
         ops.conv_step_(conv.contiguous(), torch.zeros(2, 12), weight, bias)
     with pytest.raises(RuntimeError, match="float32"):
         ops.conv_step_(conv, torch.zeros(2, 12, dtype=torch.float64), weight, bias)
+    with pytest.raises(RuntimeError, match="split into groups"):
+        ops.rms_norm(torch.zeros(2, 12), None, bias, 5, 1e-5)
 
 
 def test_the_kernels_can_be_turned_off(monkeypatch):

@@ -139,6 +139,56 @@ at::Tensor conv_step(at::Tensor state, const at::Tensor& x, const at::Tensor& we
   return at::silu_(y);  // ATen's vectorised SiLU: a scalar exp per channel costs more
 }
 
+// RMSNorm over groups of `group_size` channels of x (b, D), float32 rows with unit stride:
+// x * rsqrt(mean(x^2) + eps) * weight, where x is first gated by silu(z) when z (b, D) is
+// given (mamba_ssm's gated norm, `RMSNormGated`; without z, a block's `RMSNorm`).
+at::Tensor rms_norm(const at::Tensor& x, const c10::optional<at::Tensor>& z,
+                    const at::Tensor& weight, int64_t group_size, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kFloat,
+              "rms_norm: x must be float32 (b, D) with contiguous rows");
+  const int64_t b = x.size(0), D = x.size(1);
+  TORCH_CHECK(group_size > 0 && D % group_size == 0, "rms_norm: D must split into groups");
+  TORCH_CHECK(weight.numel() == D && weight.scalar_type() == at::kFloat,
+              "rms_norm: weight must be float32 (D)");
+  at::Tensor gate;
+  if (z.has_value()) {
+    TORCH_CHECK(z->sizes() == x.sizes() && z->scalar_type() == at::kFloat,
+                "rms_norm: z must be float32 and shaped like x");
+    gate = at::silu(*z).contiguous();  // ATen's vectorised SiLU
+  }
+  const at::Tensor w = weight.contiguous();
+  at::Tensor out = at::empty({b, D}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* X = x.data_ptr<float>();
+  const float* G = gate.defined() ? gate.data_ptr<float>() : nullptr;
+  const float* W = w.data_ptr<float>();
+  float* O = out.data_ptr<float>();
+  const int64_t x_row = x.stride(0);
+  const float inv_size = 1.f / static_cast<float>(group_size);
+  const float epsilon = static_cast<float>(eps);
+  for (int64_t i = 0; i < b; ++i) {
+    const float* xi = X + i * x_row;
+    float* oi = O + i * D;
+    if (G != nullptr) {
+      const float* gi = G + i * D;
+#pragma omp simd
+      for (int64_t c = 0; c < D; ++c) oi[c] = xi[c] * gi[c];
+    } else {
+      std::memcpy(oi, xi, sizeof(float) * D);
+    }
+    for (int64_t start = 0; start < D; start += group_size) {
+      float* v = oi + start;
+      float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t c = 0; c < group_size; ++c) squares += v[c] * v[c];
+      const float scale = 1.f / std::sqrt(squares * inv_size + epsilon);
+      const float* wg = W + start;
+#pragma omp simd
+      for (int64_t c = 0; c < group_size; ++c) v[c] = v[c] * scale * wg[c];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(playmodel, m) {
@@ -146,9 +196,11 @@ TORCH_LIBRARY(playmodel, m) {
       "ssm_step_(Tensor(a!) state, Tensor x, Tensor dt, Tensor dt_bias, Tensor A_log, "
       "Tensor B, Tensor C, Tensor D) -> Tensor");
   m.def("conv_step_(Tensor(a!) state, Tensor x, Tensor weight, Tensor bias) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor? z, Tensor weight, int group_size, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(playmodel, CPU, m) {
   m.impl("ssm_step_", &ssm_step);
   m.impl("conv_step_", &conv_step);
+  m.impl("rms_norm", &rms_norm);
 }
