@@ -50,7 +50,7 @@ def _vector_flags() -> list[str]:
 
 @functools.cache
 def fused_step_ops():
-    """`torch.ops.playmodel` (`conv_step_`, `ssm_step_`), built and loaded on first call; None
+    """`torch.ops.playmodel` (`conv_step_`, `ssm_step_`, `rms_norm`), loaded on first call; None
     when disabled or when they cannot be built (with a warning, once)."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return None
