@@ -88,17 +88,11 @@ class _LiveStep(nn.Module):
         if rules is None:
             return frame, None
         # The same ops as Simulation's eager step: cast, rules, cast.
-        dtypes = _dtypes(prev)
+        dtypes = {k: v.dtype for k, v in prev.items()}
         frame = cast_to(frame, dtypes)
         state = RuleState.from_tensors(rules)
         codes = rule_step(frame, state, prev, controls)
         return cast_to(frame, dtypes), codes
-
-
-def _dtypes(frame: Frames) -> dict[str, torch.dtype]:
-    if isinstance(frame, PackedFrame) and not frame.replaced:
-        return {key: dtype for key, dtype, _ in frame.field_types()}  # no view per field
-    return {key: value.dtype for key, value in frame.items()}
 
 
 class TracedStep:

@@ -1,5 +1,5 @@
 // One recurrent step of a Mamba-2 layer on a CPU: its causal conv and its SSM, each as a
-// single pass over its state.
+// single pass over its state, and its RMSNorms, each as one op.
 //
 // The PyTorch ops of `Mamba2.step` make several passes over each state: for the SSM, the decay
 // (`mul_`), the rank-1 update (`addcmul_`) and the readout (`bmm`); for the conv, a cat, a
@@ -7,8 +7,8 @@
 // 75 MB, more than the L3 cache, so each pass streams it from memory; at batch 1 the dozens
 // of small ops cost more than their arithmetic. These kernels read each row of a state once,
 // update it in place and compute the output while it is in registers. They are registered as
-// the operators `playmodel::ssm_step_` and `playmodel::conv_step_`, so that a TorchScript
-// trace records them (`model/cpu_kernels.py` builds and loads them).
+// the operators `playmodel::ssm_step_`, `playmodel::conv_step_` and `playmodel::rms_norm`, so
+// that a TorchScript trace records them (`model/cpu_kernels.py` builds and loads them).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
