@@ -23,6 +23,7 @@ Each KO, respawn and game end is reported as an `Event`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -144,6 +145,23 @@ class RuleState:
         return RuleState(**tensors)
 
 
+@functools.lru_cache(maxsize=8)
+def _constants(device: torch.device) -> dict[str, Tensor]:
+    """The rules' constant tensors, made once per device: a CUDA graph capture refuses a
+    host-to-device copy, and a trace keeps them as constants. Made outside inference mode, as
+    the tensors of `model.decoding._constants` are."""
+    with torch.inference_mode(False):
+        return {
+            # How far outside the blast zones a position may be: left, right, bottom, top.
+            "margins": torch.tensor(
+                [-POSITION_MARGIN, POSITION_MARGIN, -POSITION_MARGIN, POSITION_MARGIN],
+                device=device,
+            ),
+            # The DEAD_* action of each zone, in ZONES order.
+            "dead_actions": torch.tensor([float(DEAD_ACTIONS[z]) for z in ZONES], device=device),
+        }
+
+
 class _Players:
     """A frame's player fields as (B, 2) tensors, stacked over the players on first read and
     written back as per-player columns by `write_back`. The rules then make one op for both
@@ -172,9 +190,8 @@ def _clamp(frame: dict[str, Tensor], players: _Players, rules: RuleState) -> Non
     """Rule 1, in place: every field of a (B,) frame within its legal range."""
     for name, (low, high) in LIMITS.items():
         players[name] = players[name].clamp(low, high)
-    bounds = rules.blast[:, None, :] + rules.blast.new_tensor(
-        [-POSITION_MARGIN, POSITION_MARGIN, -POSITION_MARGIN, POSITION_MARGIN]
-    )  # (B, 1, 4): left, right, bottom, top
+    margins = _constants(rules.blast.device)["margins"]
+    bounds = rules.blast[:, None, :] + margins  # (B, 1, 4): left, right, bottom, top
     players["x"] = torch.minimum(torch.maximum(players["x"], bounds[..., 0]), bounds[..., 1])
     players["y"] = torch.minimum(torch.maximum(players["y"], bounds[..., 2]), bounds[..., 3])
     for name, (low, high) in ITEM_LIMITS.items():
@@ -328,8 +345,7 @@ def rule_step(
         before = _Players(prev)
         _hold_entry(frame, players, before)
         _keep_above_main_stage(players, before, rules)
-    # The DEAD_* action of each zone, in ZONES order.
-    dead_actions = rules.dead_at.new_tensor([float(DEAD_ACTIONS[z]) for z in ZONES])
+    dead_actions = _constants(rules.dead_at.device)["dead_actions"]
     x, y = players["x"], players["y"]  # (B, 2)
     blast = rules.blast[:, None, :]  # (B, 1, 4): left, right, bottom, top
     beyond = torch.stack(
@@ -399,9 +415,12 @@ def _hold_dead(players: _Players, mask: Tensor, dead_at: Tensor) -> None:
 def _respawn(players: _Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
     """Put the masked players on their revival platform at 0%, still, invulnerable."""
 
-    def put(name: str, value) -> None:
+    def put(name: str, value: Tensor | float) -> None:
+        # A number stays a number (a scalar operand): made into a tensor it would be a
+        # host-to-device copy, which a CUDA graph capture refuses.
         old = players[name]
-        value = torch.as_tensor(value, dtype=old.dtype, device=old.device)
+        if isinstance(value, Tensor):
+            value = value.to(old.dtype)
         players[name] = torch.where(mask, value, old)
 
     put("x", x)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from model import game_state as gs
+from model.cuda_graph import GraphedLiveStep
 from model.decoding import decode
 from model.frames import Frames, cast_to, controls_of, index
 from model.mamba2 import Mamba2Cache
@@ -40,7 +41,7 @@ from model.rules import (
     events_from_codes,
 )
 from model.stages import get_stage, spawn_points_for
-from model.traced_step import TracedStep, traced_step
+from model.traced_step import TracedStep, copy_of_state, live_layouts, traced_step
 from model.world_model import WorldModel, WorldModelCache
 
 ENTRY_ACTION = 322  # ENTRY: every replay starts with both players in it at frame -123
@@ -95,9 +96,10 @@ class Simulation:
         cuda_graphs: bool = False,
         trace: bool = True,
     ):
-        """`cuda_graphs`: on CUDA with argmax decoding, replay each step from a CUDA graph
-        captured per batch-size bucket (1, 2, 4, ... 256 games; the batch is padded up to its
-        bucket). Falls back to eager steps, with a warning, if a capture fails.
+        """`cuda_graphs`: on CUDA with argmax decoding, replay each step, rules included,
+        from a CUDA graph captured per batch-size bucket (1, 2, 4, ... 256 games; the batch is
+        padded up to its bucket; `model.cuda_graph.GraphedLiveStep`). Falls back to eager
+        steps, with a warning, if a capture fails.
 
         `trace`: on CPU with argmax decoding, run the model step and decoding from a
         TorchScript trace of them (`model.traced_step`): the same frames, bit for bit, 1.4-1.7x
@@ -108,7 +110,7 @@ class Simulation:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and temperature <= 0
         self.trace = trace and self.device.type == "cpu" and temperature <= 0
         self._traced: TracedStep | None = None
-        self._graphs: dict[int, object] = {}
+        self._graphed: GraphedLiveStep | None = None
         self.game_ids: list[int] = []
         self._setups: dict[int, GameSetup] = {}
         self._generators: dict[int, torch.Generator] = {}
@@ -229,15 +231,12 @@ class Simulation:
             # Finished games stay on their last frame: the rare step with one in the batch
             # runs eagerly, so that the trace need not copy every field back every step.
             any_over = bool(rules.over.any())
-            if self.trace and not any_over and (traced := self._traced_step(prev, ctrl)):
-                frame, codes = traced(prev, ctrl, self._cache, rules)
+            if not any_over and (fast := self._fast_step(prev, ctrl)):
+                frame, codes = fast(prev, ctrl, self._cache, rules)
                 events = events_from_codes(codes, frame, rules)
             else:
-                if self.cuda_graphs:
-                    frame = self._cast(self._graph_step(prev, ctrl))
-                else:
-                    preds = self.model.step(prev, ctrl, self._cache)
-                    frame = self._cast(self._decode(preds, prev, ctrl))
+                preds = self.model.step(prev, ctrl, self._cache)
+                frame = self._cast(self._decode(preds, prev, ctrl))
                 if any_over:
                     frame = {
                         k: torch.where(_rows_mask(rules.over, v), prev[k], v)
@@ -263,45 +262,30 @@ class Simulation:
             blocks.append(torch.tensor(rows, dtype=self._dtypes[keys[0]], device=self.device))
         return PackedFrame(blocks, self._control_layout)
 
-    def _traced_step(self, prev: Frames, ctrl: Frames) -> TracedStep | None:
-        if self._traced is None:
-            self._traced = traced_step(self.model, prev, ctrl, self._cache, self._rules)
-            self.trace = self._traced is not None
-        return self._traced
-
-    def _graph_step(self, prev: Frames, ctrl: Frames) -> Frames:
-        """model.step + decode replayed from the CUDA graph of this batch's size bucket. The
-        graph owns fixed tensors: inputs and cache rows are copied in (padding rows repeat
-        the first game), and the new frame and cache rows copied out."""
-        from model.cuda_graph import CudaGraphStep
-
-        size = len(self.game_ids)
-        bucket = 1 << (size - 1).bit_length()
-        if bucket > MAX_GRAPH_BATCH:
-            return self._decode(self.model.step(prev, ctrl, self._cache), prev, ctrl)
-
-        def pad(t: Tensor) -> Tensor:
-            if bucket == size:
-                return t
-            return torch.cat([t, t[:1].expand(bucket - size, *t.shape[1:])])
-
-        prev_p = {k: pad(v) for k, v in prev.items()}
-        ctrl_p = {k: pad(v) for k, v in ctrl.items()}
-        graph = self._graphs.get(bucket)
-        if graph is None:
-            try:
-                graph = self._graphs[bucket] = CudaGraphStep(self.model, prev_p, ctrl_p)
-            except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly instead
-                warnings.warn(f"CUDA graph capture failed ({e}); stepping eagerly", stacklevel=2)
+    def _fast_step(self, prev: Frames, ctrl: Frames) -> TracedStep | GraphedLiveStep | None:
+        """The step with the rules in one call, where there is one: the trace on CPU, the
+        CUDA graph of the batch's bucket on CUDA; None: step eagerly."""
+        if self.trace:
+            if self._traced is None:
+                self._traced = traced_step(self.model, prev, ctrl, self._cache, self._rules)
+                self.trace = self._traced is not None
+            return self._traced
+        if not self.cuda_graphs or len(self.game_ids) > MAX_GRAPH_BATCH:
+            return None
+        if self._graphed is None:
+            layouts, order = live_layouts(self.model, prev, ctrl, self._cache, self._rules)
+            self._graphed = GraphedLiveStep(self.model, layouts, order)
+        bucket = 1 << (len(self.game_ids) - 1).bit_length()
+        if bucket not in self._graphed.graphs:
+            try:  # capture now, on copies of the state, so that a failure changes nothing
+                conv, ssm, rules = copy_of_state(self._cache, self._rules)
+                cache = WorldModelCache([Mamba2Cache(c, s) for c, s in zip(conv, ssm, strict=True)])
+                self._graphed(prev, ctrl, cache, RuleState.from_tensors(rules))
+            except Exception as e:  # noqa: BLE001 - any capture failure: step eagerly instead
+                warnings.warn(f"CUDA graph capture failed ({e}); stepping eagerly", stacklevel=3)
                 self.cuda_graphs = False
-                return self._decode(self.model.step(prev, ctrl, self._cache), prev, ctrl)
-        ours, theirs = self._cache.tensors(), graph.cache.tensors()
-        for key, tensor in ours.items():
-            theirs[key][:size].copy_(tensor)
-        out = graph.replay(prev_p, ctrl_p)
-        for key, tensor in ours.items():
-            tensor.copy_(theirs[key][:size])
-        return {k: v[:size].clone() for k, v in out.items()}
+                return None
+        return self._graphed
 
     def _cast(self, frame: Frames) -> Frames:
         return cast_to(frame, self._dtypes)

@@ -42,7 +42,7 @@ from model.rules import RuleState, rule_step
 from model.world_model import WorldModel, WorldModelCache
 
 
-class _LiveStep(nn.Module):
+class LiveStep(nn.Module):
     """model.step + argmax decode; with `rules` (RuleState's tensors), then the cast to the
     previous frame's dtypes and the rules, returning the frame and the event codes.
 
@@ -185,20 +185,10 @@ def traced_step(
     if signature in kept:
         return kept[signature]
 
-    def copy_of_state():  # the trace runs the step, and the rules, in place: on copies
-        conv = [c.conv_state.clone() for c in cache.layers]
-        ssm = [c.ssm_state.clone() for c in cache.layers]
-        copied = None if rules is None else {k: v.clone() for k, v in rules.tensors().items()}
-        return conv, ssm, copied
-
     try:
-        with torch.inference_mode():  # the output's fields, from one eager step on copies
-            frame = _LiveStep(model, [], [], []).frame(prev, controls, *copy_of_state())[0]
-        layouts = layout_of(prev), layout_of(controls), layout_of(frame)
-        if sorted(map(sorted, layouts[2])) == sorted(map(sorted, layouts[0])):
-            layouts = layouts[0], layouts[1], layouts[0]  # output packed as the input is
-        live = _LiveStep(model, *layouts).eval()
-        conv, ssm, rules_copy = copy_of_state()
+        layouts, order = live_layouts(model, prev, controls, cache, rules)
+        live = LiveStep(model, *layouts).eval()
+        conv, ssm, rules_copy = copy_of_state(cache, rules)
         inputs = (pack(prev, layouts[0]), pack(controls, layouts[1]), conv, ssm)
         inputs += () if rules is None else (rules_copy,)
         with warnings.catch_warnings():
@@ -210,7 +200,7 @@ def traced_step(
                 strict=False,  # the output is a list
                 check_trace=False,  # checking would run the step again, for nothing new
             )
-        result: TracedStep | None = TracedStep(module, layouts, list(frame))
+        result: TracedStep | None = TracedStep(module, layouts, order)
     except Exception as e:  # noqa: BLE001 - any tracer failure: step eagerly instead
         warnings.warn(f"tracing the live step failed ({e!r:.200}); stepping eagerly", stacklevel=2)
         result = None
@@ -218,6 +208,36 @@ def traced_step(
         del kept[next(iter(kept))]
     kept[signature] = result
     return result
+
+
+def copy_of_state(
+    cache: WorldModelCache, rules: RuleState | None
+) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor] | None]:
+    """Copies of the cache's tensors and the rules' (the step runs them in place), in the
+    form `LiveStep` takes them."""
+    conv = [c.conv_state.clone() for c in cache.layers]
+    ssm = [c.ssm_state.clone() for c in cache.layers]
+    copied = None if rules is None else {k: v.clone() for k, v in rules.tensors().items()}
+    return conv, ssm, copied
+
+
+def live_layouts(
+    model: WorldModel,
+    prev: Frames,
+    controls: Frames,
+    cache: WorldModelCache,
+    rules: RuleState | None = None,
+) -> tuple[tuple[Layout, Layout, Layout], list[str]]:
+    """How a live step's frames go in and out packed (`prev`, `controls`, output), and the
+    output's fields in the order of the eager step's, from one eager step on copies of the
+    state. The output is packed as `prev` is when it has the same fields, so that a frame fed
+    back goes in without being packed again."""
+    with torch.inference_mode():
+        frame = LiveStep(model, [], [], []).frame(prev, controls, *copy_of_state(cache, rules))[0]
+    layouts = layout_of(prev), layout_of(controls), layout_of(frame)
+    if sorted(map(sorted, layouts[2])) == sorted(map(sorted, layouts[0])):
+        layouts = layouts[0], layouts[1], layouts[0]
+    return layouts, list(frame)
 
 
 _ATTRIBUTE = "_traced_live_steps"

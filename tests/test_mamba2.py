@@ -288,6 +288,28 @@ def test_backward_runs() -> None:
 
 
 @pytest.mark.gpu
+def test_pure_pytorch_path_on_cuda_matches_cpu_and_its_own_steps() -> None:
+    """What a GPU without mamba_ssm runs: the chunked scan and the recurrent step in PyTorch
+    ops on CUDA, from a non-zero state, against the same module on the CPU."""
+    m = make_module(use_kernels=False)
+    gpu = make_module(use_kernels=False).cuda()
+    u = torch.randn(2, 200, D_MODEL)
+    cache = random_cache(m, 2)
+    gpu_full = Mamba2Cache(cache.conv_state.cuda(), cache.ssm_state.cuda())
+    gpu_steps = clone_cache(gpu_full)
+    tol = {"atol": 1e-3, "rtol": 1e-3}  # CUDA may sum in another order
+    with torch.no_grad():
+        y_cpu = m(u, cache=cache)
+        y_full = gpu(u.cuda(), cache=gpu_full)
+        y_steps = torch.cat([gpu.step(u[:, t : t + 1].cuda(), gpu_steps) for t in range(200)], 1)
+    torch.testing.assert_close(y_full.cpu(), y_cpu, **tol)
+    torch.testing.assert_close(y_steps, y_full, **tol)
+    torch.testing.assert_close(gpu_steps.ssm_state, gpu_full.ssm_state, **tol)
+    torch.testing.assert_close(gpu_full.ssm_state.cpu(), cache.ssm_state, **tol)
+    torch.testing.assert_close(gpu_full.conv_state.cpu(), cache.conv_state, **tol)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available() or not KERNELS_AVAILABLE,
     reason="needs CUDA and an importable mamba_ssm",

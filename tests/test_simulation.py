@@ -19,7 +19,7 @@ from model.decoding import decode
 from model.frames import cast_to, controls_of, frames_from_table, index, stack
 from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
-from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, RuleState, apply_rules
+from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, ZONES, RuleState, apply_rules
 from model.simulation import (
     MAX_GRAPH_BATCH,
     GameSetup,
@@ -494,6 +494,58 @@ def test_the_step_and_the_rules_make_every_tensor_on_their_inputs_device(model):
     assert [e.type for e in events[0]] == ["ko"]
 
 
+def test_the_live_step_makes_no_tensor_from_host_data_once_warm(model, monkeypatch):
+    """A CUDA graph capture refuses a copy from the host: once the step's constants exist
+    (made once per device), the live step, rules included, makes no tensor from Python data."""
+    from model.traced_step import LiveStep
+
+    frame, rules = batch_frame(31)
+    frame["p1_y"] = torch.tensor([-500.0])  # a KO, so every branch of the rules has work
+    controls = controls_of(frame)
+    live = LiveStep(model, [], [], [])
+
+    def step():
+        cache = model.allocate_inference_cache(1)
+        conv = [layer.conv_state for layer in cache.layers]
+        ssm = [layer.ssm_state for layer in cache.layers]
+        state = {k: v.clone() for k, v in rules.tensors().items()}
+        with torch.inference_mode():
+            return live.frame(frame, controls, conv, ssm, state)
+
+    step()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor made from host data during the step")
+
+    monkeypatch.setattr(torch, "tensor", refuse)
+    monkeypatch.setattr(torch, "as_tensor", refuse)
+    monkeypatch.setattr(torch.Tensor, "new_tensor", refuse)
+    _, codes = step()
+    bottom = ZONES.index("bottom") + 1  # a KO's code: its zone, counted from 1
+    assert codes[0].tolist() == [0, 0, bottom, 0, 0]  # p1 KO'd, nobody respawned, no end
+
+
+def test_graphed_live_step_pads_buckets_and_plays_like_the_eager_step(model, monkeypatch):
+    """The CUDA tick's bucketed graph, run without capturing (the same copies, padding and
+    state copied back, on a CPU): games joining and leaving, KOs, respawns and game ends give
+    the eager step's frames and events."""
+    import functools
+
+    from model import simulation
+    from model.cuda_graph import GraphedLiveStep
+
+    monkeypatch.setattr(
+        simulation, "GraphedLiveStep", functools.partial(GraphedLiveStep, capture=False)
+    )
+    eager, graphed = Simulation(model, trace=False), Simulation(model, trace=False)
+    graphed.cuda_graphs = True  # as on CUDA
+    play_through_kos_respawns_and_a_game_end(
+        eager, graphed, lambda a, b: torch.allclose(a.float(), b.float(), atol=1e-4)
+    )
+    assert graphed.cuda_graphs and graphed._graphed is not None
+    assert sorted(graphed._graphed.graphs) == [2, 4]  # 3 games, then fewer as games end
+
+
 def test_warm_up_traces_the_step_and_leaves_no_game(model):
     sim = Simulation(model)
     sim.warm_up(max_batch=5)  # on CPU: one game (the trace serves every batch size)
@@ -513,7 +565,7 @@ def test_graph_buckets_cover_every_batch_up_to_the_largest():
 def test_warm_up_captures_every_bucket_on_cuda(model):
     sim = Simulation(copy.deepcopy(model).cuda(), device="cuda", cuda_graphs=True)
     sim.warm_up(max_batch=5)
-    assert sim.cuda_graphs and sorted(sim._graphs) == [1, 2, 4, 8]
+    assert sim.cuda_graphs and sorted(sim._graphed.graphs) == [1, 2, 4, 8]
     assert sim.game_ids == []
 
 
