@@ -11,8 +11,11 @@ the simulations; the event loop keeps handling websockets while a step runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -26,7 +29,7 @@ from model.rules import Event
 from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
 from server.metrics import ServerMetrics
-from server.recorder import BatchCopy, GameRecorder
+from server.recorder import BatchCopy, GameRecorder, GroupedRow, Layout
 from server.sessions import Session
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
@@ -85,7 +88,10 @@ class Engine:
             initializer=torch.set_num_threads if threads else None,
             initargs=(threads,) if threads else (),
         )
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="recorder")  # files, in order
+        self.writer = ThreadPoolExecutor(  # files, in order
+            1, thread_name_prefix="recorder", initializer=_lower_this_threads_priority
+        )
+        self._recordings_started = 0
         self.recording_info: dict = {"model": model_name}  # set by the app: checkpoint hash
         self._writes: list = []  # file writes due, queued by the device thread
         self.sessions: dict[str, Session] = {}
@@ -167,12 +173,21 @@ class Engine:
             "with; 'substituted' lists the [frame, port] whose input had not arrived",
         }
         hold_back = session.rollback_window + 1
-        session.recorder = GameRecorder(Path(folder) / info["id"], info, hold_back)
-        start = session.start_snapshot.tensors
-        row = {
-            k[len("frame.") :]: v.cpu().numpy() for k, v in start.items() if k.startswith("frame.")
-        }
-        session.recorder.add(int(row["frame"]), row)
+        # Parts of sessions started together fall due on different ticks (17 is prime to
+        # PART_FRAMES: up to 60 sessions, each its own tick of the second).
+        stagger = 17 * self._recordings_started
+        self._recordings_started += 1
+        session.recorder = GameRecorder(Path(folder) / info["id"], info, hold_back, stagger)
+        if session.start_row is None:  # once per session: every game starts from this frame
+            start = session.start_snapshot.tensors
+            frame = {
+                k[len("frame.") :]: v.cpu().numpy()
+                for k, v in start.items()
+                if k.startswith("frame.")
+            }
+            layout = Layout.of(frame, leading=0)
+            session.start_row = (int(frame["frame"]), GroupedRow(layout, layout.pack(frame)))
+        session.recorder.add(*session.start_row)
 
     def _finish_recording(self, session: Session) -> None:
         if session.recorder is not None:
@@ -478,3 +493,10 @@ class Engine:
                 (session, generation, corrected, data, message["frame"], events, result.over)
             )
         return out
+
+
+def _lower_this_threads_priority() -> None:
+    """The recordings' writer thread runs at a lower priority (nice +10) than the tick's: its
+    work can wait, a tick cannot. Linux sets a nice value per thread; elsewhere, nothing."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

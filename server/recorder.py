@@ -158,7 +158,10 @@ class GameRecorder:
     one per column group (`Layout`), so adding a frame of a `BatchCopy` costs one copy per
     group and a part needs no stacking."""
 
-    def __init__(self, folder: Path, info: dict, hold_back: int):
+    def __init__(self, folder: Path, info: dict, hold_back: int, stagger: int = 0):
+        """`hold_back`: frames a rollback may still change, kept back from the parts.
+        `stagger`: the first part is this many frames shorter (0 to PART_FRAMES - 1), so that
+        sessions that started together do not all write a part on the same tick."""
         self.folder = folder
         self.info = {**info, "status": "recording"}
         self.events: list[dict] = []  # the whole game's, for the final info.json
@@ -173,6 +176,7 @@ class GameRecorder:
         self.part_substituted: list[list[int]] = []
         self.written = 0
         self.parts = 0
+        self.part_frames = PART_FRAMES - stagger % PART_FRAMES  # the next part's length
         self.finished = False
         self.started = False
 
@@ -229,12 +233,12 @@ class GameRecorder:
         if not self.started:
             self.started = True
             writes.append(partial(_write_info, self.folder, dict(self.info)))
-        while self.count >= PART_FRAMES + self.hold_back or (final and self.count):
-            n = min(PART_FRAMES, self.count)
-            frames = {}
-            for (_, names), array in zip(self.layout.groups, self.buffer, strict=True):
-                for j, name in enumerate(names):
-                    frames[name] = torch.from_numpy(array[:n, j].copy())
+        while self.count >= self.part_frames + self.hold_back or (final and self.count):
+            n = min(self.part_frames, self.count)
+            self.part_frames = PART_FRAMES
+            # One copy per column group here, on the device thread; the writer thread splits
+            # the groups into columns.
+            groups = [array[:n].copy() for array in self.buffer]
             for array in self.buffer:
                 array[: self.count - n] = array[n : self.count]
             self.count -= n
@@ -247,7 +251,7 @@ class GameRecorder:
                 "substituted": self.part_substituted,
             }
             self.part_events, self.part_substituted = [], []
-            writes.append(_PartWrite(self.folder, self.parts, frames, part))
+            writes.append(_PartWrite(self.folder, self.parts, self.layout, groups, part))
             self.parts += 1
         if final and not self.finished:
             self.finished = True
@@ -263,13 +267,20 @@ class GameRecorder:
 
 
 class _PartWrite:
-    def __init__(self, folder: Path, index: int, frames: Frames, info: dict):
-        self.folder, self.index, self.frames, self.info = folder, index, frames, info
+    def __init__(
+        self, folder: Path, index: int, layout: Layout, groups: list[np.ndarray], info: dict
+    ):
+        self.folder, self.index, self.info = folder, index, info
+        self.layout, self.groups = layout, groups
 
     def __call__(self) -> None:
         parts = self.folder / "parts"
         parts.mkdir(parents=True, exist_ok=True)
-        table = table_from_frames(self.frames, metadata=_metadata(self.info))
+        frames = {}
+        for (_, names), array in zip(self.layout.groups, self.groups, strict=True):
+            for j, name in enumerate(names):
+                frames[name] = torch.from_numpy(np.ascontiguousarray(array[:, j]))
+        table = table_from_frames(frames, metadata=_metadata(self.info))
         with atomic_path(parts / f"frames-{self.index:06d}.parquet") as tmp:
             # Parts are merged (and compressed) when the game ends: write them fast. Without
             # compression, dictionaries or statistics a part takes 2.5 ms instead of 5.4 (zstd).

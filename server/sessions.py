@@ -133,6 +133,8 @@ class Session:
     substituted: dict[int, int] = field(default_factory=dict)
     late_inputs: int = 0
     players: dict[int, Connection] = field(default_factory=dict)  # port -> connection
+    # The start frame as a recording row (frame id, GroupedRow), made by the first recording.
+    start_row: tuple | None = None
     spectators: set[Connection] = field(default_factory=set)
     created: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)  # a player was last connected

@@ -119,3 +119,27 @@ def test_a_crash_keeps_the_parts_written(tmp_path):
     assert torch.equal(
         frames_from_table(table)["frame"], torch.arange(-123, -123 + 3 * PART_FRAMES)
     )
+
+
+def test_a_staggered_recording_writes_a_shorter_first_part_then_whole_seconds(tmp_path):
+    """Sessions started together write their parts on different ticks: the first part is
+    `stagger` frames short, the frames stay whole and in order."""
+    from server.recorder import GameRecorder, read_recording
+
+    info = {"kind": "session", "id": "late-0"}
+    recorder = GameRecorder(tmp_path / "late-0", info, hold_back=8, stagger=17)
+    import torch
+
+    from model.simulation import GameSetup, standard_start
+
+    start = standard_start(GameSetup())
+    for f in range(130):
+        row = {k: v.numpy() for k, v in start.items()}
+        row["frame"] = row["frame"] + f
+        recorder.add(-123 + f, row)
+        for write in recorder.take_writes():
+            write()
+    parts = sorted((tmp_path / "late-0" / "parts").glob("frames-*.parquet"))
+    assert [pq.read_metadata(p).num_rows for p in parts] == [PART_FRAMES - 17, PART_FRAMES]
+    table = read_recording(tmp_path / "late-0")
+    assert torch.equal(frames_from_table(table)["frame"], torch.arange(-123, -123 + 103))
