@@ -323,10 +323,19 @@ class Simulation:
                     self.remove_game(game)
 
     # ------------------------------------------------------------------ snapshots
+    # A packed batch frame (the live step's) is copied a group of fields at a time: a server
+    # resetting or snapshotting many games in one tick made a hundred small copies per game.
+
     def snapshot(self, game_id: int) -> Snapshot:
         row = self._row(game_id)
         tensors = {f"cache.{k}": v[row].clone() for k, v in self._cache.tensors().items()}
-        tensors |= {f"frame.{k}": v[row].clone() for k, v in self._prev.items()}
+        prev = self._prev
+        if isinstance(prev, PackedFrame) and not prev.replaced:
+            for group, keys in zip(prev.packed, prev.layout, strict=True):
+                fields = group[:, row].clone().unbind(0)  # one copy, then views of it
+                tensors |= zip([f"frame.{k}" for k in keys], fields, strict=True)
+        else:
+            tensors |= {f"frame.{k}": v[row].clone() for k, v in prev.items()}
         tensors |= {f"rules.{k}": v[row].clone() for k, v in self._rules.tensors().items()}
         state = self._generators[game_id].get_state()
         return Snapshot(tensors, state, self._setups[game_id])
@@ -339,7 +348,14 @@ class Simulation:
             "frame": self._prev,
             "rules": self._rules.tensors(),
         }
-        for name, value in snapshot.tensors.items():
+        values = snapshot.tensors
+        prev = self._prev
+        packed = isinstance(prev, PackedFrame) and not prev.replaced
+        if packed and all(f"frame.{k}" in values for k in prev):
+            for group, keys in zip(prev.packed, prev.layout, strict=True):
+                group[:, row].copy_(torch.stack([values[f"frame.{k}"] for k in keys]))
+            values = {k: v for k, v in values.items() if not k.startswith("frame.")}
+        for name, value in values.items():
             group, key = name.split(".", 1)
             groups[group][key][row].copy_(value)
         self._generators[game_id].set_state(snapshot.generator_state)

@@ -359,6 +359,28 @@ def test_snapshot_then_restore_reproduces_frames(model, replay_frames, temperatu
         assert torch.equal(first[key], second[key]), key
 
 
+def test_a_packed_batch_snapshots_and_restores_one_games_row(model, replay_frames):
+    """After a traced step the batch frame is packed, and snapshot/restore copy a group of
+    fields at a time: only the game's own row is read and written."""
+    sim = Simulation(model)
+    a, b, c = (sim.new_game(GameSetup(stage=3, seed=s)) for s in range(3))
+    controls = replay_controls(replay_frames, {a: 0, b: 1, c: 2})
+    run(sim, [a, b, c], 10, controls)
+    assert isinstance(sim.batch_frame, PackedFrame) and not sim.batch_frame.replaced
+    snapshot = sim.snapshot(b)
+    assert torch.equal(snapshot.tensors["frame.p1_x"], sim.frame(b)["p1_x"])
+    first = run(sim, [a, b, c], 15, lambda g, t: controls(g, t + 10))
+    others = {g: sim.frame(g) for g in (a, c)}
+    sim.restore(b, snapshot)
+    assert isinstance(sim.batch_frame, PackedFrame)
+    for g in (a, c):
+        for key, value in others[g].items():
+            assert torch.equal(sim.frame(g)[key], value), (g, key)
+    second = run(sim, [b], 15, lambda g, t: controls(g, t + 10))  # b alone: same frames
+    for key in first[b]:
+        assert torch.allclose(first[b][key].float(), second[b][key].float(), atol=1e-4), key
+
+
 def test_snapshot_size_is_the_cache_plus_a_frame(model):
     sim = Simulation(model)
     g = sim.new_game()
