@@ -32,7 +32,7 @@ from model.cuda_graph import GraphedLiveStep
 from model.decoding import decode
 from model.frames import Frames, cast_to, controls_of, index
 from model.mamba2 import Mamba2Cache
-from model.packed_frame import PackedFrame
+from model.packed_frame import PackedFrame, pack
 from model.rules import (
     DEFAULT_TIMER_FRAMES,
     Event,
@@ -148,15 +148,27 @@ class Simulation:
         self.game_ids.append(game_id)
         self._setups[game_id] = setup
         self._generators[game_id] = torch.Generator(self.device).manual_seed(setup.seed)
+        self._join(cache, frame, rules)
+        return game_id
+
+    def _join(self, cache: WorldModelCache, frame: Frames, rules: RuleState) -> None:
+        """Append the rows of new games (their ids already in `game_ids`) to the batch. A
+        packed batch frame stays packed: the new rows are packed alike and joined a group at
+        a time, and the live step takes the result without packing it again."""
         if self._cache is None:
             self._cache, self._prev, self._rules = cache, frame, rules
+            return
+        self._cache = _cat_caches(self._cache, cache)
+        prev = self._prev
+        if isinstance(prev, PackedFrame) and not prev.replaced:
+            rows = pack(frame, prev.layout)
+            groups = [torch.cat([a, b], 1) for a, b in zip(prev.packed, rows, strict=True)]
+            self._prev = PackedFrame(groups, prev.layout, list(prev))
         else:
-            self._cache = _cat_caches(self._cache, cache)
-            self._prev = {k: torch.cat([self._prev[k], frame[k]]) for k in self._prev}
-            self._rules = RuleState.from_tensors(
-                {k: torch.cat([v, rules.tensors()[k]]) for k, v in self._rules.tensors().items()}
-            )
-        return game_id
+            self._prev = {k: torch.cat([prev[k], frame[k]]) for k in prev}
+        self._rules = RuleState.from_tensors(
+            {k: torch.cat([v, rules.tensors()[k]]) for k, v in self._rules.tensors().items()}
+        )
 
     def _prefill(
         self, replay: Frames, start: int, setup: GameSetup, cache: WorldModelCache
@@ -177,22 +189,63 @@ class Simulation:
     def add_from_snapshot(self, snapshot: Snapshot) -> int:
         """Add a game that continues exactly from `snapshot` (taken from this or another
         simulation of the same model), under a new game id."""
-        game_id = self.new_game(snapshot.setup)
-        self.restore(game_id, snapshot)
-        return game_id
+        return self.add_from_snapshots([snapshot])[0]
+
+    @torch.inference_mode()  # the batch tensors are made under inference mode by `step`
+    def add_from_snapshots(self, snapshots: list[Snapshot]) -> list[int]:
+        """Add games that continue exactly from `snapshots`, under new game ids, in one join
+        (a server resuming many sessions in one tick)."""
+        if not snapshots:
+            return []
+        cache = self.model.allocate_inference_cache(len(snapshots), device=self.device)
+
+        def stacked(name: str) -> Tensor:
+            return torch.stack([s.tensors[name] for s in snapshots]).to(self.device)
+
+        for key, tensor in cache.tensors().items():
+            tensor.copy_(stacked(f"cache.{key}"))
+        names = [k.removeprefix("frame.") for k in snapshots[0].tensors if k.startswith("frame.")]
+        frame = {k: stacked(f"frame.{k}") for k in names}
+        if not self._dtypes:
+            self._dtypes = {k: v.dtype for k, v in frame.items()}
+        frame = {k: v.to(self._dtypes[k]) for k, v in frame.items()}
+        rule_names = [f.name for f in dataclasses.fields(RuleState)]
+        rules = RuleState.from_tensors({k: stacked(f"rules.{k}") for k in rule_names})
+        game_ids = []
+        for snapshot in snapshots:
+            game_id = next(self._next_id)
+            game_ids.append(game_id)
+            self.game_ids.append(game_id)
+            self._setups[game_id] = snapshot.setup
+            generator = torch.Generator(self.device)
+            generator.set_state(snapshot.generator_state)
+            self._generators[game_id] = generator
+        self._join(cache, frame, rules)
+        return game_ids
 
     def remove_game(self, game_id: int) -> None:
-        row = self._row(game_id)
-        keep = torch.tensor(
-            [i for i in range(len(self.game_ids)) if i != row], dtype=torch.long, device=self.device
-        )
-        self.game_ids.pop(row)
-        del self._setups[game_id], self._generators[game_id]
+        self.remove_games([game_id])
+
+    def remove_games(self, game_ids: list[int]) -> None:
+        """Take games out of the batch, in one selection of the rows that stay."""
+        leaving = {self._row(g) for g in game_ids}
+        if not leaving:
+            return
+        rows = [i for i in range(len(self.game_ids)) if i not in leaving]
+        for game_id in game_ids:
+            del self._setups[game_id], self._generators[game_id]
+        self.game_ids = [self.game_ids[i] for i in rows]
         if not self.game_ids:
             self._cache = self._prev = self._rules = None
             return
+        keep = torch.tensor(rows, dtype=torch.long, device=self.device)
         self._cache = _select_cache(self._cache, keep)
-        self._prev = index(self._prev, keep)
+        prev = self._prev
+        if isinstance(prev, PackedFrame) and not prev.replaced:
+            groups = [group.index_select(1, keep) for group in prev.packed]
+            self._prev = PackedFrame(groups, prev.layout, list(prev))
+        else:
+            self._prev = index(prev, keep)
         self._rules = RuleState.from_tensors({k: v[keep] for k, v in self._rules.tensors().items()})
 
     def setup(self, game_id: int) -> GameSetup:

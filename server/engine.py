@@ -418,9 +418,12 @@ class Engine:
 
     def _device_tick(self, plan, retired: list[Session], resets: list[Session]) -> list[tuple]:
         sim = self.sim
+        # Games leave and join the batch all at once: when many games end together, one
+        # selection of the rows that stay instead of one per game (each copies the batch).
+        leaving = []
         for session in retired:
             if session.game_id is not None:
-                sim.remove_game(session.game_id)
+                leaving.append(session.game_id)
                 session.game_id = None
             self._finish_recording(session)
         stepping = {id(s) for s, *_ in plan}
@@ -435,12 +438,13 @@ class Engine:
                     session.parked = session.start_snapshot
             if id(session) not in stepping and session.game_id is not None:
                 session.parked = sim.snapshot(session.game_id)  # pause: leave the batch
-                sim.remove_game(session.game_id)
+                leaving.append(session.game_id)
                 session.game_id = None
-        for session, *_ in plan:
-            if session.game_id is None:
-                session.game_id = sim.add_from_snapshot(session.parked)
-                session.parked = None
+        sim.remove_games(leaving)
+        joining = [session for session, *_ in plan if session.game_id is None]
+        game_ids = sim.add_from_snapshots([session.parked for session in joining])
+        for session, game_id in zip(joining, game_ids, strict=True):
+            session.game_id, session.parked = game_id, None
         if not plan:
             return []
 

@@ -381,6 +381,39 @@ def test_a_packed_batch_snapshots_and_restores_one_games_row(model, replay_frame
         assert torch.allclose(first[b][key].float(), second[b][key].float(), atol=1e-4), key
 
 
+def test_games_leave_and_join_together_as_they_do_one_by_one(model, replay_frames):
+    """`remove_games` and `add_from_snapshots` (a server parking and resuming many sessions
+    in one tick) give the batch, and the frames after, that one game at a time gives; a
+    packed batch frame stays packed, so the live step need not pack it again."""
+    sims = [Simulation(model), Simulation(model)]
+    ids = [[sim.new_game(GameSetup(stage=3, seed=s)) for s in range(4)] for sim in sims]
+    controls = {
+        i: replay_controls(replay_frames, dict(zip(game_ids, range(4), strict=True)))
+        for i, game_ids in enumerate(ids)
+    }
+    for i, sim in enumerate(sims):
+        run(sim, ids[i], 8, controls[i])
+    (a1, b1, c1, d1), (_, b2, _, d2) = ids
+    together, one_by_one = sims
+    saved = [together.snapshot(g) for g in (b1, d1)]
+    together.remove_games([b1, d1])
+    assert isinstance(together.batch_frame, PackedFrame) and together.game_ids == [a1, c1]
+    for g in (b2, d2):
+        saved_alone = one_by_one.snapshot(g)
+        one_by_one.remove_game(g)
+        one_by_one.add_from_snapshot(saved_alone)
+    b1, d1 = together.add_from_snapshots(saved)
+    assert isinstance(together.batch_frame, PackedFrame)
+    assert together.game_ids == [a1, c1, b1, d1]
+    for key, value in together.batch_frame.items():
+        assert torch.equal(value, one_by_one.batch_frame[key]), key
+    # Then ten steps on: game for game, the same frames.
+    after = [run(sim, sim.game_ids, 10, lambda g, t: {}) for sim in sims]
+    for g1, g2 in zip(together.game_ids, one_by_one.game_ids, strict=True):
+        for key, value in after[0][g1].items():
+            assert torch.allclose(value.float(), after[1][g2][key].float(), atol=1e-4), key
+
+
 def test_snapshot_size_is_the_cache_plus_a_frame(model):
     sim = Simulation(model)
     g = sim.new_game()
