@@ -376,42 +376,78 @@ class Simulation:
                     self.remove_game(game)
 
     # ------------------------------------------------------------------ snapshots
-    # A packed batch frame (the live step's) is copied a group of fields at a time: a server
-    # resetting or snapshotting many games in one tick made a hundred small copies per game.
+    # A packed batch frame (the live step's) is copied a group of fields at a time, and many
+    # games' rows in one copy: a server resetting or snapshotting many games in one tick made
+    # a hundred small copies per game.
 
     def snapshot(self, game_id: int) -> Snapshot:
-        row = self._row(game_id)
-        tensors = {f"cache.{k}": v[row].clone() for k, v in self._cache.tensors().items()}
-        prev = self._prev
-        if isinstance(prev, PackedFrame) and not prev.replaced:
-            for group, keys in zip(prev.packed, prev.layout, strict=True):
-                fields = group[:, row].clone().unbind(0)  # one copy, then views of it
-                tensors |= zip([f"frame.{k}" for k in keys], fields, strict=True)
-        else:
-            tensors |= {f"frame.{k}": v[row].clone() for k, v in prev.items()}
-        tensors |= {f"rules.{k}": v[row].clone() for k, v in self._rules.tensors().items()}
-        state = self._generators[game_id].get_state()
-        return Snapshot(tensors, state, self._setups[game_id])
+        return self.snapshots([game_id])[0]
 
-    @torch.inference_mode()  # the batch tensors are made under inference mode by `step`
-    def restore(self, game_id: int, snapshot: Snapshot) -> None:
-        row = self._row(game_id)
-        groups = {
-            "cache": self._cache.tensors(),
-            "frame": self._prev,
-            "rules": self._rules.tensors(),
-        }
-        values = snapshot.tensors
+    def snapshots(self, game_ids: list[int]) -> list[Snapshot]:
+        """Snapshots of several games, their rows copied out together (each snapshot's
+        tensors are views of those copies)."""
+        if not game_ids:
+            return []
+        rows = torch.tensor([self._row(g) for g in game_ids], device=self.device)
+        batched: dict[str, Tensor] = {}  # name -> (games, ...) copy
+        for k, v in self._cache.tensors().items():
+            batched[f"cache.{k}"] = v.index_select(0, rows)
+        for k, v in self._rules.tensors().items():
+            batched[f"rules.{k}"] = v.index_select(0, rows)
         prev = self._prev
         packed = isinstance(prev, PackedFrame) and not prev.replaced
-        if packed and all(f"frame.{k}" in values for k in prev):
+        if packed:
+            groups = [
+                (group.index_select(1, rows), keys)
+                for group, keys in zip(prev.packed, prev.layout, strict=True)
+            ]
+        else:
+            batched |= {f"frame.{k}": v.index_select(0, rows) for k, v in prev.items()}
+        out = []
+        for i, game_id in enumerate(game_ids):
+            tensors = {name: copy[i] for name, copy in batched.items()}
+            if packed:
+                for copy, keys in groups:
+                    fields = copy[:, i].unbind(0)
+                    tensors |= zip([f"frame.{k}" for k in keys], fields, strict=True)
+            state = self._generators[game_id].get_state()
+            out.append(Snapshot(tensors, state, self._setups[game_id]))
+        return out
+
+    def restore(self, game_id: int, snapshot: Snapshot) -> None:
+        self.restore_many([(game_id, snapshot)])
+
+    @torch.inference_mode()  # the batch tensors are made under inference mode by `step`
+    def restore_many(self, games: list[tuple[int, Snapshot]]) -> None:
+        """Put each game back to its snapshot (taken from this or another simulation of the
+        same model), the rows of all of them written together."""
+        if not games:
+            return
+        rows = torch.tensor([self._row(g) for g, _ in games], device=self.device)
+        snapshots = [snapshot for _, snapshot in games]
+
+        def stacked(name: str) -> Tensor:
+            return torch.stack([s.tensors[name] for s in snapshots])
+
+        prev = self._prev
+        names = {k for k in snapshots[0].tensors if k.startswith("frame.")}
+        packed = isinstance(prev, PackedFrame) and not prev.replaced
+        if packed and len(names) == len(prev) and all(f"frame.{k}" in names for k in prev):
             for group, keys in zip(prev.packed, prev.layout, strict=True):
-                group[:, row].copy_(torch.stack([values[f"frame.{k}"] for k in keys]))
-            values = {k: v for k, v in values.items() if not k.startswith("frame.")}
-        for name, value in values.items():
-            group, key = name.split(".", 1)
-            groups[group][key][row].copy_(value)
-        self._generators[game_id].set_state(snapshot.generator_state)
+                values = [torch.stack([s.tensors[f"frame.{k}"] for k in keys]) for s in snapshots]
+                group.index_copy_(1, rows, torch.stack(values, 1).to(group.dtype))
+        else:
+            for name in names:
+                field = prev[name.removeprefix("frame.")]
+                field.index_copy_(0, rows, stacked(name).to(field.dtype))
+        for prefix, tensors in (
+            ("cache.", self._cache.tensors()),
+            ("rules.", self._rules.tensors()),
+        ):
+            for key, tensor in tensors.items():
+                tensor.index_copy_(0, rows, stacked(prefix + key).to(tensor.dtype))
+        for game_id, snapshot in games:
+            self._generators[game_id].set_state(snapshot.generator_state)
 
 
 def graph_buckets(max_batch: int) -> list[int]:

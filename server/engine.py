@@ -428,18 +428,27 @@ class Engine:
             self._finish_recording(session)
         stepping = {id(s) for s, *_ in plan}
         resetting = {id(s) for s in resets}
+        restoring, pausing = [], []
         for session in list(self.sessions.values()):
             if id(session) in resetting:
                 self._finish_recording(session)
                 self._start_recording(session)
-                if session.game_id is not None:
-                    sim.restore(session.game_id, session.start_snapshot)
-                else:
-                    session.parked = session.start_snapshot
-            if id(session) not in stepping and session.game_id is not None:
-                session.parked = sim.snapshot(session.game_id)  # pause: leave the batch
-                leaving.append(session.game_id)
-                session.game_id = None
+                if session.game_id is not None and id(session) in stepping:
+                    restoring.append((session.game_id, session.start_snapshot))
+                    continue
+                if session.game_id is not None:  # reset while paused: out at its start
+                    leaving.append(session.game_id)
+                    session.game_id = None
+                session.parked = session.start_snapshot
+            elif id(session) not in stepping and session.game_id is not None:
+                pausing.append(session)  # pause: leave the batch
+        for session, snapshot in zip(
+            pausing, sim.snapshots([s.game_id for s in pausing]), strict=True
+        ):
+            session.parked = snapshot
+            leaving.append(session.game_id)
+            session.game_id = None
+        sim.restore_many(restoring)
         sim.remove_games(leaving)
         joining = [session for session, *_ in plan if session.game_id is None]
         game_ids = sim.add_from_snapshots([session.parked for session in joining])
@@ -457,6 +466,7 @@ class Engine:
         )
         batch = sim.batch_frame
         step_controls = {}
+        needs_before: list[tuple[int, object]] = []
         for session, _, human, missing, record, _ in plan:
             columns = dict(human)
             if session.policies:
@@ -464,14 +474,19 @@ class Engine:
                 for port, policy in session.policies.items():
                     columns |= policy(view, port - 1).columns(port - 1)
             record.used = dict(columns)
-            if missing and session.rollback_window > 0:
-                record.before = sim.snapshot(session.game_id)
+            if missing and session.rollback_window > 0:  # kept for a rollback, taken below
+                needs_before.append((session.game_id, record))
             session.history[record.frame] = record
             # Frames go in in order (a reset clears the history): the oldest leave first.
             history, oldest_kept = session.history, record.frame - session.rollback_window + 1
             while history and (oldest := next(iter(history))) < oldest_kept:
                 del history[oldest]
             step_controls[session.game_id] = columns
+        # The state before this step of every game stepped without all its inputs (after a
+        # reset, often all of them at once), in one copy.
+        befores = sim.snapshots([game_id for game_id, _ in needs_before])
+        for (_, record), before in zip(needs_before, befores, strict=True):
+            record.before = before
         results = sim.step(step_controls)
         # One copy of the batch off the device per tick: the recordings' numpy copy when any
         # session records, which the wire columns are then read from too.

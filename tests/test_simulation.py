@@ -414,6 +414,25 @@ def test_games_leave_and_join_together_as_they_do_one_by_one(model, replay_frame
             assert torch.allclose(value.float(), after[1][g2][key].float(), atol=1e-4), key
 
 
+def test_snapshots_and_restores_of_many_games_at_once(model, replay_frames):
+    """`snapshots` and `restore_many` (a server's tick with many resets, or many games
+    stepped without their inputs) put each game back exactly, the others untouched."""
+    sim = Simulation(model)
+    a, b, c = (sim.new_game(GameSetup(stage=3, seed=s)) for s in range(3))
+    controls = replay_controls(replay_frames, {a: 0, b: 1, c: 2})
+    run(sim, [a, b, c], 6, controls)
+    saved = sim.snapshots([c, a])
+    assert [s.setup.seed for s in saved] == [2, 0]
+    first = run(sim, [a, b, c], 12, lambda g, t: controls(g, t + 6))
+    b_now = sim.frame(b)
+    sim.restore_many([(a, saved[1]), (c, saved[0])])
+    assert all(torch.equal(sim.frame(b)[k], v) for k, v in b_now.items())
+    second = run(sim, [a, b, c], 12, lambda g, t: controls(g, t + 6))
+    for g in (a, c):
+        for key in first[g]:
+            assert torch.allclose(first[g][key].float(), second[g][key].float(), atol=1e-4), key
+
+
 def test_snapshot_size_is_the_cache_plus_a_frame(model):
     sim = Simulation(model)
     g = sim.new_game()
