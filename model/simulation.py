@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import warnings
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,7 @@ from model.cuda_graph import GraphedLiveStep
 from model.decoding import decode
 from model.frames import Frames, cast_to, controls_of, index
 from model.mamba2 import Mamba2Cache
-from model.packed_frame import PackedFrame, pack
+from model.packed_frame import Layout, PackedFrame, pack
 from model.rules import (
     DEFAULT_TIMER_FRAMES,
     Event,
@@ -72,9 +73,12 @@ class StepResult:
 
 @dataclass
 class Snapshot:
-    """One game's full state: model cache, last frame, rule state, sampling generator."""
+    """One game's full state: model cache, last frame, rule state, sampling generator.
+    `tensors` maps "cache.*", "frame.*" and "rules.*" names to the game's tensors; treat them
+    as read-only (a restore may keep them packed for the next restore: replace an entry
+    rather than change a tensor in place)."""
 
-    tensors: dict[str, Tensor]
+    tensors: MutableMapping[str, Tensor]
     generator_state: Tensor
     setup: GameSetup
 
@@ -82,6 +86,102 @@ class Snapshot:
     def nbytes(self) -> int:
         sizes = [t.numel() * t.element_size() for t in self.tensors.values()]
         return sum(sizes) + self.generator_state.numel()
+
+    def names(self) -> list[str]:
+        """The names of `tensors`, read without making them (see `_RowTensors`)."""
+        if isinstance(self.tensors, _RowTensors):
+            return self.tensors.names()
+        return list(self.tensors)
+
+    def tensor(self, name: str) -> Tensor:
+        """One of `tensors`, read without making the others (see `_RowTensors`)."""
+        if isinstance(self.tensors, _RowTensors):
+            return self.tensors.one(name)
+        return self.tensors[name]
+
+    def frame_groups(self, layout: Layout) -> list[Tensor]:
+        """The frame packed in `layout`, (fields, ...) per group: views of the copy the
+        snapshot was taken as, or stacked once and kept (a session's start snapshot is
+        restored at every reset)."""
+        if isinstance(self.tensors, _RowTensors):
+            groups = self.tensors.frame_groups(layout)
+            if groups is not None:
+                return groups
+        names = [f"frame.{k}" for keys in layout for k in keys]
+        key = (id(layout), tuple(id(self.tensors[n]) for n in names))
+        kept = getattr(self, "_kept_frame_groups", None)
+        if kept is None or kept[0] != key:
+            groups = [torch.stack([self.tensors[f"frame.{k}"] for k in keys]) for keys in layout]
+            kept = (key, layout, groups)  # the layout held, so that its id stays its own
+            self._kept_frame_groups = kept
+        return kept[2]
+
+
+class _BatchRows:
+    """Several games' rows, copied out of a batch together by `Simulation.snapshots`:
+    (games, ...) per named tensor, and a packed frame's groups as (fields, games, ...)."""
+
+    def __init__(
+        self, tensors: dict[str, Tensor], groups: list[Tensor], layout: Layout | None
+    ) -> None:
+        self.tensors, self.groups, self.layout = tensors, groups, layout
+
+
+class _RowTensors(MutableMapping):
+    """A snapshot's tensors as views of its game's row in a `_BatchRows`, made when first
+    read: most snapshots (kept for a rollback that rarely comes) are never read, and a
+    hundred views per game were most of a server tick that snapshots every game at once."""
+
+    def __init__(self, rows: _BatchRows, index: int):
+        self._rows, self._index = rows, index
+        self._dict: dict[str, Tensor] | None = None
+        self._changed = False
+
+    def _made(self) -> dict[str, Tensor]:
+        if self._dict is None:
+            i = self._index
+            made = {name: t[i] for name, t in self._rows.tensors.items()}
+            if self._rows.layout is not None:
+                for group, keys in zip(self._rows.groups, self._rows.layout, strict=True):
+                    made |= zip([f"frame.{k}" for k in keys], group[:, i].unbind(0), strict=True)
+            self._dict = made
+        return self._dict
+
+    def names(self) -> list[str]:
+        if self._dict is not None:
+            return list(self._dict)
+        frame = [f"frame.{k}" for keys in self._rows.layout or [] for k in keys]
+        return [*self._rows.tensors, *frame]
+
+    def one(self, name: str) -> Tensor:
+        if self._dict is None and name in self._rows.tensors:
+            return self._rows.tensors[name][self._index]
+        return self._made()[name]
+
+    def frame_groups(self, layout: Layout) -> list[Tensor] | None:
+        rows = self._rows
+        if self._changed or rows.layout is None:
+            return None
+        if rows.layout is not layout and rows.layout != layout:
+            return None
+        return [group[:, self._index] for group in rows.groups]
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._made()[name]
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        self._made()[name] = value
+        self._changed = True
+
+    def __delitem__(self, name: str) -> None:
+        del self._made()[name]
+        self._changed = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._made())
+
+    def __len__(self) -> int:
+        return len(self._made())
 
 
 MAX_GRAPH_BATCH = 256  # larger batches step eagerly (launch overhead no longer dominates)
@@ -384,35 +484,33 @@ class Simulation:
         return self.snapshots([game_id])[0]
 
     def snapshots(self, game_ids: list[int]) -> list[Snapshot]:
-        """Snapshots of several games, their rows copied out together (each snapshot's
-        tensors are views of those copies)."""
+        """Snapshots of several games, their rows copied out together: one copy per tensor
+        or packed group for all of them (each snapshot's tensors are views of these,
+        made when first read)."""
         if not game_ids:
             return []
         rows = torch.tensor([self._row(g) for g in game_ids], device=self.device)
-        batched: dict[str, Tensor] = {}  # name -> (games, ...) copy
+        tensors: dict[str, Tensor] = {}
         for k, v in self._cache.tensors().items():
-            batched[f"cache.{k}"] = v.index_select(0, rows)
+            tensors[f"cache.{k}"] = v.index_select(0, rows)
         for k, v in self._rules.tensors().items():
-            batched[f"rules.{k}"] = v.index_select(0, rows)
+            tensors[f"rules.{k}"] = v.index_select(0, rows)
         prev = self._prev
-        packed = isinstance(prev, PackedFrame) and not prev.replaced
-        if packed:
-            groups = [
-                (group.index_select(1, rows), keys)
-                for group, keys in zip(prev.packed, prev.layout, strict=True)
-            ]
+        if isinstance(prev, PackedFrame) and not prev.replaced:
+            copied = _BatchRows(
+                tensors, [g.index_select(1, rows) for g in prev.packed], prev.layout
+            )
         else:
-            batched |= {f"frame.{k}": v.index_select(0, rows) for k, v in prev.items()}
-        out = []
-        for i, game_id in enumerate(game_ids):
-            tensors = {name: copy[i] for name, copy in batched.items()}
-            if packed:
-                for copy, keys in groups:
-                    fields = copy[:, i].unbind(0)
-                    tensors |= zip([f"frame.{k}" for k in keys], fields, strict=True)
-            state = self._generators[game_id].get_state()
-            out.append(Snapshot(tensors, state, self._setups[game_id]))
-        return out
+            tensors |= {f"frame.{k}": v.index_select(0, rows) for k, v in prev.items()}
+            copied = _BatchRows(tensors, [], None)
+        return [
+            Snapshot(
+                _RowTensors(copied, i),
+                self._generators[game_id].get_state(),
+                self._setups[game_id],
+            )
+            for i, game_id in enumerate(game_ids)
+        ]
 
     def restore(self, game_id: int, snapshot: Snapshot) -> None:
         self.restore_many([(game_id, snapshot)])
@@ -427,15 +525,16 @@ class Simulation:
         snapshots = [snapshot for _, snapshot in games]
 
         def stacked(name: str) -> Tensor:
-            return torch.stack([s.tensors[name] for s in snapshots])
+            return torch.stack([s.tensor(name) for s in snapshots])
 
         prev = self._prev
-        names = {k for k in snapshots[0].tensors if k.startswith("frame.")}
+        names = [k for k in snapshots[0].names() if k.startswith("frame.")]
         packed = isinstance(prev, PackedFrame) and not prev.replaced
-        if packed and len(names) == len(prev) and all(f"frame.{k}" in names for k in prev):
-            for group, keys in zip(prev.packed, prev.layout, strict=True):
-                values = [torch.stack([s.tensors[f"frame.{k}"] for k in keys]) for s in snapshots]
-                group.index_copy_(1, rows, torch.stack(values, 1).to(group.dtype))
+        if packed and len(names) == len(prev) and set(names) == {f"frame.{k}" for k in prev}:
+            per_game = [s.frame_groups(prev.layout) for s in snapshots]
+            for g, group in enumerate(prev.packed):
+                values = torch.stack([groups[g] for groups in per_game], 1)
+                group.index_copy_(1, rows, values.to(group.dtype))
         else:
             for name in names:
                 field = prev[name.removeprefix("frame.")]
