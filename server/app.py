@@ -53,6 +53,7 @@ from server.requests import (
 )
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
+from training.host_memory import keep_freed_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A tick allocates and frees blocks of megabytes (snapshots kept for a rollback, a
+        # large model's step): the allocator keeps them for reuse instead of returning them to
+        # the OS and faulting them in again (training.host_memory).
+        keep_freed_host_memory()
         device = settings.resolved_device()
         threads = settings.resolved_threads(device)
         if threads:
