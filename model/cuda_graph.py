@@ -102,11 +102,20 @@ class GraphedLiveStep:
         self.layouts, self.order = layouts, order
         self.graphs: dict[int, _BucketGraph] = {}
 
+    @staticmethod
+    def bucket(size: int) -> int:
+        """The batch size a batch of `size` games is padded to: the next power of two."""
+        return 1 << (size - 1).bit_length()
+
+    def captured(self, size: int) -> bool:
+        """Whether a batch of `size` games has its graph already."""
+        return self.bucket(size) in self.graphs
+
     def __call__(
         self, prev: Frames, controls: Frames, cache: WorldModelCache, rules: RuleState
     ) -> tuple[PackedFrame, Tensor]:
         size = len(rules.over)
-        bucket = 1 << (size - 1).bit_length()
+        bucket = self.bucket(size)
         prev_layout, controls_layout, out_layout = self.layouts
         inputs = _LiveInputs(
             pack(prev, prev_layout),

@@ -299,12 +299,13 @@ class Simulation:
             return []
         cache = self.model.allocate_inference_cache(len(snapshots), device=self.device)
 
-        def stacked(name: str) -> Tensor:
-            return torch.stack([s.tensors[name] for s in snapshots]).to(self.device)
+        def stacked(name: str) -> Tensor:  # read without making a lazy snapshot's views
+            return torch.stack([s.tensor(name) for s in snapshots]).to(self.device)
 
         for key, tensor in cache.tensors().items():
             tensor.copy_(stacked(f"cache.{key}"))
-        names = [k.removeprefix("frame.") for k in snapshots[0].tensors if k.startswith("frame.")]
+        frame_names = [k for k in snapshots[0].names() if k.startswith("frame.")]
+        names = [k.removeprefix("frame.") for k in frame_names]
         frame = {k: stacked(f"frame.{k}") for k in names}
         if not self._dtypes:
             self._dtypes = {k: v.dtype for k, v in frame.items()}
@@ -428,8 +429,7 @@ class Simulation:
         if self._graphed is None:
             layouts, order = live_layouts(self.model, prev, ctrl, self._cache, self._rules)
             self._graphed = GraphedLiveStep(self.model, layouts, order)
-        bucket = 1 << (len(self.game_ids) - 1).bit_length()
-        if bucket not in self._graphed.graphs:
+        if not self._graphed.captured(len(self.game_ids)):
             try:  # capture now, on copies of the state, so that a failure changes nothing
                 conv, ssm, rules = copy_of_state(self._cache, self._rules)
                 cache = WorldModelCache([Mamba2Cache(c, s) for c, s in zip(conv, ssm, strict=True)])
@@ -552,7 +552,7 @@ class Simulation:
 def graph_buckets(max_batch: int) -> list[int]:
     """The batch-size buckets CUDA graphs are captured for, for up to `max_batch` games: the
     powers of two up to the one a batch of `max_batch` is padded to, at most MAX_GRAPH_BATCH."""
-    top = min(1 << (max_batch - 1).bit_length(), MAX_GRAPH_BATCH)
+    top = min(GraphedLiveStep.bucket(max_batch), MAX_GRAPH_BATCH)
     return [1 << i for i in range(top.bit_length())]
 
 
