@@ -9,6 +9,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from server_client import create_session, open_play, receive, receive_until
 
 from model import game_state as gs
@@ -96,23 +97,26 @@ def test_sessions_and_matches_are_recorded_and_read_back_as_a_dataset(tmp_path):
     assert set(dataset.columns) >= {f"p1_{f.name}" for f in gs.PLAYER_FIELDS}
 
 
-def test_a_crash_keeps_the_parts_written(tmp_path):
-    """Without a clean shutdown the finished seconds are on disk, readable."""
-    from server.recorder import GameRecorder, read_recording
-
-    info = {"kind": "session", "id": "crashy-0"}
-    recorder = GameRecorder(tmp_path / "crashy-0", info, hold_back=8)
-    import torch
-
+def record_standard_frames(recorder, frames: int) -> None:
+    """Frames -123, -122, ... of a standard start into `recorder`, its file writes run as
+    they fall due (as the server's writer thread runs them)."""
     from model.simulation import GameSetup, standard_start
 
     start = standard_start(GameSetup())
-    for f in range(200):
+    for f in range(frames):
         row = {k: v.numpy() for k, v in start.items()}
         row["frame"] = row["frame"] + f
         recorder.add(-123 + f, row)
         for write in recorder.take_writes():
             write()
+
+
+def test_a_crash_keeps_the_parts_written(tmp_path):
+    """Without a clean shutdown the finished seconds are on disk, readable."""
+    from server.recorder import GameRecorder, read_recording
+
+    recorder = GameRecorder(tmp_path / "crashy-0", {"kind": "session", "id": "crashy-0"}, 8)
+    record_standard_frames(recorder, 200)
     # 200 frames, 8 held back for rollbacks: three full seconds are on disk, the rest is lost.
     table = read_recording(tmp_path / "crashy-0")
     assert table.num_rows == 3 * PART_FRAMES
@@ -128,17 +132,7 @@ def test_a_staggered_recording_writes_a_shorter_first_part_then_whole_seconds(tm
 
     info = {"kind": "session", "id": "late-0"}
     recorder = GameRecorder(tmp_path / "late-0", info, hold_back=8, stagger=17)
-    import torch
-
-    from model.simulation import GameSetup, standard_start
-
-    start = standard_start(GameSetup())
-    for f in range(130):
-        row = {k: v.numpy() for k, v in start.items()}
-        row["frame"] = row["frame"] + f
-        recorder.add(-123 + f, row)
-        for write in recorder.take_writes():
-            write()
+    record_standard_frames(recorder, 130)
     parts = sorted((tmp_path / "late-0" / "parts").glob("frames-*.parquet"))
     assert [pq.read_metadata(p).num_rows for p in parts] == [PART_FRAMES - 17, PART_FRAMES]
     table = read_recording(tmp_path / "late-0")
