@@ -18,6 +18,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training", "training.train", "train the world model on a parquet dataset"),
     "eval": ("training", "training.evaluate", "evaluate a checkpoint against baselines"),
     "compare": ("training", "training.compare", "compare evaluated runs (table and chart)"),
+    "probe": ("training", "training.probe_run", "play a checkpoint's behaviour probes"),
+    "probe-expectations": (
+        "training",
+        "training.probe_expectations",
+        "mine the behaviour probes' expectations from real games",
+    ),
     "match": ("server", "server.match", "play a headless policy-vs-policy match"),
     "serve": ("server", "server.serve", "run the live game server (websockets + REST)"),
     "play": ("client", "client.app", "open the pygame window and play (starts a local server)"),

@@ -229,3 +229,27 @@ def impute_missing_velocities(frames: dict[str, Tensor], missing) -> None:
                 frames[f"{p}_{name}"] = move.to(frames[f"{p}_{name}"].dtype)
         for name in ("vel_knockback_x", "vel_knockback_y"):
             frames[f"{p}_{name}"] = torch.zeros_like(frames[f"{p}_{name}"])
+
+
+def count_state_age(frames: dict[str, Tensor]) -> None:
+    """In place: each player's `state_age` (T,) as the rule counts it (`decoding.decode`: +1
+    while the action stays the same, else 0), from the game's first recorded value on.
+
+    Slippi records the animation's frame instead: it stays at -1 through ENTRY_END, stops at
+    10 in ENTRY_START, pauses in hitlag and follows animation speed, so it matches the rule on
+    only about 80% of same-action frames. A model trained on the recorded values but fed the
+    rule's in play reads ages it never saw (an ENTRY 80 frames old, where real ones last 5)
+    and never leaves the action; trained on the rule's count, it reads in play what it read
+    in training."""
+    for p in gs.PLAYERS:
+        action = frames[f"{p}_action"]
+        if len(action) == 0:
+            continue
+        position = torch.arange(len(action))
+        change = torch.ones_like(action, dtype=torch.bool)
+        change[1:] = action[1:] != action[:-1]
+        run_start = torch.cummax(torch.where(change, position, 0), 0).values
+        age = (position - run_start).to(frames[f"{p}_state_age"].dtype)
+        first_run = run_start == 0
+        age[first_run] += frames[f"{p}_state_age"][0]  # the first run counts from the record
+        frames[f"{p}_state_age"] = age

@@ -35,3 +35,17 @@ def character_name_external(character_id: int) -> str:
 
 def character_name_internal(character_id: int) -> str:
     return _ids()["characters_internal"].get(str(character_id), f"UNKNOWN_{character_id}")
+
+
+CHARACTER_VOCAB = 33  # internal ids 0..32 (model.game_state.CHARACTER_VOCAB)
+
+
+def parse_character(text: str) -> int:
+    """A character name (FOX, captain falcon) or in-game id -> the in-game (internal) id."""
+    key = text.strip().upper().replace(" ", "_").replace("-", "_")
+    if key.isdigit() and int(key) < CHARACTER_VOCAB:
+        return int(key)
+    for internal_id in range(CHARACTER_VOCAB):
+        if character_name_internal(internal_id) == key:
+            return internal_id
+    raise ValueError(f"unknown character {text!r}: use a name such as FOX or MARTH, or an id")

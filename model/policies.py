@@ -43,20 +43,49 @@ class Controller:
     def columns(self, player: int) -> dict[str, float | int]:
         """The dataset's controller columns for this player (`p1_joystick_x`, ...)."""
         p = gs.PLAYERS[player]
-        bits = 0
-        for name in self.buttons:
-            bits |= BUTTON_BITS[name]
-        return {
-            f"{p}_joystick_x": _clip(self.joystick[0], -1, 1),
-            f"{p}_joystick_y": _clip(self.joystick[1], -1, 1),
-            f"{p}_cstick_x": _clip(self.cstick[0], -1, 1),
-            f"{p}_cstick_y": _clip(self.cstick[1], -1, 1),
-            f"{p}_trigger": _clip(max(self.l_trigger, self.r_trigger), 0, 1),
-            f"{p}_buttons": bits,
-            f"{p}_buttons_physical": bits & 0xFFFF,
-            f"{p}_trigger_l": _clip(self.l_trigger, 0, 1),
-            f"{p}_trigger_r": _clip(self.r_trigger, 0, 1),
-        }
+        values = processed_controller(
+            self.joystick, self.cstick, self.l_trigger, self.r_trigger, self.buttons
+        )
+        return {f"{p}_{name}": value for name, value in values.items()}
+
+
+# What Melee's engine makes of the physical controller, as Slippi records it (pre-frame
+# `buttons` and `triggers`; checked on the corpus): Z is read as A plus a light shield press, so
+# a Z press sets the A bit too and an analog trigger of 0.35 (446 of 446 Z frames in 40 games);
+# a digital L or R press is a full analog press (1.0 on every such frame). The model learned
+# from those values, so a scripted or live controller must produce them too.
+Z_ANALOG = 0.35
+
+
+def processed_controller(
+    joystick: tuple[float, float],
+    cstick: tuple[float, float],
+    l_trigger: float,
+    r_trigger: float,
+    buttons,
+) -> dict[str, float | int]:
+    """One player's controller columns (without the `pN_` prefix) from physical sticks,
+    triggers and button names (from BUTTON_BITS), as the replays record them."""
+    physical = 0
+    for name in buttons:
+        physical |= BUTTON_BITS[name]
+    processed, analog = physical, max(_clip(l_trigger, 0, 1), _clip(r_trigger, 0, 1))
+    if physical & BUTTON_BITS["Z"]:
+        processed |= BUTTON_BITS["A"]
+        analog = max(analog, Z_ANALOG)
+    if physical & (BUTTON_BITS["L"] | BUTTON_BITS["R"]):
+        analog = 1.0
+    return {
+        "joystick_x": _clip(joystick[0], -1, 1),
+        "joystick_y": _clip(joystick[1], -1, 1),
+        "cstick_x": _clip(cstick[0], -1, 1),
+        "cstick_y": _clip(cstick[1], -1, 1),
+        "trigger": analog,
+        "buttons": processed,
+        "buttons_physical": physical & 0xFFFF,
+        "trigger_l": _clip(l_trigger, 0, 1),
+        "trigger_r": _clip(r_trigger, 0, 1),
+    }
 
 
 def _clip(value: float, low: float, high: float) -> float:

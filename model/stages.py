@@ -103,6 +103,26 @@ def _stage(stage_id: int, raw: dict, path: Path) -> Stage:
     )
 
 
+# Short names players use for the legal stages (and on the command line).
+STAGE_ALIASES = {
+    **{"fd": 32, "bf": 31, "dl": 28, "fod": 2, "ps": 3, "ys": 8, "stadium": 3},
+    **{"yoshis": 8, "dreamland": 28, "fountain": 2, "pokemon": 3, "final": 32},
+}
+
+
+def parse_stage(text: str) -> int:
+    """A legal stage's id from its id, its name (BATTLEFIELD, dream land) or an alias (fd)."""
+    key = text.strip().lower().replace("-", "_").replace(" ", "_")
+    if key in STAGE_ALIASES:
+        return STAGE_ALIASES[key]
+    for stage_id in legal_stage_ids():
+        name = melee_ids.stage_name(stage_id).lower()
+        if key in (str(stage_id), name, name.replace("_n64", "")):
+            return stage_id
+    names = ", ".join(melee_ids.stage_name(s) for s in legal_stage_ids())
+    raise ValueError(f"unknown stage {text!r}: use an id or one of {names} (or fd, bf, ...)")
+
+
 def legal_stage_ids() -> tuple[int, ...]:
     return tuple(sorted(_stages()))
 

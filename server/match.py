@@ -21,22 +21,19 @@ import pyarrow.parquet as pq
 import torch
 
 from model import game_state as gs
-from model import melee_ids
 from model.atomic_file import atomic_path
+from model.frame_spec import count_state_age
 from model.frames import Frames, frames_from_table, stack, table_from_frames
+from model.melee_ids import parse_character
 from model.policies import Policy, ReplayFollower, controls_for, make_policy
 from model.rules import Event
 from model.simulation import GameSetup, Simulation
-from model.stages import legal_stage_ids
+from model.stages import parse_stage
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "checkpoints" / "demo.safetensors"
-STAGE_ALIASES = {
-    **{"fd": 32, "bf": 31, "dl": 28, "fod": 2, "ps": 3, "ys": 8, "stadium": 3},
-    **{"yoshis": 8, "dreamland": 28, "fountain": 2, "pokemon": 3, "final": 32},
-}
 
 
 @dataclass
@@ -101,29 +98,6 @@ def run_match(
     return run_matches(sim, {game_id: policies}, max_frames)[game_id]
 
 
-def parse_stage(text: str) -> int:
-    key = text.strip().lower().replace("-", "_").replace(" ", "_")
-    if key in STAGE_ALIASES:
-        return STAGE_ALIASES[key]
-    for stage_id in legal_stage_ids():
-        name = melee_ids.stage_name(stage_id).lower()
-        if key in (str(stage_id), name, name.replace("_n64", "")):
-            return stage_id
-    names = ", ".join(melee_ids.stage_name(s) for s in legal_stage_ids())
-    raise ValueError(f"unknown stage {text!r}: use an id or one of {names} (or fd, bf, ...)")
-
-
-def parse_character(text: str) -> int:
-    """A character name or in-game id -> the in-game (internal) id."""
-    key = text.strip().upper().replace(" ", "_").replace("-", "_")
-    if key.isdigit():
-        return int(key)
-    for internal_id in range(gs.CHARACTER_VOCAB):
-        if melee_ids.character_name_internal(internal_id) == key:
-            return internal_id
-    raise ValueError(f"unknown character {text!r}: use a name such as FOX or MARTH, or an id")
-
-
 def load_model(checkpoint: Path | None, config: str | None, device: str):
     """The checkpoint given, else the bundled demo checkpoint, else (with a warning) an
     untrained model of `config`."""
@@ -143,12 +117,16 @@ def load_model(checkpoint: Path | None, config: str | None, device: str):
 
 
 def read_replay_frames(path: Path) -> Frames:
-    """A `.slp` replay or a parquet trajectory (dataset schema) as frames."""
+    """A `.slp` replay or a parquet trajectory (dataset schema) as frames, `state_age` counted
+    as the model reads it (`model.frame_spec.count_state_age`)."""
     if path.suffix == ".parquet":
-        return frames_from_table(pq.read_table(path))
-    from training.replay_reader import read_replay
+        frames = frames_from_table(pq.read_table(path))
+    else:
+        from training.replay_reader import read_replay
 
-    return frames_from_table(read_replay(path).table)
+        frames = frames_from_table(read_replay(path).table)
+    count_state_age(frames)
+    return frames
 
 
 def build_parser() -> argparse.ArgumentParser:

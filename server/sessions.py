@@ -12,8 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.frame_spec import BUTTON_BITS
-from model.policies import Policy
+from model.policies import Policy, processed_controller
 from model.simulation import Snapshot
 from server import protocol
 from server.recorder import GameRecorder
@@ -45,21 +44,15 @@ def new_token() -> str:
 
 
 def controller_columns(message: protocol.Input) -> dict[str, float | int]:
-    """An input message as one player's controller columns (without the `pN_` prefix)."""
-    bits = 0
-    for name in message.buttons:
-        bits |= BUTTON_BITS[name]
-    return {
-        "joystick_x": message.stick_x,
-        "joystick_y": message.stick_y,
-        "cstick_x": message.cstick_x,
-        "cstick_y": message.cstick_y,
-        "trigger": max(message.trigger_l, message.trigger_r),
-        "buttons": bits,
-        "buttons_physical": bits & 0xFFFF,
-        "trigger_l": message.trigger_l,
-        "trigger_r": message.trigger_r,
-    }
+    """An input message as one player's controller columns (without the `pN_` prefix), as
+    Melee processes them (`model.policies.processed_controller`: Z also presses A, ...)."""
+    return processed_controller(
+        (message.stick_x, message.stick_y),
+        (message.cstick_x, message.cstick_y),
+        message.trigger_l,
+        message.trigger_r,
+        message.buttons,
+    )
 
 
 class Connection:

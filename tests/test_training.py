@@ -89,8 +89,9 @@ def test_a_short_run_learns(dataset_dir, tiny_model_yaml, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5  # about 0.7 after 40 steps
 
 
-def test_resume_continues_exactly(dataset_dir, tiny_model_yaml, tmp_path):
-    c = config(tiny_model_yaml, max_steps=12)
+@pytest.mark.parametrize("mirror", [0.0, 0.5])
+def test_resume_continues_exactly(dataset_dir, tiny_model_yaml, tmp_path, mirror):
+    c = config(tiny_model_yaml, max_steps=12, mirror=mirror)
     straight = Trainer(c, dataset_dir, tmp_path / "a")
     straight.run(progress=False)
     first = Trainer(c, dataset_dir, tmp_path / "b")
@@ -333,3 +334,18 @@ def test_fp16_scales_the_loss_and_resumes_the_scaler(dataset_dir, tiny_model_yam
     resumed.resume()
     assert resumed.step == 4 and resumed.scaler.get_scale() == scale
     assert math.isfinite(resumed.train_step()[0])
+
+
+def test_init_from_starts_from_a_checkpoints_weights(dataset_dir, tiny_model_yaml, tmp_path):
+    source = Trainer(config(tiny_model_yaml, seed=1), dataset_dir, tmp_path / "source")
+    source.run(max_steps=2, progress=False)
+    init = str(tmp_path / "source" / "last.safetensors")
+    warm = Trainer(config(tiny_model_yaml, init_from=init), dataset_dir, tmp_path / "warm")
+    assert same_weights(warm.model, source.model)
+    cold = Trainer(config(tiny_model_yaml), dataset_dir, tmp_path / "cold")
+    assert not same_weights(cold.model, source.model)
+
+
+def test_mirror_is_a_probability():
+    with pytest.raises(ValueError, match="mirror"):
+        TrainConfig(mirror=1.5)

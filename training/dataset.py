@@ -17,6 +17,8 @@ Conventions:
 - Masks: {column: (B,) bool}, True where the window's game recorded the column, for every
   column (manifest `missing_fields` names, e.g. `p1_hitlag`, `item_slot`) that at least one
   game of the dataset lacks. The trainer masks those losses instead of learning the defaults.
+- `state_age` is the rule's count (`model.frame_spec.count_state_age`), as the model reads it
+  in play, not Slippi's animation frame.
 - Velocities, recorded from Slippi 3.5, are filled in for older games as each frame's own move
   (`model.frame_spec.impute_missing_velocities`): positions are decoded from them.
 
@@ -36,7 +38,7 @@ import torch
 from torch import Tensor
 
 from model import game_state as gs
-from model.frame_spec import impute_missing_velocities
+from model.frame_spec import count_state_age, impute_missing_velocities
 from model.frames import Frames, frames_from_table
 from training.manifest import MANIFEST_NAME, load_manifest
 
@@ -162,6 +164,7 @@ class GameDataset:
                 )
             frames = frames_from_table(table)
             impute_missing_velocities(frames, row["missing_fields"])  # Slippi < 3.5
+            count_state_age(frames)  # as the simulation counts it, not as Slippi records it
             if not self.columns:
                 self.columns = {
                     k: torch.empty((total, *v.shape[1:]), dtype=v.dtype) for k, v in frames.items()

@@ -13,6 +13,10 @@ Two kinds of evidence, on the validation games of a dataset:
 The same rollout metrics, in the same run, for two baselines: persistence (nothing changes)
 and constant velocity (positions keep their last per-frame change). The JSON holds sections
 `model`, `persistence` and `constant_velocity` side by side, so results read as ratios.
+
+And how the model plays: the behaviour probes (`playmodel probe`, training/probe_run.py) on
+the legal stages and the default characters, their pass rate in section `probes` (overall and
+per probe; `--probes none` leaves them out, `--probes NAME,...` plays some).
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ def teacher_forced(model: WorldModel, data: GameDataset, seq_len: int, max_windo
             real, guess = target[f"{p}_action"], predicted[f"{p}_action"]
             hit = guess == real
             changed = real != prev[f"{p}_action"]
+            # The baseline a model must beat: the action of the frame before, copied.
+            correct["action_copy_baseline"] += int((~changed).sum())
+            total["action_copy_baseline"] += changed.numel()
             correct["action_change"] += int((hit & changed).sum())
             total["action_change"] += int(changed.sum())
             category = categories[real.clamp(max=len(categories) - 1)]
@@ -195,7 +202,9 @@ def evaluate(
     seq_len: int = 60,
     max_windows: int = 200,
     quantize: str = "none",
+    probes: Sequence[str] | None = (),
 ) -> dict:
+    """`probes`: the behaviour probes to play (empty: all of them; None: none)."""
     model, _meta = load_checkpoint(checkpoint)
     model = maybe_quantize(model.eval(), quantize)
     data = GameDataset(data_dir, split)
@@ -212,7 +221,14 @@ def evaluate(
         "seed": seed,
         "teacher_forced": teacher_forced(model, data, seq_len, max_windows),
         **{method: summarise(values, horizons) for method, values in per_method.items()},
+        **({} if probes is None else {"probes": probe_summary(model, probes or None)}),
     }
+
+
+def probe_summary(model: WorldModel, names: Sequence[str] | None) -> dict:
+    from training.probe_run import run_probes, summary
+
+    return summary(run_probes(model, probe_names=names, progress=False))
 
 
 def plot(result: dict, path: Path) -> None:
@@ -251,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=QUANTIZE_CHOICES,
         help="evaluate the model with int8 mixer and head weights, as served with QUANTIZE=int8",
     )
+    parser.add_argument(
+        "--probes",
+        default="all",
+        help="behaviour probes to play: all (default), none, or names (playmodel probe)",
+    )
     return parser
 
 
@@ -259,6 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         horizons = [int(h) for h in args.horizons.split(",")]
+        probes = {"all": (), "none": None}.get(args.probes)
+        if args.probes not in ("all", "none"):
+            from training.probes import PROBES_BY_NAME
+
+            probes = args.probes.split(",")
+            unknown = sorted(set(probes) - set(PROBES_BY_NAME))
+            if unknown:
+                raise ValueError(f"--probes: unknown probes {', '.join(unknown)}")
         result = evaluate(
             args.checkpoint,
             args.data,
@@ -267,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             args.split,
             quantize=args.quantize,
+            probes=probes,
         )
     except (ValueError, OSError) as e:
         log.error("%s", e)
@@ -279,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, section in rows:
         rc = ", ".join(f"RC{k} {section[f'rc{k}']:.2f}" for k in (5, 10, 20) if f"rc{k}" in section)
         print(f"{name:18s} {rc}")
+    if "probes" in result:
+        probes = result["probes"]
+        rate, passed, total = probes["pass_rate"], probes["passed"], probes["total"]
+        print(f"behaviour probes   {rate:.0%} pass ({passed}/{total})")
     print(
         f"action accuracy (teacher-forced) {result['teacher_forced']['accuracy']['action']:.3f}"
         f" -> {args.json}"

@@ -54,6 +54,7 @@ from model.world_model import WorldModel, WorldModelCache
 from training.dataset import GameDataset
 from training.host_memory import keep_freed_host_memory
 from training.losses import LossWeights, compute_losses
+from training.mirror import ground_mirror_table, mirror_windows
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -92,6 +93,12 @@ class TrainConfig:
     # decoded from the model's own prediction at the position before, one recurrent step at a
     # time, and their loss counts with the others'. 0 turns it off; at most seq_len - 1.
     unroll: int = 0
+    # Left/right mirror augmentation (training/mirror.py): the probability that a window is
+    # flipped about the stage's centre line. 0 turns it off.
+    mirror: float = 0.0
+    # Start from these weights (a checkpoint of the same model preset) instead of random
+    # ones; the optimiser and the schedule start fresh. Ignored by --resume.
+    init_from: str | None = None
     # Mixed precision on CUDA: "auto" is bf16 where the GPU supports it, else fp16 with a
     # gradient scaler; "bf16", "fp16" and "off" choose. CPU training always runs in fp32.
     amp: str = "auto"
@@ -105,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (got {self.amp!r})")
         if not 0 <= self.unroll < self.seq_len:
             raise ValueError(f"unroll must be in 0..seq_len-1 = {self.seq_len - 1}")
+        if not 0.0 <= self.mirror <= 1.0:
+            raise ValueError(f"mirror is a probability in [0, 1] (got {self.mirror})")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -379,8 +388,15 @@ class Trainer:
                 config.val_fraction,
             )
             self.val_data = self.train_data
+        self.ground_mirror = (
+            ground_mirror_table(self.train_data.columns) if config.mirror > 0 else None
+        )
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = WorldModel(self.model_config).to(self.device)
+        if config.init_from:
+            initial, _ = load_checkpoint(config.init_from, self.model_config)
+            self.model.load_state_dict(initial.state_dict())
+            log.info("initial weights from %s", config.init_from)
         self.optimizer = make_optimizer(self.model, config)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         # The scaler only acts under fp16 (bf16 has fp32's range); disabled, it is a no-op.
@@ -451,6 +467,12 @@ class Trainer:
         frames, masks = self.train_data.batch(
             self.step, config.batch_size, config.seq_len, config.seed
         )
+        if self.ground_mirror is not None:
+            # Seeded by (seed, step) like the batch, for the global batch, so that --resume
+            # stays exact and every rank flips its rows as one process would.
+            generator = torch.Generator().manual_seed(config.seed * 1_000_033 + self.step + 1)
+            flip = torch.rand(config.batch_size, generator=generator) < config.mirror
+            frames = mirror_windows(frames, flip, self.ground_mirror)
         frames = {k: v[rows].to(self.device) for k, v in frames.items()}
         masks = {k: v[rows].to(self.device) for k, v in masks.items()}
         prev, controls, target = split_window(frames)
