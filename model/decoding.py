@@ -24,6 +24,14 @@ from model.frames import player_columns
 from model.heads import head_outputs, head_width, split_outputs
 
 MIN_PERCENT_CHANGE = 0.5
+# A character at rest has speeds of exactly 0 in Melee (85% of the corpus's ground-speed frames),
+# and a moving one rarely under this (0.7% of frames); the slowest start of a move, a slow
+# faller's first frame of gravity, is 0.064 units a frame (Jigglypuff, libmelee's
+# characterdata.csv). A decoded speed below it is 0, as is a position residual below
+# REST_RESIDUAL (0 on 90% of real frames): otherwise the heads' small errors add up, frame after
+# frame, into a standing character that slides and floats away.
+REST_SPEED = 0.015
+REST_RESIDUAL = 0.05
 # Copy prior, in logits: categorical and binary fields mostly keep last frame's value (on the
 # replays the action is unchanged on 95% of frames, the jumps, ground, hurtbox and last attack
 # on more), so their heads predict the change relative to "same as before". A categorical head
@@ -89,6 +97,7 @@ def _constants(device: torch.device) -> dict[str, Tensor]:
             # Damage comes in hits of at least 1%; a smaller predicted change of percent is
             # noise that would otherwise accumulate over a long game.
             "delta_is_percent": tensor([s.name == "percent" for s in _DELTA], torch.bool),
+            "delta_is_speed": tensor([s.name.startswith("vel_") for s in _DELTA], torch.bool),
             "value_scale": tensor([s.scale for s in _VALUE]),
             "value_is_integer": tensor(
                 [fs.PLAYER_FIELD[s.name].dtype != "float32" for s in _VALUE], torch.bool
@@ -186,6 +195,8 @@ def decode(
     delta = players[..., _DELTA_COLS].float() * c["delta_scale"]
     small = (delta.abs() < MIN_PERCENT_CHANGE) & c["delta_is_percent"]
     deltas = prev_block(_DELTA) + torch.where(small, 0.0, delta)  # (*lead, 2, n delta)
+    resting = (deltas.abs() < REST_SPEED) & c["delta_is_speed"]
+    deltas = torch.where(resting, 0.0, deltas)
     value = players[..., _VALUE_COLS].float() * c["value_scale"]
     values = torch.where(c["value_is_integer"], value.round(), value).clamp(min=0)
     classes = {}
@@ -208,6 +219,7 @@ def decode(
         -1,
     )
     displacement = players[..., _DISPLACEMENT_COLS].float() * c["displacement_scale"]
+    displacement = torch.where(displacement.abs() < REST_RESIDUAL, 0.0, displacement)
     positions = prev_block(_DISPLACEMENT) + implied + displacement  # (*lead, 2, 2)
     same_action = classes["action"] == prev_players[..., _PREV["action"]].long()
     age = prev_players[..., _PREV["state_age"]] + 1

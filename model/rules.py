@@ -8,12 +8,16 @@ well-formed whatever the model predicts:
 2. A player outside a blast zone is KO'd: one stock less, then, if stocks remain, respawned on
    the revival platform at 0% with zero velocity, in the platform-wait action and invulnerable
    for `RESPAWN_INVULNERABLE_FRAMES`.
-3. Players stand still where real ones do: during the entry animation (until frame -40) and on
-   the revival platform after a respawn, which they leave when their controller is touched
-   or after `HALO_MAX_FRAMES` (then falling, as in Melee).
+3. The entry animation plays as in Melee (ENTRY, ENTRY_START, ENTRY_END, no input changes
+   it), then the players stand at the stage's start points until GO (frame -39); after a
+   respawn, they stand still on the revival platform, which they leave when their controller
+   is touched or after `HALO_MAX_FRAMES` (then falling, as in Melee).
 4. The main stage is solid from above: a player who was on or above its flat part and is
    predicted to sink more than `FLOOR_TOLERANCE` below its surface is put back on it, with
-   no downward speed (the "falls through the stage" drift).
+   no downward speed (the "falls through the stage" drift); and a player the model puts on the
+   ground over its flat part, within that distance of it, or within `PLATFORM_SNAP` of a
+   platform that does not move, stands on it (at its height, with no vertical self speed),
+   as Melee's collision with the stage keeps them.
 5. Stocks change only through rule 2; the model's stock prediction is overwritten.
 6. The game ends when a player has no stocks left, or when the timer runs out (the player
    with more stocks, then less damage, wins; equal is a draw).
@@ -73,9 +77,17 @@ DESCENT_FRAMES = 60
 DEAD_ACTIONS = {"bottom": 0, "left": 1, "right": 2, "top": 4}  # DEAD_DOWN, _LEFT, _RIGHT, _FLY_STAR
 ON_HALO_DESCENT = 12
 FALL_ACTION = 29
-ENTRY_ACTIONS = (322, 323, 324)
-ENTRY_HOLD_UNTIL = -40  # frame id
-ENTRY_BOB_PER_FRAME = 0.1
+# The entry animation, by frame id (the last frame of each action), as the corpus's games
+# play it: ENTRY to -119, ENTRY_START to -90, ENTRY_END to -60 (274 of 300 games; the rest
+# run 5 or 10 frames later). Then real players fall onto their start point, land by about
+# -46 and stand from -9. No input changes it, and the model
+# only saw it in 1.5% of its training frames, so the rules play it; from -59 to GO the
+# players stand at the stage's start points (assets/stages.json `starts`, mined from the
+# corpus), and the model takes them over at GO.
+ENTRY_PHASES = ((-119, 322), (-90, 323), (-60, 324))
+GO_FRAME = -39
+STANDING_ACTION = 14
+KIRBY, JIGGLYPUFF = 4, 15  # internal ids: six jumps (one from the ground, five in the air)
 STICK_DEADZONE = 0.2875  # Melee reads smaller stick values as neutral
 DEFAULT_TIMER_FRAMES = 8 * 60 * 60  # 8:00, the default versus timer, at 60 frames per second
 FIRST_TIMER_FRAME = 0  # the match clock starts at frame 0 (Slippi: -39 is the first playable)
@@ -108,6 +120,9 @@ class RuleState:
     descent: Tensor  # (B, 2) long: frames left of the revival platform's descent
     dead_at: Tensor  # (B, 2, 3) float: where a KO'd player is held, x, y, DEAD_* action
     respawn_top: Tensor  # (B,) float: y where the revival platform's descent starts
+    start: Tensor  # (B, 2, 3) float: per player x, y, ground id where the entry leaves them
+    # (x is the spawn's: a player falls straight down from it)
+    platforms: Tensor  # (B, MAX_PLATFORMS, 3) float: left x, right x, y (unused rows: far away)
 
     @staticmethod
     def new(
@@ -135,6 +150,8 @@ class RuleState:
             descent=torch.zeros(1, 2, **long),
             dead_at=torch.zeros(1, 2, 3, **f32),
             respawn_top=torch.tensor([stage.respawn_top_y], **f32),
+            start=torch.tensor([list(stage.starts[:2])], **f32),
+            platforms=torch.tensor([_platform_rows(stage)], **f32),
         )
 
     def tensors(self) -> dict[str, Tensor]:
@@ -143,6 +160,14 @@ class RuleState:
     @staticmethod
     def from_tensors(tensors: dict[str, Tensor]) -> RuleState:
         return RuleState(**tensors)
+
+
+MAX_PLATFORMS = 3  # Battlefield's three; the other legal stages list fewer
+
+
+def _platform_rows(stage: Stage) -> list[list[float]]:
+    rows = [[p.left_x, p.right_x, p.y] for p in stage.platforms[:MAX_PLATFORMS]]
+    return rows + [[1e9, 1e9, 1e9]] * (MAX_PLATFORMS - len(rows))
 
 
 @functools.lru_cache(maxsize=8)
@@ -210,6 +235,9 @@ ZONES = ("left", "right", "bottom", "top")
 # the position is not the feet), by at most 12.5 units on the 84 games of shared/replays (1,722
 # dips measured, 0.1% deeper than 11.1). Sinking further than this is the model's drift.
 FLOOR_TOLERANCE = 13.0
+# Platforms are thin and sit 27+ units over the stage: a grounded player this close to one's
+# height, over it, stands on it.
+PLATFORM_SNAP = 3.0
 
 
 def keep_above_main_stage(
@@ -227,35 +255,61 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     x, y, was_y = players["x"], players["y"], prev["y"].float()
     over = (x.abs() < half_width) & (prev["x"].float().abs() < half_width)
     sunk = over & (was_y >= floor) & (y < floor)
-    players["y"] = torch.where(sunk, surface, y)
+    # A grounded player stands on the surface under them (the collision Melee's engine
+    # computes): on the corpus's Final Destination games, 88% of grounded frames over the
+    # stage are at its height to 0.001 units (most of the rest predate the airborne field).
+    # Only near the surface, so that a wrong "grounded" high above it moves nobody.
+    standing = over & (players["airborne"] == 0) & ((y - surface).abs() < FLOOR_TOLERANCE)
+    players["y"] = torch.where(sunk | standing, surface, y)
     for name in ("vel_self_y", "vel_knockback_y"):
         players[name] = torch.where(sunk, players[name].clamp(min=0), players[name])
+    # The same on the platforms that do not move, a little above or below their height.
+    platforms = rules.platforms[:, None]  # (B, 1, P, 3)
+    x, y = players["x"][..., None], players["y"][..., None]  # (B, 2, 1)
+    on = (x >= platforms[..., 0]) & (x <= platforms[..., 1])
+    on &= (y - platforms[..., 2]).abs() < PLATFORM_SNAP  # (B, 2, P)
+    on &= (players["airborne"] == 0)[..., None]
+    height = (platforms[..., 2] * on).sum(-1)  # (B, 2): at most one platform per player
+    on_platform = on.any(-1)
+    players["y"] = torch.where(on_platform, height, players["y"])
+    players["vel_self_y"] = torch.where(standing | on_platform, 0.0, players["vel_self_y"])
 
 
-def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
-    """Rule 3a, in place: during the entry animation nobody moves sideways, nobody moves at
-    all in ENTRY itself, and ENTRY_START / ENTRY_END only bob (as real players do). By frame
-    -40 the animation is over: a player still in it falls (real ones all leave it into FALL)."""
+def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor], rules: RuleState) -> None:
+    """Rule 3a, in place: Melee's entry animation, which no input changes, played as real
+    games play it, then both players standing where it leaves them until GO."""
     players = _Players(frame)
-    _hold_entry(frame, players, _Players(prev))
+    _hold_entry(frame, players, _Players(prev), rules)
     players.write_back()
 
 
-def _hold_entry(frame: dict[str, Tensor], players: _Players, prev: _Players) -> None:
-    early = (frame["frame"] < ENTRY_HOLD_UNTIL)[:, None]  # (B, 1)
-    over = ~early & _is_any(players["action"], ENTRY_ACTIONS)
-    players["action"] = torch.where(over, FALL_ACTION, players["action"])
-    players["airborne"] = torch.where(over, 1, players["airborne"])
-    age = players["state_age"]
-    players["state_age"] = torch.where(over, torch.zeros_like(age), age)
-    was, now = prev["action"], players["action"]
-    entry = early & _is_any(was, ENTRY_ACTIONS) & _is_any(now, ENTRY_ACTIONS)
-    still = entry & (was == ENTRY_ACTIONS[0]) & (now == ENTRY_ACTIONS[0])
-    _hold(players, still, prev["x"], prev["y"])
-    x, y, was_x, was_y = players["x"], players["y"], prev["x"], prev["y"]
-    players["x"] = torch.where(entry, was_x.to(x.dtype), x)
-    bob = was_y + (y - was_y).clamp(-ENTRY_BOB_PER_FRAME, ENTRY_BOB_PER_FRAME)
-    players["y"] = torch.where(entry & ~still, bob.to(y.dtype), players["y"])
+def _hold_entry(
+    frame: dict[str, Tensor], players: _Players, prev: _Players, rules: RuleState
+) -> None:
+    frame_id = frame["frame"][:, None]  # (B, 1)
+    action = torch.full_like(players["action"], STANDING_ACTION)
+    for last_frame, entry_action in reversed(ENTRY_PHASES):  # the earliest phase wins
+        action = torch.where(frame_id <= last_frame, entry_action, action)
+    held = (frame_id <= GO_FRAME).expand_as(action)  # (B, 2)
+    animating = held & (frame_id <= ENTRY_PHASES[-1][0])
+    standing = held & ~animating
+    start = rules.start  # (B, 2, 3): x, y, ground
+    _hold(players, animating, prev["x"], prev["y"])
+    _hold(players, standing, prev["x"], start[..., 1])  # straight down from the spawn
+    was = prev["action"]
+    players["action"] = torch.where(held, action, players["action"])
+    age = torch.where(players["action"] == was, prev["state_age"] + 1, 0.0)
+    players["state_age"] = torch.where(
+        held, age.to(players["state_age"].dtype), players["state_age"]
+    )
+    players["airborne"] = torch.where(held, animating.long(), players["airborne"])
+    ground = torch.where(standing, start[..., 2].long(), gs.GROUND_NONE)
+    players["ground"] = torch.where(held, ground, players["ground"])
+    character = players["character"]
+    full = torch.where((character == KIRBY) | (character == JIGGLYPUFF), 6, 2)
+    players["jumps"] = torch.where(standing, full, players["jumps"])
+    for name in ("percent", "hitlag", "hitstun"):
+        players[name] = torch.where(held, 0.0, players[name].float()).to(players[name].dtype)
 
 
 def _hold_on_platform(
@@ -343,7 +397,7 @@ def rule_step(
     _hold_on_platform(players, rules, controls)
     if prev is not None:
         before = _Players(prev)
-        _hold_entry(frame, players, before)
+        _hold_entry(frame, players, before, rules)
         _keep_above_main_stage(players, before, rules)
     dead_actions = _constants(rules.dead_at.device)["dead_actions"]
     x, y = players["x"], players["y"]  # (B, 2)

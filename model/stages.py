@@ -52,6 +52,7 @@ class Stage:
     platforms: tuple[Platform, ...]  # side and top platforms that do not move
     spawns: tuple[tuple[float, float], ...]  # (x, y) at frame -123, player slots 1..4
     respawns: tuple[tuple[float, float], ...]  # revival platform rest point, by player slot
+    starts: tuple[tuple[float, float, int], ...]  # (x, y, ground id) after the entry, slots 1-2
     main_flat_x: float  # main.y holds for abs(x) < main_flat_x (Yoshi's and FoD are not flat)
     respawn_top_y: float  # y where ON_HALO_DESCENT starts; it lasts 60 frames down to respawns
 
@@ -98,6 +99,7 @@ def _stage(stage_id: int, raw: dict, path: Path) -> Stage:
         ),
         spawns=spawns,
         respawns=respawns,
+        starts=tuple((float(p["x"]), float(p["y"]), int(p["ground"])) for p in raw["starts"]),
         main_flat_x=float(main["flat_half_width"]),
         respawn_top_y=float(raw["respawn_top_y"]["y"]),
     )

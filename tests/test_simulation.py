@@ -158,46 +158,70 @@ def test_touching_the_controller_leaves_the_platform_falling():
     assert float(frame["p1_x"][0]) == 50.0
 
 
-def test_the_entry_holds_are_invisible_on_real_games(dev_dataset_dir):
-    """Real players never move during the entry animation: holding them changes nothing."""
+def test_the_entry_plays_as_in_real_games(dev_dataset_dir):
+    """The rules' entry animation has the real games' actions on nearly all of its frames
+    (some real entries run 5 or 10 frames late), and leaves the players where real ones
+    stand at GO."""
     import pyarrow.parquet as pq
 
-    from model.rules import hold_entry
+    from model.rules import ENTRY_PHASES, GO_FRAME, hold_entry
 
+    matched = []
     for path in sorted(dev_dataset_dir.glob("*.parquet")):
-        frames = frames_from_table(pq.read_table(path))
-        prev = {k: v[:200] for k, v in frames.items()}
-        new = {k: v[1:201].clone() for k, v in frames.items()}
-        before = {k: new[k].clone() for k in ("p1_x", "p1_y", "p2_x", "p2_y")}
-        hold_entry(new, prev)
-        for key, value in before.items():
-            assert torch.equal(new[key], value), f"{path.name}: the entry hold moved {key}"
+        real = frames_from_table(pq.read_table(path))
+        stage = int(real["stage"][0])
+        if stage not in legal_stage_ids() or int(real["frame"][0]) != -123:
+            continue
+        rules = RuleState.new(get_stage(stage), (4, 4))
+        frame = {k: v[:1].clone() for k, v in real.items()}
+        same, animation = 0, range(1, ENTRY_PHASES[-1][0] + 124)  # frames -122 .. -60
+        for row in range(1, GO_FRAME + 124):
+            prev, frame = frame, {k: v[row : row + 1].clone() for k, v in real.items()}
+            frame["p1_action"][0] = 0  # whatever the model says
+            hold_entry(frame, prev, rules)
+            same += row in animation and int(frame["p1_action"][0] == real["p1_action"][row])
+        matched.append(same / len(animation))
+        for slot, p in enumerate(("p1", "p2")):
+            start = get_stage(stage).starts[slot]
+            spawn_x = float(real[f"{p}_x"][animation[-1]])  # the entry falls straight down
+            assert float(frame[f"{p}_x"][0]) == pytest.approx(spawn_x, abs=1)
+            assert float(frame[f"{p}_y"][0]) == pytest.approx(start[1], abs=0.01)
+    assert len(matched) >= 3 and min(matched) > 0.6, matched
+    assert sorted(matched)[len(matched) // 2] > 0.95, matched
 
 
-def test_the_entry_ends_by_frame_minus_40_whatever_the_model_says():
-    from model.rules import ENTRY_HOLD_UNTIL, FALL_ACTION, hold_entry
+def test_at_go_players_stand_at_the_start_points_whatever_the_model_says():
+    from model.rules import GO_FRAME, STANDING_ACTION, hold_entry
 
-    prev, _ = batch_frame(31)
-    prev["frame"] = torch.tensor([ENTRY_HOLD_UNTIL - 1])
+    prev, rules = batch_frame(31)
+    prev["frame"] = torch.tensor([GO_FRAME - 1])
     frame = {k: v.clone() for k, v in prev.items()}  # both players still in ENTRY
-    frame["frame"] = torch.tensor([ENTRY_HOLD_UNTIL])
-    frame["p2_action"][0] = 14  # p2 left it already
-    hold_entry(frame, prev)
-    assert int(frame["p1_action"][0]) == FALL_ACTION
-    assert int(frame["p1_airborne"][0]) == 1
-    assert int(frame["p2_action"][0]) == 14
+    frame["frame"] = torch.tensor([GO_FRAME])
+    frame["p2_action"][0] = 29  # the model has p2 falling
+    frame["p2_y"][0] = 90.0
+    hold_entry(frame, prev, rules)
+    for slot, p in enumerate(("p1", "p2")):
+        x, y, ground = get_stage(31).starts[slot]
+        assert int(frame[f"{p}_action"][0]) == STANDING_ACTION
+        assert int(frame[f"{p}_airborne"][0]) == 0 and int(frame[f"{p}_ground"][0]) == ground
+        assert float(frame[f"{p}_x"][0]) == pytest.approx(x, abs=1e-4)  # the spawn's x
+        assert float(frame[f"{p}_y"][0]) == pytest.approx(y, abs=1e-4)
+    frame["frame"] = torch.tensor([GO_FRAME + 1])  # after GO the model moves them
+    frame["p1_action"][0] = 20
+    hold_entry(frame, prev, rules)
+    assert int(frame["p1_action"][0]) == 20
 
 
 def test_the_entry_hold_stops_a_drifting_model():
     from model.rules import hold_entry
 
-    prev, _ = batch_frame(31)
+    prev, rules = batch_frame(31)
     prev["frame"] = torch.tensor([-100])
     frame = {k: v.clone() for k, v in prev.items()}
     frame["frame"] = torch.tensor([-99])
     frame["p1_x"][0] += 3.0
     frame["p1_y"][0] -= 2.0
-    hold_entry(frame, prev)
+    hold_entry(frame, prev, rules)
     assert float(frame["p1_x"][0]) == float(prev["p1_x"][0])
     assert float(frame["p1_y"][0]) == float(prev["p1_y"][0])
 
