@@ -259,7 +259,10 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     # computes): on the corpus's Final Destination games, 88% of grounded frames over the
     # stage are at its height to 0.001 units (most of the rest predate the airborne field).
     # Only near the surface, so that a wrong "grounded" high above it moves nobody.
-    standing = over & (players["airborne"] == 0) & ((y - surface).abs() < FLOOR_TOLERANCE)
+    # Not a player the model sends upward: a jump's first frame may come before its
+    # airborne flag does.
+    grounded = (players["airborne"] == 0) & (players["vel_self_y"] <= 0)
+    standing = over & grounded & ((y - surface).abs() < FLOOR_TOLERANCE)
     players["y"] = torch.where(sunk | standing, surface, y)
     for name in ("vel_self_y", "vel_knockback_y"):
         players[name] = torch.where(sunk, players[name].clamp(min=0), players[name])
@@ -268,7 +271,7 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     x, y = players["x"][..., None], players["y"][..., None]  # (B, 2, 1)
     on = (x >= platforms[..., 0]) & (x <= platforms[..., 1])
     on &= (y - platforms[..., 2]).abs() < PLATFORM_SNAP  # (B, 2, P)
-    on &= (players["airborne"] == 0)[..., None]
+    on &= grounded[..., None]
     height = (platforms[..., 2] * on).sum(-1)  # (B, 2): at most one platform per player
     on_platform = on.any(-1)
     players["y"] = torch.where(on_platform, height, players["y"])

@@ -69,15 +69,22 @@ def test_frame_errors_measure_distance():
 def test_eval_cli_writes_model_and_baselines(dataset_dir, checkpoint, tmp_path, capsys):
     out, png = tmp_path / "eval.json", tmp_path / "eval.png"
     argv = ["--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--json", str(out)]
-    assert main([*argv, "--starts", "4", "--split", "all", "--plot", str(png)]) == 0
+    run = [*argv, "--starts", "4", "--split", "all", "--plot", str(png), "--probes", "stand_still"]
+    assert main(run) == 0
     result = json.loads(out.read_text())
     for method in ("model", "persistence", "constant_velocity"):
         assert set(result[method]["horizons"]) == {"1", "5", "10", "20"}
         assert {"rc5", "rc10", "rc20"} <= set(result[method])
     assert 0 <= result["teacher_forced"]["accuracy"]["action"] <= 1
     assert len(result["teacher_forced"]["worst_actions"]) == 5
+    # Copying the previous action is right on most frames of real play.
+    assert result["teacher_forced"]["accuracy"]["action_copy_baseline"] > 0.8
+    assert set(result["probes"]["per_probe"]) == {"stand_still"}
+    assert result["probes"]["total"] == 36  # 6 legal stages x 6 characters
+    assert 0 <= result["probes"]["pass_rate"] <= 1
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "RC5" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "RC5" in output and "behaviour probes" in output
     assert main([*argv[:2], "--data", str(tmp_path / "missing"), "--json", str(out)]) == 2
 
 
@@ -87,7 +94,7 @@ def test_compare_tables_runs_against_baselines(dataset_dir, checkpoint, tmp_path
     for name in ("a", "b"):
         run = tmp_path / name
         run.mkdir()
-        argv = ["--checkpoint", str(checkpoint), "--data", str(dataset_dir)]
+        argv = ["--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--probes", "none"]
         assert (
             main([*argv, "--json", str(run / "eval.json"), "--starts", "2", "--split", "all"]) == 0
         )

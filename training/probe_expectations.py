@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_EXPECTATIONS = ASSETS / "probe_expectations.json"
 PERCENTILES = (5, 50, 95)
-SHIELDING = (179,)  # libmelee Action.SHIELD: the shield held up (after SHIELD_START)
 MAX_WINDOWS_PER_GAME = 50  # per probe and player: one long idle stretch must not dominate
 PLAYER_COLUMNS = ("x", "y", "action", "airborne", "shield", "facing", "percent", "character")
 CONTROL_COLUMNS = ("joystick_x", "joystick_y", "cstick_x", "cstick_y", "trigger", "buttons")
@@ -90,7 +89,7 @@ def windows_in_game(
         codes_facing[side] = stick.astype(np.int32) * 32 + buttons
     grounded = game[f"{me}_airborne"] == 0
     if probe.situation == "shielding":  # shield up, nothing but the shield held
-        situation = grounded & np.isin(game[f"{me}_action"], SHIELDING)
+        situation = grounded & np.isin(game[f"{me}_action"], pr.SHIELD_HELD)
         situation &= codes_facing[1] == pr.input_code(pr.NEUTRAL, pr.SHIELD)
     else:  # standing, nothing held on the situation frame: the script's presses are new
         situation = grounded & (game[f"{me}_action"] == pr.STANDING) & (codes_facing[1] == 0)

@@ -49,7 +49,7 @@ DEFAULT_CHARACTERS = (1, 22, 18, 2, 7, 25)
 SETTLE_FRAME = 0  # frame id at which the probes' player acts (the game clock starts at -123)
 FIRST_FRAME = -123
 MIN_REAL = 20  # fewer real windows than this: the metric is not judged
-SITUATION_ACTIONS = {"standing": (pr.STANDING,), "shielding": (179,)}
+SITUATION_ACTIONS = {"standing": (pr.STANDING,), "shielding": pr.SHIELD_HELD}
 
 
 def load_expectations(path: Path) -> dict:
