@@ -238,6 +238,7 @@ FLOOR_TOLERANCE = 13.0
 # Platforms are thin and sit 27+ units over the stage: a grounded player this close to one's
 # height, over it, stands on it.
 PLATFORM_SNAP = 3.0
+LIFTOFF_SPEED = 0.5  # units a frame; a slower rise on the ground is the model's drift
 
 
 def keep_above_main_stage(
@@ -259,9 +260,9 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     # computes): on the corpus's Final Destination games, 88% of grounded frames over the
     # stage are at its height to 0.001 units (most of the rest predate the airborne field).
     # Only near the surface, so that a wrong "grounded" high above it moves nobody.
-    # Not a player the model sends upward: a jump's first frame may come before its
-    # airborne flag does.
-    grounded = (players["airborne"] == 0) & (players["vel_self_y"] <= 0)
+    # Not a player the model sends upward (every character's jump leaves at well over
+    # LIFTOFF_SPEED): a jump's first frame may come before its airborne flag does.
+    grounded = (players["airborne"] == 0) & (players["vel_self_y"] < LIFTOFF_SPEED)
     standing = over & grounded & ((y - surface).abs() < FLOOR_TOLERANCE)
     players["y"] = torch.where(sunk | standing, surface, y)
     for name in ("vel_self_y", "vel_knockback_y"):

@@ -10,7 +10,7 @@ import torch
 from conftest import read_tsv_manifest
 
 from model import game_state as gs
-from model.frame_spec import implied_velocity, impute_missing_velocities
+from model.frame_spec import count_state_age, implied_velocity, impute_missing_velocities
 from model.frames import Frames, frames_from_table
 from training.dataset import GameDataset, in_val
 from training.manifest import load_manifest
@@ -44,6 +44,7 @@ def reference(data_dir, manifest) -> dict[str, Frames]:
     for h, r in manifest.items():
         out[h] = frames_from_table(pq.read_table(data_dir / r["output"]))
         impute_missing_velocities(out[h], r["missing_fields"])
+        count_state_age(out[h])  # as the simulation counts it
     return out
 
 
