@@ -14,10 +14,10 @@ well-formed whatever the model predicts:
    is touched or after `HALO_MAX_FRAMES` (then falling, as in Melee).
 4. The main stage is solid from above: a player who was on or above its flat part and is
    predicted to sink more than `FLOOR_TOLERANCE` below its surface is put back on it, with
-   no downward speed (the "falls through the stage" drift); and a player the model puts on the
-   ground over its flat part, within that distance of it, or within `PLATFORM_SNAP` of a
-   platform that does not move, stands on it (at its height, with no vertical self speed),
-   as Melee's collision with the stage keeps them.
+   no downward speed (the "falls through the stage" drift); and a player the model has on the
+   ground, standing, moving or shielding (`STANDING_STILL_ON_GROUND`), within `SURFACE_SNAP`
+   of the flat part's height or `PLATFORM_SNAP` of a platform that does not move, stands on it
+   (at its height, with no vertical self speed), as Melee's collision keeps them.
 5. Stocks change only through rule 2; the model's stock prediction is overwritten.
 6. The game ends when a player has no stocks left, or when the timer runs out (the player
    with more stocks, then less damage, wins; equal is a draw).
@@ -235,10 +235,18 @@ ZONES = ("left", "right", "bottom", "top")
 # the position is not the feet), by at most 12.5 units on the 84 games of shared/replays (1,722
 # dips measured, 0.1% deeper than 11.1). Sinking further than this is the model's drift.
 FLOOR_TOLERANCE = 13.0
-# Platforms are thin and sit 27+ units over the stage: a grounded player this close to one's
-# height, over it, stands on it.
+# A grounded player this close to a surface's height, over it, stands on it (kept there
+# every frame, the model's drift never gets far).
 PLATFORM_SNAP = 3.0
+# The main stage's: Fountain of Dreams' side platforms sink to 0.375 units above it.
+SURFACE_SNAP = 0.3
 LIFTOFF_SPEED = 0.5  # units a frame; a slower rise on the ground is the model's drift
+# The actions in which a grounded player's position is the surface's, to the thousandth of a
+# unit, on the dev games: standing, walking, turning, dashing, running, braking, crouching,
+# shielding. Landings, attacks and being held move the position with the animation (up to
+# 13 units below the surface), so those are left to the model.
+STANDING_STILL_ON_GROUND = (14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 39, 40, 41)
+STANDING_STILL_ON_GROUND += (178, 179, 180, 181, 182)
 
 
 def keep_above_main_stage(
@@ -259,11 +267,13 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     # A grounded player stands on the surface under them (the collision Melee's engine
     # computes): on the corpus's Final Destination games, 88% of grounded frames over the
     # stage are at its height to 0.001 units (most of the rest predate the airborne field).
-    # Only near the surface, so that a wrong "grounded" high above it moves nobody.
+    # Only near the surface, so that a wrong "grounded" high above it (or a player on
+    # Fountain of Dreams' sinking side platforms) moves nobody.
     # Not a player the model sends upward (every character's jump leaves at well over
     # LIFTOFF_SPEED): a jump's first frame may come before its airborne flag does.
     grounded = (players["airborne"] == 0) & (players["vel_self_y"] < LIFTOFF_SPEED)
-    standing = over & grounded & ((y - surface).abs() < FLOOR_TOLERANCE)
+    grounded &= _is_any(players["action"], STANDING_STILL_ON_GROUND)
+    standing = over & grounded & ((y - surface).abs() < SURFACE_SNAP)
     players["y"] = torch.where(sunk | standing, surface, y)
     for name in ("vel_self_y", "vel_knockback_y"):
         players[name] = torch.where(sunk, players[name].clamp(min=0), players[name])

@@ -777,7 +777,8 @@ def test_nobody_falls_through_the_main_stage_from_above(stage_id):
 
 
 def test_the_solid_stage_rule_never_moves_a_real_player(dev_dataset_dir):
-    """On real games the rule must be invisible: apply it to every frame given the one before."""
+    """On real games the rules of the solid stage must be invisible: apply them to every frame
+    given the one before."""
     import pyarrow.parquet as pq
 
     from model.rules import keep_above_main_stage
@@ -797,7 +798,10 @@ def test_the_solid_stage_rule_never_moves_a_real_player(dev_dataset_dir):
         before = {k: new[k].clone() for k in ("p1_y", "p2_y")}
         keep_above_main_stage(new, prev, rules)
         for key, value in before.items():
-            assert torch.equal(new[key], value), f"{path.name}: the rule moved {key}"
+            # Standing players are put at the surface's height as assets/stages.json has
+            # it, which may differ from a replay's by a few thousandths of a unit.
+            moved = (new[key] - value).abs().max()
+            assert moved < 0.01, f"{path.name}: the rule moved {key} by {moved}"
 
 
 def _voluntary_switches() -> int:
