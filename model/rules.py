@@ -241,6 +241,14 @@ PLATFORM_SNAP = 3.0
 # The main stage's: Fountain of Dreams' side platforms sink to 0.375 units above it.
 SURFACE_SNAP = 0.3
 LIFTOFF_SPEED = 0.5  # units a frame; a slower rise on the ground is the model's drift
+# Landing (libmelee action ids): jumps and falls (25-34) land in LANDING, helpless falls (35-37)
+# in LANDING_SPECIAL, NAIR..DAIR (65-69) in their own landings (70-74).
+FIRST_AIRBORNE, HELPLESS = 25, (35, 36, 37)
+LANDING, LANDING_SPECIAL = 42, 43
+NAIR, DAIR, NAIR_LANDING = 65, 69, 70
+# Slippi records a landing a frame late: still falling, up to 5.9 units below the surface on the
+# dev games. Deeper than this, a player still falling has gone through the stage.
+LANDING_DIP = 7.0
 # The actions in which a grounded player's position is the surface's, to the thousandth of a
 # unit, on the dev games: standing, walking, turning, dashing, running, braking, crouching,
 # shielding. Landings, attacks and being held move the position with the animation (up to
@@ -264,6 +272,29 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     x, y, was_y = players["x"], players["y"], prev["y"].float()
     over = (x.abs() < half_width) & (prev["x"].float().abs() < half_width)
     sunk = over & (was_y >= floor) & (y < floor)
+    # An airborne player falling through the surface lands on it, as Melee's collision makes
+    # them: y at the surface, on the ground, no vertical speed, and the landing action Melee's
+    # engine gives the action they fell in (an aerial's own landing, LANDING_SPECIAL after a
+    # helpless fall, else LANDING), from its first frame; how long the landing lasts and what
+    # follows is the model's. Without this the model, which never saw a player in the air below
+    # the stage, kept falling through it in its jump.
+    # Only players the model still has jumping or falling: a tumble's bounce, a tech or a
+    # landing the model already made dip below the surface too, as real ones do.
+    action = players["action"]
+    aerial_attack = (action >= NAIR) & (action <= DAIR)
+    helpless = (action >= HELPLESS[0]) & (action <= HELPLESS[-1])
+    falling = ((action >= FIRST_AIRBORNE) & (action <= HELPLESS[-1])) | aerial_attack
+    landing = over & falling & (prev["airborne"] != 0) & (players["airborne"] != 0)
+    landing &= (was_y >= surface - LANDING_DIP) & (y < surface - LANDING_DIP)
+    landing &= players["vel_self_y"] <= 0
+    players["airborne"] = torch.where(landing, 0, players["airborne"])
+    landed_in = torch.where(aerial_attack, action + NAIR_LANDING - NAIR, LANDING)
+    landed_in = torch.where(helpless, LANDING_SPECIAL, landed_in)
+    players["action"] = torch.where(landing, landed_in, action)
+    players["state_age"] = torch.where(landing, 0.0, players["state_age"].float()).to(
+        players["state_age"].dtype
+    )
+    sunk = sunk | landing
     # A grounded player stands on the surface under them (the collision Melee's engine
     # computes): on the corpus's Final Destination games, 88% of grounded frames over the
     # stage are at its height to 0.001 units (most of the rest predate the airborne field).
@@ -287,6 +318,12 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     on_platform = on.any(-1)
     players["y"] = torch.where(on_platform, height, players["y"])
     players["vel_self_y"] = torch.where(standing | on_platform, 0.0, players["vel_self_y"])
+    # On the ground over the stage nobody falls: a grounded player's self speed is never
+    # downward (the landing's dip below the surface is the animation's, not a fall).
+    down = over & (players["airborne"] == 0) & ((players["y"] - surface).abs() < FLOOR_TOLERANCE)
+    players["vel_self_y"] = torch.where(
+        down, players["vel_self_y"].clamp(min=0), players["vel_self_y"]
+    )
 
 
 def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor], rules: RuleState) -> None:

@@ -878,3 +878,21 @@ def test_the_traced_step_does_not_take_the_gil_back_per_input(model, monkeypatch
 
 def _voluntary_switches() -> int:
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+@pytest.mark.parametrize("falling, landed", [(25, 42), (65, 70), (35, 43)])
+def test_a_player_falling_through_the_stage_lands_on_it(falling, landed):
+    """Melee's collision: a jump, an aerial or a helpless fall that the model carries through
+    the stage's surface lands there, in the landing that action lands in."""
+    prev, rules = batch_frame(32)
+    stage = get_stage(32)
+    for frame_ in (prev,):
+        frame_["p1_action"][0], frame_["p1_airborne"][0], frame_["p1_y"][0] = falling, 1, 3.0
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    frame["p1_y"][0] = stage.main.y - 9.0  # through the surface, still in the air
+    frame["p1_vel_self_y"][0] = -3.0
+    apply_rules(frame, rules, prev)
+    assert int(frame["p1_action"][0]) == landed and int(frame["p1_airborne"][0]) == 0
+    assert float(frame["p1_y"][0]) == pytest.approx(stage.main.y)
+    assert float(frame["p1_vel_self_y"][0]) == 0.0
