@@ -40,6 +40,7 @@ from model.checkpoint import load_checkpoint
 from model.decoding import decode
 from model.frames import controls_of, index
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
+from model.rules import GO_FRAME
 from model.simulation import Simulation
 from model.world_model import WorldModel
 from training.dataset import GameDataset
@@ -103,16 +104,22 @@ def teacher_forced(model: WorldModel, data: GameDataset, seq_len: int, max_windo
 
 # ---------------------------------------------------------------------- rollouts
 def pick_starts(data: GameDataset, count: int, horizon: int, seed: int) -> list[tuple[int, int]]:
-    """`count` (game, row) start points, seeded, each with `horizon` real frames after it and
-    at least one frame before it (the constant-velocity baseline needs the last change)."""
+    """`count` (game, row) start points, seeded, each from GO on, with `horizon` real frames
+    after it and at least one frame before it (the constant-velocity baseline needs the last
+    change)."""
     generator = torch.Generator().manual_seed(seed)
-    usable = [(g, len(game)) for g, game in enumerate(data.games) if len(game) > horizon + 2]
+    usable = []
+    for g, game in enumerate(data.games):
+        # From GO on: before it the rules play the entry (model/rules.py, rule 3), not the model.
+        first = max(1, int((game.frames["frame"] < GO_FRAME).sum()))
+        if len(game) - horizon > first:
+            usable.append((g, first, len(game)))
     if not usable:
-        raise ValueError(f"no validation game is longer than {horizon + 2} frames")
+        raise ValueError(f"no validation game has {horizon + 2} frames from GO on")
     starts = []
     for _ in range(count):
-        g, length = usable[int(torch.randint(len(usable), (1,), generator=generator))]
-        row = int(torch.randint(1, length - horizon, (1,), generator=generator))
+        g, first, length = usable[int(torch.randint(len(usable), (1,), generator=generator))]
+        row = int(torch.randint(first, length - horizon, (1,), generator=generator))
         starts.append((g, row))
     return starts
 
