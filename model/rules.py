@@ -17,7 +17,9 @@ well-formed whatever the model predicts:
    no downward speed (the "falls through the stage" drift); and a player the model has on the
    ground, standing, moving or shielding (`STANDING_STILL_ON_GROUND`), within `SURFACE_SNAP`
    of the flat part's height or `PLATFORM_SNAP` of a platform that does not move, stands on it
-   (at its height, with no vertical self speed), as Melee's collision keeps them.
+   (at its height, with no vertical self speed), as Melee's collision keeps them; one the model
+   carries more than `LANDING_DIP` through the flat part in a jump, fall or aerial lands there,
+   in the landing action Melee gives it.
 5. Stocks change only through rule 2; the model's stock prediction is overwritten.
 6. The game ends when a player has no stocks left, or when the timer runs out (the player
    with more stocks, then less damage, wins; equal is a draw).
@@ -80,10 +82,9 @@ FALL_ACTION = 29
 # The entry animation, by frame id (the last frame of each action), as the corpus's games
 # play it: ENTRY to -119, ENTRY_START to -90, ENTRY_END to -60 (274 of 300 games; the rest
 # run 5 or 10 frames later). Then real players fall onto their start point, land by about
-# -46 and stand from -9. No input changes it, and the model
-# only saw it in 1.5% of its training frames, so the rules play it; from -59 to GO the
-# players stand at the stage's start points (assets/stages.json `starts`, mined from the
-# corpus), and the model takes them over at GO.
+# -46 and stand from -9. No input changes it, and the model only saw it in 1.5% of its
+# training frames, so the rules play it; from -59 to GO the players stand at the stage's start
+# points (assets/stages.json `starts`, mined from the corpus), and the model takes them over.
 ENTRY_PHASES = ((-119, 322), (-90, 323), (-60, 324))
 GO_FRAME = -39
 STANDING_ACTION = 14
