@@ -121,8 +121,8 @@ class RuleState:
     descent: Tensor  # (B, 2) long: frames left of the revival platform's descent
     dead_at: Tensor  # (B, 2, 3) float: where a KO'd player is held, x, y, DEAD_* action
     respawn_top: Tensor  # (B,) float: y where the revival platform's descent starts
-    start: Tensor  # (B, 2, 3) float: per player x, y, ground id where the entry leaves them
-    # (x is the spawn's: a player falls straight down from it)
+    start: Tensor  # (B, 2, 2) float: per player y, ground id where the entry leaves them
+    # (straight below the spawn point: x stays the spawn's)
     platforms: Tensor  # (B, MAX_PLATFORMS, 3) float: left x, right x, y (unused rows: far away)
 
     @staticmethod
@@ -151,7 +151,7 @@ class RuleState:
             descent=torch.zeros(1, 2, **long),
             dead_at=torch.zeros(1, 2, 3, **f32),
             respawn_top=torch.tensor([stage.respawn_top_y], **f32),
-            start=torch.tensor([list(stage.starts[:2])], **f32),
+            start=torch.tensor([[(y, ground) for _, y, ground in stage.starts[:2]]], **f32),
             platforms=torch.tensor([_platform_rows(stage)], **f32),
         )
 
@@ -345,9 +345,9 @@ def _hold_entry(
     held = (frame_id <= GO_FRAME).expand_as(action)  # (B, 2)
     animating = held & (frame_id <= ENTRY_PHASES[-1][0])
     standing = held & ~animating
-    start = rules.start  # (B, 2, 3): x, y, ground
+    start = rules.start  # (B, 2, 2): y, ground
     _hold(players, animating, prev["x"], prev["y"])
-    _hold(players, standing, prev["x"], start[..., 1])  # straight down from the spawn
+    _hold(players, standing, prev["x"], start[..., 0])  # straight down from the spawn
     was = prev["action"]
     players["action"] = torch.where(held, action, players["action"])
     age = torch.where(players["action"] == was, prev["state_age"] + 1, 0.0)
@@ -355,7 +355,7 @@ def _hold_entry(
         held, age.to(players["state_age"].dtype), players["state_age"]
     )
     players["airborne"] = torch.where(held, animating.long(), players["airborne"])
-    ground = torch.where(standing, start[..., 2].long(), gs.GROUND_NONE)
+    ground = torch.where(standing, start[..., 1].long(), gs.GROUND_NONE)
     players["ground"] = torch.where(held, ground, players["ground"])
     character = players["character"]
     full = torch.where((character == KIRBY) | (character == JIGGLYPUFF), 6, 2)

@@ -44,6 +44,8 @@ from model.rules import GO_FRAME
 from model.simulation import Simulation
 from model.world_model import WorldModel
 from training.dataset import GameDataset
+from training.probe_run import run_probes, summary
+from training.probes import parse_probe_names
 from training.train import split_window
 
 log = logging.getLogger(__name__)
@@ -233,8 +235,6 @@ def evaluate(
 
 
 def probe_summary(model: WorldModel, names: Sequence[str] | None) -> dict:
-    from training.probe_run import run_probes, summary
-
     return summary(run_probes(model, probe_names=names, progress=False))
 
 
@@ -289,12 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         horizons = [int(h) for h in args.horizons.split(",")]
         probes = {"all": (), "none": None}.get(args.probes)
         if args.probes not in ("all", "none"):
-            from training.probes import PROBES_BY_NAME
-
-            probes = args.probes.split(",")
-            unknown = sorted(set(probes) - set(PROBES_BY_NAME))
-            if unknown:
-                raise ValueError(f"--probes: unknown probes {', '.join(unknown)}")
+            probes = parse_probe_names(args.probes)
         result = evaluate(
             args.checkpoint,
             args.data,

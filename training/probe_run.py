@@ -292,12 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         characters = (
             [parse_character(c) for c in args.characters.split(",")] if args.characters else None
         )
-        names = args.probes.split(",") if args.probes else None
-        unknown = sorted(set(names or ()) - set(pr.PROBES_BY_NAME))
-        if unknown:
-            raise ValueError(
-                f"unknown probes {', '.join(unknown)}; known: {', '.join(pr.PROBES_BY_NAME)}"
-            )
+        names = pr.parse_probe_names(args.probes) if args.probes else None
         expectations = load_expectations(args.expectations)
         model, _ = load_checkpoint(args.checkpoint)
         model = maybe_quantize(model.eval(), args.quantize)

@@ -421,6 +421,17 @@ PROBES: tuple[Probe, ...] = (
 PROBES_BY_NAME = {p.name: p for p in PROBES}
 
 
+def parse_probe_names(text: str) -> list[str]:
+    """Comma-separated probe names, each checked against PROBES."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(PROBES_BY_NAME))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown probes {', '.join(unknown) or repr(text)}; known: {', '.join(PROBES_BY_NAME)}"
+        )
+    return names
+
+
 def measure(probe: Probe, window: Window) -> dict[str, float]:
     return {name: metric(window) for name, metric in probe.metrics.items()}
 
