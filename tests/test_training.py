@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 import types
@@ -13,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from model.decoding import decode
 from training import train as train_module
 from training.dataset import GameDataset
@@ -106,6 +107,69 @@ def test_resume_continues_exactly(dataset_dir, tiny_model_yaml, tmp_path, mirror
         assert torch.equal(x, y), name
     assert (tmp_path / "b" / "best.safetensors").exists()
     assert not list((tmp_path / "b").glob(".*.tmp")), "a temporary file was left behind"
+
+
+def assert_same_weights(a_path, b_path):
+    a, _ = load_checkpoint(a_path)
+    b, _ = load_checkpoint(b_path)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("newer", ["weights", "state"])
+def test_resume_after_a_kill_between_the_checkpoint_writes(
+    dataset_dir, tiny_model_yaml, tmp_path, caplog, newer
+):
+    c = config(tiny_model_yaml, max_steps=12)
+    Trainer(c, dataset_dir, tmp_path / "a").run(progress=False)
+    run = tmp_path / "b"
+    first = Trainer(c, dataset_dir, run)
+    first.run(max_steps=6, progress=False)  # a complete checkpoint at step 6
+    if newer == "weights":  # killed after writing step 10's weights, before its state
+        for _ in range(4):
+            first.train_step()
+        save_checkpoint(run / "last.safetensors", first.model, {"step": 10})
+    else:  # killed after writing step 10's state, before its weights
+        step_6_weights = (run / "last.safetensors").read_bytes()
+        first.run(max_steps=10, progress=False)
+        (run / "last.safetensors").write_bytes(step_6_weights)
+    (run / ".last.state.pt.killed.tmp").write_bytes(b"half a state file")
+    expected = 6 if newer == "weights" else 10
+
+    second = Trainer(c, dataset_dir, run)
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        second.resume()
+    assert second.step == expected
+    stale = 10 if newer == "weights" else 6
+    warning = f"holds step {stale} but {run / 'last.state.pt'} holds step {expected}"
+    assert warning in caplog.text and str(run / "last.safetensors") in caplog.text
+    assert read_metadata(run / "last.safetensors")["provenance"]["step"] == expected
+    assert not list(run.glob(".*.tmp")), "the killed write's temporary file was left behind"
+    second.run(progress=False)
+    assert_same_weights(tmp_path / "a" / "last.safetensors", run / "last.safetensors")
+
+
+def test_resume_refuses_a_torn_pair_of_an_older_run_folder(
+    dataset_dir, tiny_model_yaml, tmp_path, caplog
+):
+    """Run folders written before the state file held the weights: both files carry a step,
+    and a mismatch is refused with both files and both steps named."""
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text(yaml.safe_dump({"train": config(tiny_model_yaml).to_dict()}))
+    run = tmp_path / "run"
+    argv = ["--config", str(train_yaml), "--data", str(dataset_dir), "--out", str(run)]
+    assert main([*argv, "--max-steps", "6"]) == 0
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    del state["model"]
+    torch.save(state, run / "last.state.pt")
+    model, meta = load_checkpoint(run / "last.safetensors")
+    save_checkpoint(run / "last.safetensors", model, meta["provenance"] | {"step": 10})
+
+    with caplog.at_level(logging.ERROR, logger="training.train"):
+        assert main([*argv, "--max-steps", "12", "--resume"]) == 2
+    assert f"{run / 'last.safetensors'} holds the weights of step 10" in caplog.text
+    assert f"{run / 'last.state.pt'} the optimiser state of step 6" in caplog.text
+    assert read_metadata(run / "last.safetensors")["provenance"]["step"] == 10  # untouched
 
 
 def test_cli_runs_and_refuses_to_overwrite(dataset_dir, tiny_model_yaml, tmp_path, capsys):

@@ -8,11 +8,13 @@ positions of each window are a true autoregressive rollout through the recurrent
 
 AdamW (no weight decay on A_log, D, dt_bias, norms and biases), linear warm-up then cosine
 decay, gradient clipping, bf16 / fp16 autocast on CUDA. The run folder holds `config.yaml`,
-`last.safetensors` (the model) with `last.state.pt` (optimiser, gradient scaler, step and random
-state; the schedule is a function of the step), `best.safetensors` (lowest validation loss),
-`metrics.jsonl` and TensorBoard logs (and wandb, when installed and enabled). Every write is
-atomic, and `--resume` continues a killed run exactly where its last checkpoint left it: batches
-are a pure function of (seed, step), so the data position is the step.
+`last.state.pt` (weights, optimiser, gradient scaler, step and random state; the schedule is a
+function of the step) with `last.safetensors` (the same weights, for evaluation and play),
+`best.safetensors` (lowest validation loss), `metrics.jsonl` and TensorBoard logs (and wandb,
+when installed and enabled). Every write is atomic, and `--resume` continues a killed run
+exactly where its last checkpoint left it: it reads only `last.state.pt`, one file written with
+one rename, so a kill between two writes cannot pair one step's weights with another's
+optimiser; batches are a pure function of (seed, step), so the data position is the step.
 
 Several GPUs (or CPU processes): `torchrun --nproc-per-node=N -m training train ...`. Every rank
 draws the same global batch of `batch_size` windows and trains on its own contiguous share of
@@ -31,6 +33,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +47,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model.atomic_file import atomic_path
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.atomic_file import atomic_path, remove_stale_temporaries
+from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from model.config import ModelConfig, load_config
 from model.decoding import decode
 from model.frames import Frames, controls_of
@@ -416,34 +419,109 @@ class Trainer:
         self.wandb = _wandb_run(config, self.run_dir) if main and config.wandb else None
 
     # ------------------------------------------------------------------ state
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "last.state.pt"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.run_dir / "last.safetensors"
+
     def save(self) -> None:
         if not self.ranks.is_main:
             return
-        provenance = {"step": self.step, "train": self.config.to_dict()}
-        save_checkpoint(self.run_dir / "last.safetensors", self.model, provenance)
+        # The weights go into the state file too: it is the one unit --resume reads, replaced
+        # by a single rename. With the weights only in last.safetensors, a kill -9 between the
+        # two writes left step-M weights beside step-N optimiser state, and --resume trained on
+        # from the mismatched pair without a word (issue 21).
         state = {
             "step": self.step,
             "best_val": self.best_val,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
-        with atomic_path(self.run_dir / "last.state.pt") as tmp:
+        with atomic_path(self.state_path) as tmp:
             torch.save(state, tmp)
+        self._save_weights()
+
+    def _save_weights(self) -> None:
+        provenance = {"step": self.step, "train": self.config.to_dict()}
+        save_checkpoint(self.weights_path, self.model, provenance)
 
     def resume(self) -> None:
-        model, _ = load_checkpoint(self.run_dir / "last.safetensors", self.model_config)
-        self.model.load_state_dict(model.state_dict())
-        # weights_only: tensors and plain containers only, never arbitrary objects. The only
-        # randomness in a step is torch's (batches are a pure function of seed and step), and
-        # it is the same on every rank.
-        state = torch.load(self.run_dir / "last.state.pt", map_location="cpu", weights_only=True)
-        self.step, self.best_val = state["step"], state["best_val"]
+        """Continue from `last.state.pt`. Raises CheckpointError, naming the files and the
+        steps, when the run folder cannot be resumed exactly."""
+        state = self._load_state()
+        step = state["step"]
+        self.step, self.best_val = step, state["best_val"]
+        if "model" in state:
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as e:  # load_state_dict lists missing, unexpected, shapes
+                raise CheckpointError(
+                    f"{self.state_path}: weights do not match model {self.config.model!r}: {e}"
+                ) from e
+            weights_step = self._weights_step()
+            if weights_step != step:
+                log.warning(
+                    "%s holds step %s but %s holds step %d (the run was stopped between the "
+                    "two writes): resuming from step %d and writing its weights to %s",
+                    self.weights_path,
+                    "(none)" if weights_step is None else weights_step,
+                    self.state_path,
+                    step,
+                    step,
+                    self.weights_path,
+                )
+                if self.ranks.is_main:
+                    self._save_weights()
+        else:
+            # A run folder written before the state file held the weights: the pair can only
+            # be trusted when both name the same step.
+            model, meta = load_checkpoint(self.weights_path, self.model_config)
+            weights_step = meta.get("provenance", {}).get("step")
+            if weights_step != step:
+                raise CheckpointError(
+                    f"cannot resume {self.run_dir}: {self.weights_path} holds the weights of "
+                    f"step {weights_step} but {self.state_path} the optimiser state of step "
+                    f"{step} (the run was stopped between the two writes, and this older run "
+                    "folder keeps no weights in its state file). Start a new run with "
+                    f"`init_from: {self.weights_path}` to keep the weights with a fresh optimiser"
+                )
+            self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params
         if state.get("scaler"):  # empty when the scaler is off (and in older runs)
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+        if self.ranks.is_main and (stale := remove_stale_temporaries(self.run_dir)):
+            log.info("removed %d partial files a killed checkpoint write left", stale)
         log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _load_state(self) -> dict:
+        # weights_only: tensors and plain containers only, never arbitrary objects. The only
+        # randomness in a step is torch's (batches are a pure function of seed and step), and
+        # it is the same on every rank.
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.state_path}: no such file (nothing to resume)") from None
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"{self.state_path}: not a training state file ({e})") from e
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{self.state_path}: not a training state file")
+        missing = [k for k in ("step", "best_val", "optimizer", "torch_rng") if k not in state]
+        if missing:
+            raise CheckpointError(f"{self.state_path}: training state without {missing}")
+        return state
+
+    def _weights_step(self) -> int | None:
+        """The step last.safetensors was saved at; None when it is missing or unreadable."""
+        try:
+            return read_metadata(self.weights_path).get("provenance", {}).get("step")
+        except CheckpointError:
+            return None
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
@@ -695,7 +773,11 @@ def _train(args, config: TrainConfig, run_dir: Path, device, ranks: Distributed)
         log.error("%s", e)
         return 2
     if args.resume:
-        trainer.resume()
+        try:
+            trainer.resume()
+        except CheckpointError as e:
+            log.error("%s", e)
+            return 2
     elif ranks.is_main:
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump({"train": config.to_dict()}, sort_keys=False))
