@@ -273,6 +273,89 @@ def test_interrupted_run_is_completed_by_the_next(replays, tmp_path):
     assert not list(out.glob(".*")), "temporary files were left behind"
 
 
+def children_of(pid: int) -> set[int]:
+    """Live child processes of `pid`, from /proc (Linux)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.add(int(stat.parent.name))
+    return children
+
+
+def is_running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (a dead process nobody has reaped yet; in a
+    container PID 1 may never reap the orphans it adopts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until_gone(pids: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := {p for p in pids if is_running(p)}) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_when_parse_is_killed(replays, tmp_path):
+    command = [sys.executable, "-m", "training", "parse", str(replays / "fixtures")]
+    process = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "out"), "--workers", "2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := children_of(process.pid)) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.01)
+        assert len(workers) == 2, workers
+    finally:
+        process.kill()  # SIGKILL to the parent alone, as `kill -9 PID` does
+        process.wait()
+    orphans = wait_until_gone(workers, 3.0)
+    for pid in orphans:  # a failing run leaves nothing behind
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "workers outlived the killed parse"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_watchdog_ends_a_worker_without_the_death_signal(tmp_path):
+    """The fallback where prctl is missing: a thread that notices the re-parenting."""
+    script = (
+        "import os, time\n"
+        "from training.ingest import exit_with_parent\n"
+        "parent = os.getpid()\n"
+        "if os.fork() == 0:\n"
+        "    exit_with_parent(parent, poll_s=0.05, death_signal=False)\n"
+        "    print(os.getpid(), flush=True)  # armed\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child = int(process.stdout.readline())
+        assert is_running(child)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+    orphans = wait_until_gone({child}, 3.0)
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "the child outlived its parent"
+
+
 def test_cli_summary_and_exit_codes(replays, tmp_path, capsys):
     good = replays / "fixtures" / "peppi__tests__data__netplay.slp"
     assert main([str(good), "--out", str(tmp_path / "a")]) == 0

@@ -5,17 +5,23 @@ ok, one parquet file named by the sha256 of the replay's bytes. Files are parsed
 pool. Nothing stops the run: a file that fails is recorded and the others go on; a parser that
 crashes its worker process is isolated and recorded too. Every write is atomic, and a re-run
 skips files already in the manifest (same path, size and modification time) unless --force.
+The workers end with the run, even when it is killed with SIGKILL (`exit_with_parent`).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import ctypes
 import dataclasses
 import hashlib
 import logging
+import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -37,6 +43,11 @@ SLIPPI_MAGIC = b"{U\x03raw"
 PARQUET_OPTIONS = dict(
     compression="zstd", compression_level=1, use_dictionary=False, write_statistics=False
 )
+
+# prctl(2) option that asks the kernel to signal this process when its parent dies
+# (<linux/prctl.h>), and how often the watchdog used where prctl is missing looks.
+PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.5
 
 # Known peppi-py messages, and what they mean for a user.
 FAILURE_HINTS = {
@@ -221,7 +232,12 @@ def _run_pool(files: list[Path], out_dir: Path, workers: int, record) -> None:
     failed, the others as usual.
     """
     suspects: list[Path] = []
-    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_quiet_worker) as pool:
+    # With fork and spawn a worker's parent is this process; with forkserver it is the fork
+    # server, which exits when this process does.
+    context = multiprocessing.get_context()
+    parent = None if context.get_start_method() == "forkserver" else os.getpid()
+    options = dict(mp_context=context, initializer=_init_worker, initargs=(parent,))
+    with cf.ProcessPoolExecutor(workers, **options) as pool:
         futures = {pool.submit(ingest_file, str(p), str(out_dir)): p for p in files}
         for future in cf.as_completed(futures):
             try:
@@ -229,7 +245,7 @@ def _run_pool(files: list[Path], out_dir: Path, workers: int, record) -> None:
             except BrokenProcessPool:
                 suspects.append(futures[future])
     for path in suspects:
-        with cf.ProcessPoolExecutor(max_workers=1, initializer=_quiet_worker) as pool:
+        with cf.ProcessPoolExecutor(1, **options) as pool:
             try:
                 record(pool.submit(ingest_file, str(path), str(out_dir)).result())
             except BrokenProcessPool:
@@ -244,10 +260,55 @@ def _run_pool(files: list[Path], out_dir: Path, workers: int, record) -> None:
                 )
 
 
-def _quiet_worker() -> None:
+def _init_worker(parent: int | None) -> None:
     # peppi-py's panics are reported in the manifest; a Rust backtrace per bad file would
     # bury the progress bar (Rust still prints a two-line panic message).
     os.environ["RUST_BACKTRACE"] = "0"
+    exit_with_parent(parent)
+
+
+def exit_with_parent(
+    expected_parent: int | None, poll_s: float = PARENT_POLL_S, death_signal: bool = True
+) -> None:
+    """End this process when its parent dies.
+
+    A pool worker waits for work on a pipe whose writing end every sibling forked with it
+    also holds, so it never sees the end of file when the parent is killed (SIGKILL runs no
+    clean-up): without this, each worker of a killed `playmodel parse` lived on as an orphan
+    of PID 1, holding its ~94 MB (issue 21). On Linux the kernel sends SIGKILL when the
+    parent dies (prctl PR_SET_PDEATHSIG; strictly, when the thread that forked the worker
+    ends, and the pool forks from the thread that submits, which outlives the pool);
+    elsewhere a daemon thread polls getppid(), which changes when an orphan is re-parented.
+    A file being written when the worker dies is left as a temporary file, which the next
+    run removes (`remove_stale_temporaries`).
+
+    `expected_parent`, when known, catches a parent that died before this ran.
+    """
+    armed = death_signal and _set_parent_death_signal(signal.SIGKILL)
+    parent = os.getppid()
+    if expected_parent is not None and parent != expected_parent:
+        os._exit(1)
+    if not armed:
+        threading.Thread(
+            target=_watch_parent, args=(parent, poll_s), name="parent-watchdog", daemon=True
+        ).start()
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG, signum) through libc; False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc by that name, or a libc without prctl
+        return False
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)  # no clean-up: nobody is left to receive this worker's results
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
