@@ -18,6 +18,7 @@ from conftest import REPO, read_tsv_manifest
 from model import game_state as gs
 from training.ingest import ingest, main
 from training.manifest import MANIFEST_NAME, load_manifest
+from training.replay_reader import ReplayUnreadable, read_replay
 
 
 def rows_by_name(out: Path) -> dict[str, dict]:
@@ -198,6 +199,18 @@ def test_broken_and_special_files_do_not_stop_the_run(fixtures_dataset, replays)
         assert rows[f"slippi-js__slp__{real_game}.slp"]["status"] == "ok"
     summary_counts = {s: sum(r["status"] == s for r in rows.values()) for s in ("ok", "failed")}
     assert summary_counts["ok"] > 50 and summary_counts["failed"] > 10
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["slippi-js__history__slp__gameModeTest__10-Man.slp", "slippi-js__history__test__test.slp"],
+)
+def test_a_parser_panic_is_an_ordinary_error(replays, name):
+    """peppi-py panics on these files (shared/replays/fixtures/MANIFEST.tsv); a panic is a
+    BaseException, which callers that catch Exception (the server's upload check) missed."""
+    with pytest.raises(ReplayUnreadable, match=r"the parser \(peppi-py\) panicked: \S") as error:
+        read_replay(replays / "fixtures" / name)
+    assert isinstance(error.value, ValueError)
 
 
 def test_not_a_replay_fails_beside_good_files(replays, tmp_path):

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from model.atomic_file import atomic_path, remove_stale_temporaries
 from training.manifest import ManifestAppender, load_manifest, write_manifest
-from training.replay_reader import ReplaySkipped, read_replay
+from training.replay_reader import ReplaySkipped, ReplayUnreadable, read_replay
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,10 @@ def ingest_file(path: str, out_dir: str) -> dict:
 
 def describe_failure(error: BaseException, data: bytes) -> str:
     """A reason a user can act on, from the parser's exception and the file's bytes."""
+    if isinstance(error, ReplayUnreadable):  # already says why
+        return str(error)
     message = str(error).strip() or type(error).__name__
-    if type(error).__name__ == "PanicException":
+    if type(error).__name__ == "PanicException":  # a panic outside read_replay's guard
         return f"the parser (peppi-py) panicked: {message}"
     if "failed to fill whole buffer" in message:
         return f"{_why_short_read(data)} (peppi-py: {message})"

@@ -49,6 +49,10 @@ class ReplaySkipped(Exception):
     """The replay is valid but does not belong in the training dataset; str() says why."""
 
 
+class ReplayUnreadable(ValueError):
+    """The parser gave up on the file in a way Python code does not expect; str() says why."""
+
+
 @dataclasses.dataclass
 class ParsedReplay:
     table: pa.Table  # one row per unique frame, in `gs.arrow_schema()`
@@ -56,11 +60,21 @@ class ParsedReplay:
 
 
 def read_replay(path: str | Path) -> ParsedReplay:
-    """Parse `path`. Raises ReplaySkipped for games outside the dataset's scope, and whatever
-    peppi raises (OSError, ValueError, pyo3's PanicException) for unreadable files."""
+    """Parse `path`. Raises ReplaySkipped for games outside the dataset's scope, and for
+    unreadable files what peppi raises (OSError, ValueError) or ReplayUnreadable."""
     from peppi_py._peppi import read_slippi  # imported here so workers load it lazily
 
-    game = read_slippi(str(path), False)
+    try:
+        game = read_slippi(str(path), False)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # pyo3's PanicException derives from BaseException alone
+        if type(e).__name__ != "PanicException":
+            raise
+        # A Rust panic on a malformed or unsupported file (special game modes: see
+        # shared/replays/fixtures/MANIFEST.tsv) is a bad input, not a crash: as a plain
+        # exception, callers that catch Exception (a server checking an upload) catch it.
+        raise ReplayUnreadable(f"the parser (peppi-py) panicked: {e}") from e
     start = game.start
     info = _game_info(start, game.end)
     _check_scope(start, info)
