@@ -185,7 +185,7 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_read(server):
 
 def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(server):
     limit = server.settings.body_limit()
-    chunk = b"x" * 16384
+    chunk = b"x" * 4096
     with (
         Healthy(server) as healthy,
         socket.create_connection(("127.0.0.1", server.settings.port)) as s,
@@ -194,17 +194,14 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(server):
             b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        sent = 0
-        try:  # far more than the limit if the server kept reading; it stops us before that
-            while sent < 64 * limit:
-                s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        # One chunk past the limit, and the body never ends (no last chunk): a server that
+        # waits for the whole body never answers. (Sending on would race the server's close:
+        # closed with unread data, its socket resets and the answer is lost.)
+        for _ in range(limit // len(chunk) + 1):
+            s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         status, body = http_response(s)
     assert status == 413
-    assert b"over this server's limit" in body
-    assert sent < 64 * limit, "the server read the whole body"
+    assert b"the request body is over this server's limit" in body
     healthy.check()
 
 
