@@ -168,7 +168,10 @@ async def run_load(base: str, sessions: int, seconds: float, delay: int, jitter:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         for s in created:
-            await client.delete(f"/v1/sessions/{s['session_id']}")
+            await client.delete(
+                f"/v1/sessions/{s['session_id']}",
+                headers={"X-Session-Token": s["session_token"]},
+            )
     ticks = metric(after, "playmodel_ticks_total") - metric(before, "playmodel_ticks_total")
     late = metric(after, "playmodel_late_ticks_total") - metric(
         before, "playmodel_late_ticks_total"

@@ -270,7 +270,7 @@ class App:
             return self._play(connection, local=server is not None and set(mine) >= set(humans))
         finally:
             if session is not None and server is not None:
-                delete_session(base, session.session_id, args.api_key)
+                delete_session(base, session, args.api_key)
             if server is not None:
                 server.stop()
 

@@ -68,9 +68,12 @@ def http_json(
     body: dict | None = None,
     api_key: str | None = None,
     timeout: float = 10.0,
+    session_token: str | None = None,
 ) -> tuple[int, Any]:
     """One JSON request; returns (status, decoded body). Raises ServerError when the server
-    cannot be reached or answers with an error status (its message included)."""
+    cannot be reached or answers with an error status (its message included). `api_key`: the
+    server's key, if it has one; `session_token`: the session's own token, which deleting or
+    resetting a session needs."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Accept", "application/json")
@@ -78,6 +81,8 @@ def http_json(
         request.add_header("Content-Type", "application/json")
     if api_key:
         request.add_header("X-API-Key", api_key)
+    if session_token:
+        request.add_header("X-Session-Token", session_token)
     try:
         with _opener(url).open(request, timeout=timeout) as response:
             raw = response.read()
@@ -108,6 +113,7 @@ class Session:
     input_delay: int
     stage: int
     characters: list[int]
+    session_token: str | None = None  # the creator's: deleting or resetting the session needs it
 
     @classmethod
     def from_json(cls, body: dict) -> Session:
@@ -120,6 +126,7 @@ class Session:
                 input_delay=int(body.get("input_delay", 2)),
                 stage=int(body.get("stage", 0)),
                 characters=[int(c) for c in body.get("characters", [])],
+                session_token=body.get("session_token"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ServerError(f"unexpected answer to POST /v1/sessions: {body!r} ({e})") from None
@@ -130,11 +137,17 @@ def create_session(base_url: str, request: dict, api_key: str | None = None) -> 
     return Session.from_json(body)
 
 
-def delete_session(base_url: str, session_id: str, api_key: str | None = None) -> None:
+def delete_session(base_url: str, session: Session, api_key: str | None = None) -> None:
     try:
-        http_json("DELETE", f"{base_url}/v1/sessions/{session_id}", api_key=api_key, timeout=2)
+        http_json(
+            "DELETE",
+            f"{base_url}/v1/sessions/{session.session_id}",
+            api_key=api_key,
+            timeout=2,
+            session_token=session.session_token,
+        )
     except ServerError as e:
-        log.info("could not delete session %s: %s", session_id, e)
+        log.info("could not delete session %s: %s", session.session_id, e)
 
 
 def http_base(url: str) -> str:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import hmac
 import io
 import logging
 import re
@@ -41,8 +40,9 @@ from model.quantize import maybe_quantize
 from server.engine import Engine, ServerFull
 from server.live_socket import LiveSockets
 from server.match import load_model
-from server.match_service import MatchService
+from server.match_service import MatchesFull, MatchService
 from server.recorder import file_sha256, read_recording
+from server.recovery import finish_interrupted_recordings, match_from_recording
 from server.requests import (
     BadRequest,
     MatchRequest,
@@ -50,6 +50,12 @@ from server.requests import (
     game_setup,
     policy,
     replay_start,
+)
+from server.security import (
+    BodySizeLimit,
+    check_api_key,
+    check_session_token,
+    is_loopback,
 )
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
@@ -63,6 +69,11 @@ WATCH_PAGE = Path(__file__).resolve().parent / "static" / "watch.html"
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    if settings.api_key is None and not is_loopback(settings.host):
+        raise ValueError(
+            f"a server bound to {settings.host} is reachable from other machines and needs an "
+            "API key: set PLAYMODEL_API_KEY (`playmodel serve` makes one up and prints it)"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +96,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             else:
                 model = await asyncio.to_thread(maybe_quantize, model, settings.quantize)
                 model_name += f" ({settings.quantize})"
+        if settings.recordings_dir and str(settings.recordings_dir) != ".":
+            # Before any new game is recorded: what a server stopped mid-game left unfinished.
+            await asyncio.to_thread(finish_interrupted_recordings, Path(settings.recordings_dir))
         engine = Engine(model, model_name, settings)
         # The first sessions' frames do not stall on a trace or a CUDA graph capture.
         await engine.on_device(engine.sim.warm_up, 3, settings.max_sessions)
@@ -126,16 +140,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Play the Model", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.body_limit())
 
     def engine_of(request: Request) -> Engine:
         return request.app.state.engine
 
     def require_key(x_api_key: str | None = Header(None)) -> None:
-        if settings.api_key is None:
-            return
-        expected = settings.api_key.get_secret_value().encode()
-        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected):
-            raise HTTPException(401, "missing or wrong X-API-Key header")
+        check_api_key(settings, x_api_key)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
@@ -169,6 +180,17 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 f"the server is full: {len(engine.sessions)} sessions of {settings.max_sessions}",
                 headers={"Retry-After": "30"},
             )
+        if len(body.policies) == 2:
+            # A game of two policies runs with nobody playing until it ends or times out.
+            bots = sum(not s.tokens for s in engine.sessions.values())
+            if bots >= settings.max_bot_sessions:
+                raise HTTPException(
+                    503,
+                    f"policies: {bots} sessions of two policies run already, this server's "
+                    f"limit (PLAYMODEL_MAX_BOT_SESSIONS={settings.max_bot_sessions}); use "
+                    "POST /v1/matches, or try again later",
+                    headers={"Retry-After": "30"},
+                )
         setup = game_setup(body)
         policies = {
             int(port): policy(spec, f"policies.{port}", settings)
@@ -194,6 +216,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return {
             **session.describe(),
             "tokens": {str(p): t for p, t in session.tokens.items()},
+            "session_token": session.owner_token,  # needed to reset or delete it over REST
             "play_url": f"{ws_base}/v1/sessions/{session.id}/play",
             "watch_url": f"{ws_base}/v1/sessions/{session.id}/watch",
             "spectator_page": f"{base}/watch/{session.id}",
@@ -214,14 +237,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return session_or_404(request, session_id).describe()
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=[Depends(require_key)])
-    async def delete_session(session_id: str, request: Request) -> Response:
-        engine_of(request).close_session(session_or_404(request, session_id), "session deleted")
+    async def delete_session(
+        session_id: str, request: Request, x_session_token: str | None = Header(None)
+    ) -> Response:
+        session = session_or_404(request, session_id)
+        check_session_token(session, x_session_token, "deleting a session", ports_too=False)
+        engine_of(request).close_session(session, "session deleted")
         return Response(status_code=204)
 
     @app.post("/v1/sessions/{session_id}/reset", dependencies=[Depends(require_key)])
-    async def reset_session(session_id: str, request: Request) -> dict:
+    async def reset_session(
+        session_id: str, request: Request, x_session_token: str | None = Header(None)
+    ) -> dict:
         engine = engine_of(request)
         session = session_or_404(request, session_id)
+        check_session_token(session, x_session_token, "resetting a session", ports_too=True)
         engine.reset_session(session)
         engine.broadcast_status(session, "reset")
         return session.describe()
@@ -293,6 +323,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         setup = game_setup(body)
         policies = (policy(body.p1, "p1", settings), policy(body.p2, "p2", settings))
         max_frames = min(body.max_frames or settings.max_match_frames, settings.max_match_frames)
+        try:
+            matches.make_room(max_frames)  # before the work of preparing its start
+        except MatchesFull as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "10"}) from None
         replay = await asyncio.to_thread(replay_start, body.start, settings)
         start_frame = body.start.frame if body.start else None
         snapshot = await asyncio.to_thread(engine.prepare_start, setup, replay, start_frame)
@@ -301,7 +335,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             "max_frames": max_frames,
             "setup": dataclasses.asdict(snapshot.setup),
         }
-        job = matches.submit(policies, max_frames, snapshot, info)
+        try:
+            job = matches.submit(policies, max_frames, snapshot, info)
+        except MatchesFull as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "10"}) from None
         return {"match_id": job.id, "status": job.status, "url": f"/v1/matches/{job.id}"}
 
     def job_or_404(request: Request, match_id: str):
@@ -317,6 +354,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         wait: bool = Query(False, description="block until the match is done"),
         timeout: float = Query(600.0, gt=0, le=3600, description="seconds to wait at most"),
     ) -> dict:
+        job = request.app.state.matches.jobs.get(match_id)
+        if job is None and RECORDING_ID.fullmatch(match_id):
+            # Not held here: finished and forgotten, or from a run stopped before it ended.
+            known = await asyncio.to_thread(match_from_recording, settings.recordings_dir, match_id)
+            if known is not None:
+                return known
         job = job_or_404(request, match_id)
         if wait:
             with contextlib.suppress(TimeoutError):

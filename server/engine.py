@@ -29,6 +29,7 @@ from model.rules import Event
 from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
 from server.metrics import ServerMetrics
+from server.policy_modules import policy_failure
 from server.recorder import BatchCopy, GameRecorder, GroupedRow, Layout
 from server.sessions import Session
 from server.settings import ServerSettings
@@ -221,6 +222,13 @@ class Engine:
             connection.end(protocol.CLOSE_GOING_AWAY, reason)
         log.info("session %s: closed (%s)", session.id, reason)
 
+    def end_session_with_error(self, session: Session, code: str, message: str) -> None:
+        """Close a session that cannot go on: its clients get an `error` saying why first."""
+        error = protocol.encode(protocol.Error(code=code, message=message))
+        for connection in session.connections():
+            connection.offer(error)
+        self.close_session(session, message)
+
     def reset_session(self, session: Session) -> None:
         """Back to the session's start; applied on the device thread before the next step."""
         session.pending_reset = True
@@ -324,6 +332,11 @@ class Engine:
                 end = next((e for e in events if e.type == "game_end"), None)
                 session.result = None if end is None else end.to_dict()
                 self.broadcast_status(session, "game over")
+        for session, *_ in results:
+            # A module policy that failed this tick played a neutral controller; its game ends
+            # here, and only its own (server/policy_modules.py).
+            if session.policies and (failure := policy_failure(session.policies)):
+                self.end_session_with_error(session, "policy_failed", failure)
         self.metrics.frames_stepped.inc(len(results))
         return len(results)
 

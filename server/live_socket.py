@@ -124,12 +124,30 @@ class LiveSockets:
         session = await self._accept(websocket, session_id)
         if session is None:
             return
+        if await self._spectators_full(websocket, session):
+            return
         if not await self._hello(websocket, session, "spectator"):
+            return
+        if await self._spectators_full(websocket, session):  # others came in meanwhile
             return
         connection = Connection(websocket, "spectator", (), 1)
         session.spectators.add(connection)
         await self._serve(connection, session, session.status)
         session.spectators.discard(connection)
+
+    async def _spectators_full(self, websocket: WebSocket, session: Session) -> bool:
+        """Refuse a spectator past the session's cap (each costs a frame's send per tick)."""
+        limit = self.engine.settings.max_spectators
+        if len(session.spectators) < limit:
+            return False
+        await _refuse(
+            websocket,
+            "full",
+            f"session {session.id} has {len(session.spectators)} spectators, this server's "
+            f"limit (PLAYMODEL_MAX_SPECTATORS={limit}); try again later",
+            protocol.CLOSE_TRY_AGAIN_LATER,
+        )
+        return True
 
     async def _hello(self, websocket: WebSocket, session: Session, role: str) -> bool:
         """Wait for the client's hello and answer with a welcome; False if refused."""

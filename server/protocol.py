@@ -48,6 +48,7 @@ CLOSE_UNSUPPORTED_DATA = 1003  # a text message where binary msgpack was expecte
 CLOSE_POLICY_VIOLATION = 1008  # bad or missing token, unknown session, message flood, too slow
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # IANA-registered: the server is at a limit (spectators)
 
 Unit = Annotated[float, Field(ge=-1.0, le=1.0)]
 Trigger = Annotated[float, Field(ge=0.0, le=1.0)]

@@ -15,6 +15,7 @@ from model.frames import Frames
 from model.policies import Policy, make_policy
 from model.simulation import GameSetup
 from server.match import parse_character, parse_stage, read_replay_frames
+from server.policy_modules import load_module_policy
 from server.settings import ServerSettings
 
 StageSpec = str | int
@@ -129,6 +130,14 @@ def policy(spec: str, field: str, settings: ServerSettings) -> Policy:
             "(set PLAYMODEL_ALLOW_POLICY_MODULES=1 to allow them)"
         )
     try:
-        return make_policy(spec)
+        if builtin:
+            return make_policy(spec)
+        # Checked against the allow-list before anything is imported (server/policy_modules.py).
+        return load_module_policy(
+            spec,
+            settings.allowed_policy_packages(),
+            settings.policy_folder,
+            settings.policy_time_limit_ms,
+        )
     except (ValueError, ImportError, AttributeError, TypeError) as e:
         raise BadRequest(f"{field}: {e}") from None

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from model.quantize import QUANTIZE_CHOICES
 from server.app import create_app
+from server.security import with_api_key
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if checkpoint is not None and not checkpoint.is_file():
         log.error("checkpoint %s does not exist", checkpoint)
         return 2
+    settings, made_up_key = with_api_key(settings)
+    if made_up_key is not None:
+        # Printed, not logged: the key is for the operator's eyes on this terminal, and log
+        # files travel further than a terminal does.
+        print(
+            f"The server listens on {settings.host}, reachable from other machines, and "
+            "PLAYMODEL_API_KEY is not set: REST calls need this key (header X-API-Key; "
+            f"playmodel play --api-key KEY), until the server stops:\n\n    {made_up_key}\n\n"
+            "Set PLAYMODEL_API_KEY to keep one key across restarts.",
+            file=sys.stderr,
+            flush=True,
+        )
     make_server(settings, args.log_level).run()
     return 0
 

@@ -113,6 +113,8 @@ class Session:
     input_delay: int
     start_snapshot: Snapshot
     setup_info: dict  # stage, characters, start, seed: what GET shows
+    # The creator's secret: resetting or deleting the session over REST needs it.
+    owner_token: str = field(default_factory=new_token)
     game_id: int | None = None  # row id in the engine's simulation while it runs
     parked: Snapshot | None = None  # the game's state while it is out of the batch
     frame: int = 0  # the last frame stepped

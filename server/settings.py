@@ -66,15 +66,46 @@ class ServerSettings(BaseSettings):
     idle_timeout: float = Field(
         300.0, gt=0.0, description="seconds a session may have no player before it is closed"
     )
-    api_key: SecretStr | None = Field(None, description="if set, REST calls need X-API-Key")
+    api_key: SecretStr | None = Field(
+        None,
+        description="if set, REST calls under /v1 need X-API-Key; a server bound to a "
+        "non-loopback address without one makes one up at start (server/security.py)",
+    )
     replay_dir: Path = ASSETS / "sample_replays"
     recordings_dir: Path | None = Field(
         Path("runs/recordings"),
         description="every session and match is recorded here (unset or empty: no recordings)",
     )
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="a request body over this is refused (413) while it arrives; default: "
+        "room for a base64 upload of max_upload_bytes plus 64 KiB",
+    )
     allow_policy_modules: bool = Field(
         False, description="let REST matches load policies from Python paths (module:callable)"
+    )
+    policy_packages: str = Field(
+        "",
+        description="comma-separated packages whose modules may be policies "
+        "(with allow_policy_modules); nothing else is imported",
+    )
+    policy_folder: Path | None = Field(
+        None, description="a folder whose .py files may be policies (with allow_policy_modules)"
+    )
+    policy_time_limit_ms: float = Field(
+        50.0, gt=0, description="a module policy's call taking longer ends its game"
+    )
+    max_spectators: int = Field(16, ge=0, description="watch connections per session")
+    max_bot_sessions: int = Field(
+        2, ge=0, description="sessions with every port a policy (they run with nobody playing)"
+    )
+    max_match_frames_held: int = Field(
+        1_000_000,
+        ge=1,
+        description="frames the matches may hold in memory (about 1 KB each): those queued "
+        "or running count their max_frames, finished ones their frames until forgotten",
     )
     max_matches: int = Field(64, ge=1, description="matches queued or running at once")
     max_match_frames: int = Field(8 * 60 * 60 + 200, ge=1)
@@ -117,6 +148,17 @@ class ServerSettings(BaseSettings):
         else:
             cores = os.cpu_count() or 1
         return max(1, cores - 1)
+
+    def body_limit(self) -> int:
+        """The largest request body accepted: `max_body_bytes`, or by default what a JSON body
+        with a base64 upload of `max_upload_bytes` needs (4 characters per 3 bytes) plus 64 KiB
+        for the rest of the request."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return -(-self.max_upload_bytes // 3) * 4 + 64 * 1024
+
+    def allowed_policy_packages(self) -> list[str]:
+        return [name.strip() for name in self.policy_packages.split(",") if name.strip()]
 
     def resolved_checkpoint(self) -> Path | None:
         if self.checkpoint is not None or self.untrained_config is not None:

@@ -240,7 +240,7 @@ def test_end_to_end_with_a_local_server():
                     segments.append([])
             time.sleep(0.001)
         connection.close()
-        delete_session(server.url, session.session_id)
+        delete_session(server.url, session)
     finally:
         server.stop()
     frames = [f for segment in segments for f in segment]

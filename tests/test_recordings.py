@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from server_client import create_session, open_play, receive, receive_until
+from server_client import create_session, delete_session, open_play, receive, receive_until
 
 from model import game_state as gs
 from model.frames import frames_from_table
@@ -59,7 +59,7 @@ def test_sessions_and_matches_are_recorded_and_read_back_as_a_dataset(tmp_path):
             game_over = len(frames) < 150
             if not game_over:  # whole seconds so far; else the complete game
                 assert table.num_rows % PART_FRAMES == 0
-        httpx.delete(f"{server.url}/v1/sessions/{sid}")
+        delete_session(server.url, session)
         match = httpx.post(f"{server.url}/v1/matches", json={"max_frames": 90}).json()
         done = httpx.get(
             f"{server.url}/v1/matches/{match['match_id']}", params={"wait": True}, timeout=120

@@ -13,7 +13,14 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from server_client import create_session, open_play, open_watch, receive, receive_until
+from server_client import (
+    create_session,
+    delete_session,
+    open_play,
+    open_watch,
+    receive,
+    receive_until,
+)
 from websockets.exceptions import ConnectionClosed
 
 from model.frame_spec import BUTTON_BITS
@@ -152,7 +159,7 @@ def test_two_players_and_a_spectator_for_600_frames(server):
                 checked += 1
     assert checked > 1000, "most inputs arrived in time"
     assert len(watched) > 100
-    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+    delete_session(server.url, session)
     for ws in (p1, p2, spectator):
         ws.close()
 
@@ -165,7 +172,7 @@ def test_one_connection_drives_both_ports_and_inputs_land_on_their_frame(server)
     assert len(frames) == 200
     state = httpx.get(f"{server.url}/v1/sessions/{session['session_id']}").json()
     assert state["status"] in ("paused", "running", "over")
-    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+    delete_session(server.url, session)
 
 
 def test_eight_concurrent_sessions(server):
@@ -190,7 +197,7 @@ def test_eight_concurrent_sessions(server):
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "playmodel_tick_seconds_count" in metrics
     for s in sessions:
-        httpx.delete(f"{server.url}/v1/sessions/{s['session_id']}")
+        delete_session(server.url, s)
 
 
 def test_a_client_that_stops_reading_does_not_hold_up_others(server):
@@ -203,8 +210,8 @@ def test_a_client_that_stops_reading_does_not_hold_up_others(server):
         frames = play_both_ports(ws, 240, delay=2)
     assert len(frames) == 240
     assert time.monotonic() - start < 120
-    httpx.delete(f"{server.url}/v1/sessions/{stuck_session['session_id']}")
-    httpx.delete(f"{server.url}/v1/sessions/{healthy['session_id']}")
+    delete_session(server.url, stuck_session)
+    delete_session(server.url, healthy)
     stuck.close()
     stuck_spectator.close()
 
@@ -217,7 +224,10 @@ def test_policy_port_and_reset_from_rest(server):
         assert welcome.status == "running"
         _frame, _ = receive_until(ws, P.Frame)
         sid = session["session_id"]
-        reset = httpx.post(f"{server.url}/v1/sessions/{sid}/reset").json()
+        reset = httpx.post(
+            f"{server.url}/v1/sessions/{sid}/reset",
+            headers={"X-Session-Token": session["session_token"]},
+        ).json()
         assert reset["frame"] == -123
         status, _ = receive_until(ws, P.Status)
         while status.reason != "reset":
@@ -225,7 +235,7 @@ def test_policy_port_and_reset_from_rest(server):
         after, _ = receive_until(ws, P.Frame)
         while after.frame != -122:  # a frame already in flight may arrive first
             after, _ = receive_until(ws, P.Frame)
-    httpx.delete(f"{server.url}/v1/sessions/{sid}")
+    delete_session(server.url, session)
 
 
 def test_match_endpoint_end_to_end(server):
@@ -277,7 +287,7 @@ def test_bad_messages_get_an_error_and_the_connection_lives_on(server, data, cod
         ws.send(P.encode(P.Ping(t=1.5)))
         pong, _ = receive_until(ws, P.Pong)
         assert pong.t == 1.5
-    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+    delete_session(server.url, session)
 
 
 def close_code(ws) -> int:
@@ -337,7 +347,7 @@ def test_refused_connections_close_with_the_right_code(server, case, expected):
     assert close_code(ws) == expected
     # The server and other sessions carry on.
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
-    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+    delete_session(server.url, session)
 
 
 def test_rest_refuses_bad_requests_with_a_reason(server):
@@ -364,7 +374,7 @@ def test_session_from_a_replay_in_the_replay_folder(server):
         assert welcome.frame == 600 - 123
         frame, _ = receive_until(ws, P.Frame)
         assert frame.frame == welcome.frame + 1
-    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+    delete_session(server.url, session)
 
 
 def test_limits_api_key_and_shutdown_with_clients_connected():
