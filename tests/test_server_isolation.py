@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
+from server_client import create_session, open_play, open_watch, receive, receive_until
+from websockets.exceptions import ConnectionClosed
 
 from model.frames import table_from_frames
+from model.simulation import Simulation
+from server import protocol as P
 from server.match import read_replay_frames
 from server.serve import ServerThread
 from server.settings import ServerSettings
@@ -22,6 +30,9 @@ pytestmark = pytest.mark.timeout(300)
 
 SAMPLE_REPLAY = Path(__file__).resolve().parent.parent / "assets" / "sample_replays" / "v3.18.slp"
 PANICKING_REPLAY = "slippi-js__history__slp__gameModeTest__10-Man.slp"  # shared/replays/fixtures
+# A healthy session's frames come every 16.7 ms; this bounds the longest gap allowed while an
+# attack runs, with room for a loaded 2-core test machine (before the fixes: 0 frames for 10 s).
+LONGEST_GAP_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +40,65 @@ def server(tmp_path_factory):
     recordings = tmp_path_factory.mktemp("recordings")
     with ServerThread(ServerSettings(port=0, recordings_dir=recordings)) as running:
         yield running
+
+
+class FrameClock:
+    """A spectator of a scripted (noop vs noop) session, noting when each frame arrives."""
+
+    def __init__(self, server: ServerThread):
+        self.session = create_session(server.url, policies={"1": "noop", "2": "noop"})
+        self.ws = open_watch(self.session)
+        receive_until(self.ws, P.Welcome)
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = receive(self.ws, timeout=0.5)
+            except TimeoutError:
+                continue
+            except ConnectionClosed:
+                return
+            if isinstance(message, P.Frame):
+                self.times.append(time.monotonic())
+
+    def frames_since(self, start: float) -> int:
+        return sum(t >= start for t in self.times)
+
+    def wait_for_frames(self, start: float, count: int, timeout: float = 10.0) -> int:
+        """Frames since `start`, once there are `count` of them (or `timeout` has passed)."""
+        deadline = time.monotonic() + timeout
+        while self.frames_since(start) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.frames_since(start)
+
+    def longest_gap_since(self, start: float) -> float:
+        times = [start, *(t for t in self.times if t >= start), time.monotonic()]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+    def close(self, url: str) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.ws.close()
+        httpx.delete(f"{url}/v1/sessions/{self.session['session_id']}")
+
+
+@pytest.fixture
+def healthy(server):
+    clock = FrameClock(server)
+    assert clock.wait_for_frames(time.monotonic(), 10) >= 10  # it runs before the attack
+    yield clock
+    clock.close(server.url)
+
+
+def close_code(ws) -> int:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.recv(timeout=30)
+    return ws.close_code if ws.close_code is not None else ws.protocol.close_rcvd.code
 
 
 def upload(table: pa.Table) -> dict:
@@ -85,6 +155,51 @@ def test_an_upload_with_no_real_character_is_refused(
     response = httpx.post(f"{server.url}/v1/sessions", json=upload(table), timeout=60)
     assert response.status_code == 400, response.text
     assert expected in response.json()["detail"]
+
+
+MARK = 1234.5  # a percent no game reaches: the state that makes the injected step fail
+
+
+def inject(engine, session, where: str, monkeypatch) -> None:
+    """Make one session's own work fail as a bad upload's did: its recording raising on every
+    frame, its state breaking the model's step, or its scripted policy raising."""
+
+    def fail(*_args, **_kwargs):
+        raise ValueError(f"injected: this session's {where} fails")
+
+    if where == "recording":
+        session.recorder.add = fail
+    elif where == "policy":
+        session.policies[2] = fail
+    else:
+        step = Simulation.step
+
+        def step_unless_marked(sim, controls):
+            batch = sim.batch_frame
+            if sim.game_ids and bool((batch["p1_percent"] == MARK).any()):
+                raise RuntimeError("injected: a game in this batch breaks the step")
+            return step(sim, controls)
+
+        monkeypatch.setattr(Simulation, "step", step_unless_marked)
+        session.parked.tensors["frame.p1_percent"] = torch.tensor(MARK)
+
+
+@pytest.mark.parametrize("where", ["recording", "step", "policy"])
+def test_a_session_whose_own_work_fails_ends_alone(server, healthy, where, monkeypatch):
+    engine = server.app.state.engine
+    bad = create_session(server.url, policies={"2": "approach"})
+    inject(engine, engine.sessions[bad["session_id"]], where, monkeypatch)
+    start = time.monotonic()
+    with open_play(bad, ports=(1,)) as ws:
+        error, _ = receive_until(ws, P.Error)
+        ended = time.monotonic()
+        assert error.code == "session_failed"
+        assert f"this session's {where} failed" in error.message
+        assert close_code(ws) == P.CLOSE_INTERNAL_ERROR
+    assert httpx.get(f"{server.url}/v1/sessions/{bad['session_id']}").status_code == 404
+    assert healthy.wait_for_frames(ended, 30) >= 30, "the healthy session kept playing"
+    assert healthy.longest_gap_since(start) < LONGEST_GAP_S
+    assert "playmodel_failed_sessions_total" in httpx.get(f"{server.url}/metrics").text
 
 
 # ---------------------------------------------------------------------- 10: 400, not 500
