@@ -202,6 +202,40 @@ def test_a_session_whose_own_work_fails_ends_alone(server, healthy, where, monke
     assert "playmodel_failed_sessions_total" in httpx.get(f"{server.url}/metrics").text
 
 
+# ---------------------------------------------------------------------- 7: downloads
+def test_match_frames_are_encoded_off_the_event_loop(server, monkeypatch):
+    import server.app as app_module
+
+    threads: set[str] = set()
+    for name in ("frame_message", "table_from_frames"):
+        original = getattr(app_module, name)
+
+        def noting(*args, _original=original, **kwargs):
+            threads.add(threading.current_thread().name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(app_module, name, noting)
+    # Played before the healthy session starts: matches only get the time live ticks leave.
+    body = {"p1": "noop", "p2": "noop", "max_frames": 600}
+    match_id = httpx.post(f"{server.url}/v1/matches", json=body).json()["match_id"]
+    done = httpx.get(f"{server.url}/v1/matches/{match_id}", params={"wait": True}, timeout=240)
+    assert done.json()["status"] == "done"
+    healthy = FrameClock(server)
+    try:
+        start = time.monotonic()
+        for format in ("json", "parquet", "json"):
+            response = httpx.get(
+                f"{server.url}/v1/matches/{match_id}/frames", params={"format": format}, timeout=60
+            )
+            assert response.status_code == 200
+        frames = response.json()
+        assert len(frames) == done.json()["summary"]["frames"] + 1
+        assert threads and server.thread.name not in threads  # never on the event loop's thread
+        assert healthy.longest_gap_since(start) < LONGEST_GAP_S
+    finally:
+        healthy.close(server.url)
+
+
 # ---------------------------------------------------------------------- 10: 400, not 500
 def test_unusable_requests_get_400_naming_the_field(server, replays):
     panicking = base64.b64encode((replays / "fixtures" / PANICKING_REPLAY).read_bytes()).decode()
