@@ -26,6 +26,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +53,7 @@ from server.requests import (
     policy,
     replay_start,
 )
+from server.sessions import TooManyResets
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
 from training.host_memory import keep_freed_host_memory
@@ -247,7 +249,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def reset_session(session_id: str, request: Request) -> dict:
         engine = engine_of(request)
         session = session_or_404(request, session_id)
-        engine.reset_session(session)
+        try:
+            engine.reset_session(session)
+        except TooManyResets as e:
+            retry = str(math.ceil(e.retry_after))
+            raise HTTPException(429, str(e), headers={"Retry-After": retry}) from None
         engine.broadcast_status(session, "reset")
         return session.describe()
 

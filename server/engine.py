@@ -34,7 +34,7 @@ from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
 from server.metrics import ServerMetrics
 from server.recorder import BatchCopy, GameRecorder, GroupedRow, Layout
-from server.sessions import Session
+from server.sessions import Session, TooManyResets
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
 
@@ -257,7 +257,16 @@ class Engine:
         self._failures[session.id] = (session, f"this session's {what} failed ({detail})")
 
     def reset_session(self, session: Session) -> None:
-        """Back to the session's start; applied on the device thread before the next step."""
+        """Back to the session's start; applied on the device thread before the next step.
+        Raises TooManyResets past the session's `ResetLimit`."""
+        wait = session.reset_limit.take()
+        if wait:
+            limit = session.reset_limit
+            raise TooManyResets(
+                f"too many resets of session {session.id}: {limit.burst} at once, then "
+                f"{limit.rate:g} a second; try again in {wait:.1f} s",
+                wait,
+            )
         session.pending_reset = True
         session.generation += 1
         session.frame = int(session.start_snapshot.tensors["frame.frame"])

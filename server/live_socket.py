@@ -19,7 +19,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from model import melee_ids
 from server import protocol
 from server.engine import Engine
-from server.sessions import Connection, Session, controller_columns
+from server.sessions import Connection, Session, TooManyResets, controller_columns
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,10 @@ class LiveSockets:
             if connection.role != "player":
                 return "forbidden", "spectators cannot pause or reset"
             if message.action == "reset":
-                self.engine.reset_session(session)
+                try:
+                    self.engine.reset_session(session)
+                except TooManyResets as e:
+                    return "rate_limited", str(e)
                 self.engine.broadcast_status(session, "reset")
             else:
                 session.user_paused = message.action == "pause"

@@ -32,6 +32,39 @@ NEUTRAL: dict[str, float | int] = {
 }
 
 
+# Each reset finishes the game's recording and starts a new folder: unlimited, one client made
+# 282 folders in 6 s (issue 21). A person pressing reset, or a script resetting at each game's
+# end, stays far below this.
+RESET_BURST = 5  # resets a session may make back to back
+RESETS_PER_SECOND = 1.0  # then this many a second
+
+
+class ResetLimit:
+    """A token bucket for one session's resets: RESET_BURST at once, then RESETS_PER_SECOND."""
+
+    def __init__(self, burst: int = RESET_BURST, rate: float = RESETS_PER_SECOND):
+        self.burst, self.rate = burst, rate
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> float:
+        """0 if a reset may go ahead now (and counts it), else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class TooManyResets(RuntimeError):
+    """A reset refused by the session's `ResetLimit`; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def new_id() -> str:
     """A session or match id: hex, so it can never start with `-` and be read as a
     command-line option (`playmodel play --session ID`), and is safe in any URL."""
@@ -139,6 +172,7 @@ class Session:
     rolled_back_frames: int = 0
     recorder: GameRecorder | None = None  # this game's recording (a reset starts a new one)
     games_recorded: int = 0
+    reset_limit: ResetLimit = field(default_factory=ResetLimit)
 
     @classmethod
     def new(

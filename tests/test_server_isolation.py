@@ -236,6 +236,38 @@ def test_match_frames_are_encoded_off_the_event_loop(server, monkeypatch):
         healthy.close(server.url)
 
 
+# ---------------------------------------------------------------------- 8: resets
+def test_resets_are_rate_limited_with_a_clear_429(server):
+    from server.sessions import RESET_BURST
+
+    session = create_session(server.url, policies={"2": "noop"})
+    url = f"{server.url}/v1/sessions/{session['session_id']}"
+    start, accepted = time.monotonic(), 0
+    for _ in range(50):  # 500 a second made hundreds of recording folders before the limit
+        refused = httpx.post(f"{url}/reset")
+        if refused.status_code != 200:
+            break
+        accepted += 1
+    assert refused.status_code == 429
+    # The burst, and one a second after it (a slow machine's calls take a while).
+    assert RESET_BURST <= accepted <= RESET_BURST + time.monotonic() - start + 1
+    assert refused.json()["detail"].startswith(
+        f"too many resets of session {session['session_id']}"
+    )
+    assert refused.headers["Retry-After"] == "1"
+    with open_play(session, ports=(1,)) as ws:  # the control message meets the same limit
+        receive_until(ws, P.Welcome)
+        for _ in range(RESET_BURST + 1):
+            ws.send(P.encode(P.Control(action="reset")))
+        error, _ = receive_until(ws, P.Error)
+        assert error.code == "rate_limited" and "too many resets" in error.message
+        ws.send(P.encode(P.Ping(t=2.5)))
+        assert receive_until(ws, P.Pong)[0].t == 2.5  # the connection lives on
+    time.sleep(1.1)  # a reset a second goes through again
+    assert httpx.post(f"{url}/reset").status_code == 200
+    httpx.delete(url)
+
+
 # ---------------------------------------------------------------------- 10: 400, not 500
 def test_unusable_requests_get_400_naming_the_field(server, replays):
     panicking = base64.b64encode((replays / "fixtures" / PANICKING_REPLAY).read_bytes()).decode()
