@@ -363,8 +363,8 @@ class Engine:
                 self.metrics.rolled_back_frames.inc(len(corrected))
             for connection in session.connections():
                 for message in corrected:
-                    connection.offer(message)
-                if not connection.offer(data) and connection.role == "spectator":
+                    connection.offer_frame(message)
+                if not connection.offer_frame(data) and connection.role == "spectator":
                     self.metrics.dropped_frames.inc()
             if over:
                 session.over = True

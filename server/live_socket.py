@@ -19,7 +19,13 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from model import melee_ids
 from server import protocol
 from server.engine import Engine
-from server.sessions import Connection, Session, TooManyResets, controller_columns
+from server.sessions import (
+    SPECTATOR_QUEUE_MESSAGES,
+    Connection,
+    Session,
+    TooManyResets,
+    controller_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +132,7 @@ class LiveSockets:
             return
         if not await self._hello(websocket, session, "spectator"):
             return
-        connection = Connection(websocket, "spectator", (), 1)
+        connection = Connection(websocket, "spectator", (), SPECTATOR_QUEUE_MESSAGES)
         session.spectators.add(connection)
         await self._serve(connection, session, session.status)
         session.spectators.discard(connection)
@@ -149,6 +155,14 @@ class LiveSockets:
                 "text_message",
                 "messages are binary msgpack, not text",
                 protocol.CLOSE_UNSUPPORTED_DATA,
+            )
+            return False
+        if len(data) > protocol.MAX_CLIENT_MESSAGE_BYTES:  # as for any later message
+            await _refuse(
+                websocket,
+                "too_big",
+                f"message of {len(data)} bytes; limit {protocol.MAX_CLIENT_MESSAGE_BYTES}",
+                protocol.CLOSE_MESSAGE_TOO_BIG,
             )
             return False
         try:

@@ -88,33 +88,49 @@ def controller_columns(message: protocol.Input) -> dict[str, float | int]:
     )
 
 
+SPECTATOR_QUEUE_MESSAGES = 32  # a spectator's messages other than frames (welcome, errors, ...)
+
+
 class Connection:
     """One websocket's outgoing side: a bounded queue drained by its own sender task, so a
-    client that stops reading only ever blocks itself. Spectators keep just the newest frame."""
+    client that stops reading only ever blocks itself. A spectator keeps just the newest frame,
+    beside its queue of other messages (welcome, status, error, bye), which are never dropped:
+    a frame must not push out the error that answers the spectator's message."""
 
-    def __init__(self, websocket: Any, role: str, ports: tuple[int, ...], queue_frames: int):
+    def __init__(self, websocket: Any, role: str, ports: tuple[int, ...], queue_size: int):
+        """`queue_size`: messages queued before the client counts as not reading (a player's
+        are mostly frames; a spectator's frames are not queued)."""
         self.websocket = websocket
         self.role = role
         self.ports = ports
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(1 if role == "spectator" else queue_frames)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self.latest_frame: bytes | None = None  # a spectator's frame waiting to be sent
+        self._ready = asyncio.Event()  # a spectator has something to send
         self.ended = asyncio.Event()  # set when the server ends this connection
         self.close_code = protocol.CLOSE_NORMAL
         self.close_reason = ""
         self.sent = 0
 
     def offer(self, data: bytes) -> bool:
-        """Queue a message; False if it was dropped (a spectator behind) or the player's
-        queue is full (the connection is then ended: the client is not reading)."""
+        """Queue a message; False (and the connection ended: the client is not reading) if
+        the queue is full."""
         try:
             self.queue.put_nowait(data)
-            return True
         except asyncio.QueueFull:
-            if self.role == "spectator":
-                self.queue.get_nowait()  # skip to the latest frame
-                self.queue.put_nowait(data)
-            else:
-                self.end(protocol.CLOSE_POLICY_VIOLATION, "not reading frames: send queue full")
+            self.end(protocol.CLOSE_POLICY_VIOLATION, "not reading frames: send queue full")
             return False
+        self._ready.set()
+        return True
+
+    def offer_frame(self, data: bytes) -> bool:
+        """Queue a frame; for a spectator it replaces a frame not sent yet (False: one was
+        dropped, the spectator is behind)."""
+        if self.role != "spectator":
+            return self.offer(data)
+        dropped = self.latest_frame is not None
+        self.latest_frame = data
+        self._ready.set()
+        return not dropped
 
     def end(self, code: int, reason: str) -> None:
         if not self.ended.is_set():
@@ -123,9 +139,23 @@ class Connection:
 
     async def send_loop(self) -> None:
         while True:
-            data = await self.queue.get()
+            data = await self._next()
             await self.websocket.send_bytes(data)
             self.sent += 1
+
+    async def _next(self) -> bytes:
+        """The next message to send: queued messages first, in order, then a spectator's
+        latest frame (the welcome thus always goes before the first frame)."""
+        if self.role != "spectator":
+            return await self.queue.get()
+        while True:
+            if not self.queue.empty():
+                return self.queue.get_nowait()
+            if self.latest_frame is not None:
+                data, self.latest_frame = self.latest_frame, None
+                return data
+            self._ready.clear()
+            await self._ready.wait()
 
 
 @dataclass

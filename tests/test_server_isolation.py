@@ -18,6 +18,7 @@ import pytest
 import torch
 from server_client import create_session, open_play, open_watch, receive, receive_until
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from model.frames import table_from_frames
 from model.simulation import Simulation
@@ -25,6 +26,7 @@ from server import protocol as P
 from server.match import read_replay_frames
 from server.serve import ServerThread
 from server.settings import ServerSettings
+from server.websocket_keepalive import PING_INTERVAL_S, READ_TIMEOUT_S
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -289,3 +291,91 @@ def test_unusable_requests_get_400_naming_the_field(server, replays):
         assert response.status_code == 400, (body, response.text)
         assert response.json()["detail"].startswith(detail), response.json()["detail"]
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+
+
+# ---------------------------------------------------------------------- 12: as documented
+def test_a_player_that_never_reads_is_dropped_after_the_read_timeout(server, healthy):
+    session = create_session(server.url, policies={"2": "noop"})
+    url = f"{server.url}/v1/sessions/{session['session_id']}"
+    # The client library reads ahead only a few messages for a caller that never reads.
+    token = session["tokens"]["1"]
+    ws = connect(f"{session['play_url']}?token={token}", max_queue=4).__enter__()
+    ws.send(P.encode(P.Hello()))
+    start = time.monotonic()
+    while httpx.get(url).json()["players_connected"] and time.monotonic() - start < 30:
+        time.sleep(0.1)
+    dropped = time.monotonic() - start
+    assert READ_TIMEOUT_S - 0.5 < dropped < READ_TIMEOUT_S + PING_INTERVAL_S + 2.0
+    assert httpx.get(url).json()["status"] == "paused"  # the game waits for the player
+    assert close_code(ws) == P.CLOSE_POLICY_VIOLATION  # once it reads again, it learns why
+    assert healthy.longest_gap_since(start) < LONGEST_GAP_S
+    httpx.delete(url)
+
+
+def test_an_oversize_hello_closes_with_1009(server):
+    session = create_session(server.url, policies={"2": "noop"})
+    ws = open_play(session, ports=(1,), hello=False)
+    ws.send(P.encode({"type": "hello", "version": 1, "client": "x" * P.MAX_CLIENT_MESSAGE_BYTES}))
+    error, _ = receive_until(ws, P.Error)
+    assert error.code == "too_big"
+    assert close_code(ws) == P.CLOSE_MESSAGE_TOO_BIG
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"port": True}, "port: Input should be a valid integer"),
+        ({"frame": "0"}, "frame: Input should be a valid integer"),
+        ({"stick_x": "1"}, "stick_x: Input should be a valid number"),
+        ({"stick_x": 1}, None),  # an int where a float is expected is the one conversion
+    ],
+)
+def test_fields_take_only_their_own_type(server, fields, problem):
+    session = create_session(server.url, policies={"2": "noop"})
+    with open_play(session, ports=(1,)) as ws:
+        welcome, _ = receive_until(ws, P.Welcome)
+        ws.send(P.encode({"type": "input", "frame": welcome.frame + 5, "port": 1} | fields))
+        ws.send(P.encode(P.Ping(t=1.0)))
+        answers = []
+        while not answers or not isinstance(answers[-1], P.Pong):
+            answers.append(receive_until(ws, P.Error | P.Pong)[0])
+        errors = [a.message for a in answers if isinstance(a, P.Error)]
+        assert errors == ([] if problem is None else [f"invalid input message: {problem}"])
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+
+
+def test_an_error_reply_to_a_big_message_stays_small(server):
+    session = create_session(server.url, policies={"2": "noop"})
+    keys = {f"{'k' * 120}{i}": i for i in range(30)}
+    message = P.encode({"type": "input", "frame": 0, "port": 1, **keys})
+    assert 3500 < len(message) <= P.MAX_CLIENT_MESSAGE_BYTES
+    with open_play(session, ports=(1,)) as ws:
+        receive_until(ws, P.Welcome)
+        ws.send(message)
+        while True:
+            data = ws.recv(timeout=30)
+            if isinstance(P.decode_server(data), P.Error):
+                break
+    error = P.decode_server(data)
+    assert len(data) < 400
+    assert error.message.endswith("Extra inputs are not permitted; and 27 more")
+    httpx.delete(f"{server.url}/v1/sessions/{session['session_id']}")
+
+
+def test_a_spectator_gets_every_error_it_is_sent(server, healthy):
+    # The spectated session is running: a frame is offered every tick, and must never push
+    # an error out of the spectator's queue (a spectator's queue held one message before).
+    ws = open_watch(healthy.session)
+    receive_until(ws, P.Welcome)
+    for _ in range(20):
+        ws.send(P.encode(P.Control(action="pause")))
+    errors = 0
+    deadline = time.monotonic() + 30
+    while errors < 20 and time.monotonic() < deadline:
+        message = receive(ws)
+        if isinstance(message, P.Error):
+            assert message.code == "forbidden"
+            errors += 1
+    assert errors == 20
+    ws.close()
