@@ -25,6 +25,7 @@ version each field appeared in; peppi-py 0.8.6 for the Arrow paths; libmelee for
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -331,6 +332,42 @@ def arrow_schema(metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
     for f in ITEM_FIELDS:
         columns.append(pa.field(item_column(f), pa.list_(f.arrow_type), nullable=False))
     return pa.schema(columns, metadata=metadata)
+
+
+class SchemaMismatch(ValueError):
+    """A table that is not in `arrow_schema`; the message names the column."""
+
+
+def check_table(table: pa.Table) -> None:
+    """Raise SchemaMismatch naming the first column of `table` that `arrow_schema` does not
+    allow: missing, of another type, or with nulls. Extra columns are allowed (nothing reads
+    them). A column's type is what decides a frame's tensor dtypes, so a table from outside
+    (an upload) is checked before its frames meet the ones made from the schema."""
+    for expected in arrow_schema():
+        name = expected.name
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            raise SchemaMismatch(f"column {name} is missing (game-state schema: {expected.type})")
+        actual = table.schema.field(index).type
+        if actual != expected.type:
+            raise SchemaMismatch(
+                f"column {name} has dtype {_type_name(actual)}; the game-state schema needs "
+                f"{_type_name(expected.type)}"
+            )
+        column = table.column(index)
+        nulls = column.null_count
+        if pa.types.is_list(actual):
+            nulls += sum(chunk.flatten().null_count for chunk in column.chunks)
+        if nulls:
+            raise SchemaMismatch(f"column {name} has {nulls} null values; every value is needed")
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    """The numpy-style name of an Arrow type (float32, not Arrow's 'float'), as in FIELDS."""
+    name = str(arrow_type)
+    for arrow, numpy in (("halffloat", "float16"), ("float", "float32"), ("double", "float64")):
+        name = re.sub(rf"\b{arrow}\b", numpy, name)
+    return name
 
 
 def missing_fields(version: tuple[int, int, int]) -> list[str]:

@@ -6,6 +6,10 @@ and queues each session's frame for its players and spectators. Sessions that ar
 (waiting for players, paused, over) are parked: their state is a snapshot outside the batch, so
 they cost nothing per tick and rejoin it exactly where they left. Only the device thread touches
 the simulations; the event loop keeps handling websockets while a step runs.
+
+Sessions are isolated: when one session's own work fails (its policy, its part of the step and
+the rules, its recording, its frame message), that session is ended with an error to its
+clients (`fail_session`) and the others get their frame in the same tick.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from server import protocol
 from server.metrics import ServerMetrics
 from server.policy_modules import policy_failure
 from server.recorder import BatchCopy, GameRecorder, GroupedRow, Layout
-from server.sessions import Session
+from server.sessions import Session, TooManyResets
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
 
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 # quarter-second catch-up window doubled the rollbacks and the tick p99 against this one).
 CATCH_UP_PERIODS = 1.0
 BEHIND_LOG_EVERY_S = 10.0  # how often an overloaded loop says so
+FAILURE_DETAIL_CHARS = 200  # of an exception's text, in the error a failed session's clients get
 
 
 class ServerFull(RuntimeError):
@@ -97,6 +102,8 @@ class Engine:
         self._writes: list = []  # file writes due, queued by the device thread
         self.sessions: dict[str, Session] = {}
         self._retired: list[Session] = []
+        # Sessions whose own work failed in a device tick, with why; ended by the loop after it.
+        self._failures: dict[str, tuple[Session, str]] = {}
         self._stopping = False
         self.next_deadline = time.monotonic()
         self.tick_ema = 0.0  # seconds, smoothed duration of a tick with sessions running
@@ -191,9 +198,16 @@ class Engine:
         session.recorder.add(*session.start_row)
 
     def _finish_recording(self, session: Session) -> None:
-        if session.recorder is not None:
-            self._writes += session.recorder.take_writes(final=True)
-            session.recorder = None
+        recorder, session.recorder = session.recorder, None  # never retried if it raises
+        if recorder is not None:
+            self._writes += recorder.take_writes(final=True)
+
+    def _finish_recording_or_log(self, session: Session) -> None:
+        """For a session that is over anyway (closed, shutdown): a failure is only logged."""
+        try:
+            self._finish_recording(session)
+        except Exception:
+            log.exception("session %s: its recording could not be finished", session.id)
 
     def flush_writes(self) -> None:
         """Hand the file writes queued by the device thread to the writer thread."""
@@ -204,9 +218,7 @@ class Engine:
     def finish_all_recordings(self) -> None:
         """At shutdown: every recording written out in full, then the writer stopped."""
         for session in [*self.sessions.values(), *self._retired]:
-            if session.recorder is not None:
-                self._writes += session.recorder.take_writes(final=True)
-                session.recorder = None
+            self._finish_recording_or_log(session)
         self.flush_writes()
         self.writer.shutdown(wait=True)
 
@@ -222,15 +234,45 @@ class Engine:
             connection.end(protocol.CLOSE_GOING_AWAY, reason)
         log.info("session %s: closed (%s)", session.id, reason)
 
-    def end_session_with_error(self, session: Session, code: str, message: str) -> None:
-        """Close a session that cannot go on: its clients get an `error` saying why first."""
-        error = protocol.encode(protocol.Error(code=code, message=message))
+    def fail_session(self, session: Session, reason: str) -> None:
+        """End a session whose own work failed: its clients get an `error` (code
+        `session_failed`) and a 1011 close, its game leaves the batch at the next tick and
+        its recording is finished as far as it goes. The other sessions never wait for it."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self._retired.append(session)
+        self.metrics.failed_sessions.inc()
+        error = protocol.encode(protocol.Error(code="session_failed", message=reason))
         for connection in session.connections():
             connection.offer(error)
-        self.close_session(session, message)
+            connection.end(protocol.CLOSE_INTERNAL_ERROR, reason)
+        log.warning("session %s: ended (%s)", session.id, reason)
+
+    def _failed(self, session: Session, what: str, error: Exception | str) -> None:
+        """On the device thread: `session`'s own `what` raised `error` (or, for a module
+        policy that caught its own failure, `error` says what went wrong). The session drops
+        out of the rest of this tick's work; the loop ends it when the tick is over."""
+        if session.id in self._failures:
+            return
+        if isinstance(error, str):  # already bounded (policy_modules.GuardedPolicy)
+            log.error("session %s: its %s failed: %s", session.id, what, error)
+            detail = error
+        else:
+            log.error("session %s: its %s failed", session.id, what, exc_info=error)
+            detail = f"{type(error).__name__}: {error}"[:FAILURE_DETAIL_CHARS]
+        self._failures[session.id] = (session, f"this session's {what} failed ({detail})")
 
     def reset_session(self, session: Session) -> None:
-        """Back to the session's start; applied on the device thread before the next step."""
+        """Back to the session's start; applied on the device thread before the next step.
+        Raises TooManyResets past the session's `ResetLimit`."""
+        wait = session.reset_limit.take()
+        if wait:
+            limit = session.reset_limit
+            raise TooManyResets(
+                f"too many resets of session {session.id}: {limit.burst} at once, then "
+                f"{limit.rate:g} a second; try again in {wait:.1f} s",
+                wait,
+            )
         session.pending_reset = True
         session.generation += 1
         session.frame = int(session.start_snapshot.tensors["frame.frame"])
@@ -315,6 +357,9 @@ class Engine:
             return 0
         results = await self.on_device(self._device_tick, plan, retired, resets)
         self.flush_writes()
+        failures, self._failures = self._failures, {}
+        for session, reason in failures.values():
+            self.fail_session(session, reason)
         for session, generation, corrected, data, frame_id, events, over in results:
             if generation != session.generation or session.id not in self.sessions:
                 continue  # reset or closed while the step ran: this frame is void
@@ -324,19 +369,14 @@ class Engine:
                 self.metrics.rolled_back_frames.inc(len(corrected))
             for connection in session.connections():
                 for message in corrected:
-                    connection.offer(message)
-                if not connection.offer(data) and connection.role == "spectator":
+                    connection.offer_frame(message)
+                if not connection.offer_frame(data) and connection.role == "spectator":
                     self.metrics.dropped_frames.inc()
             if over:
                 session.over = True
                 end = next((e for e in events if e.type == "game_end"), None)
                 session.result = None if end is None else end.to_dict()
                 self.broadcast_status(session, "game over")
-        for session, *_ in results:
-            # A module policy that failed this tick played a neutral controller; its game ends
-            # here, and only its own (server/policy_modules.py).
-            if session.policies and (failure := policy_failure(session.policies)):
-                self.end_session_with_error(session, "policy_failed", failure)
         self.metrics.frames_stepped.inc(len(results))
         return len(results)
 
@@ -438,14 +478,18 @@ class Engine:
             if session.game_id is not None:
                 leaving.append(session.game_id)
                 session.game_id = None
-            self._finish_recording(session)
+            self._finish_recording_or_log(session)
         stepping = {id(s) for s, *_ in plan}
         resetting = {id(s) for s in resets}
         restoring, pausing = [], []
         for session in list(self.sessions.values()):
             if id(session) in resetting:
-                self._finish_recording(session)
-                self._start_recording(session)
+                try:
+                    self._finish_recording(session)
+                    self._start_recording(session)
+                except Exception as e:  # noqa: BLE001 - ends only this session
+                    self._failed(session, "recording", e)
+                    continue
                 if session.game_id is not None and id(session) in stepping:
                     restoring.append((session.game_id, session.start_snapshot))
                     continue
@@ -463,14 +507,12 @@ class Engine:
             session.game_id = None
         sim.restore_many(restoring)
         sim.remove_games(leaving)
-        joining = [session for session, *_ in plan if session.game_id is None]
-        game_ids = sim.add_from_snapshots([session.parked for session in joining])
-        for session, game_id in zip(joining, game_ids, strict=True):
-            session.game_id, session.parked = game_id, None
+        self._join([s for s, *_ in plan if s.game_id is None and s.id not in self._failures])
+        plan = [entry for entry in plan if entry[0].id not in self._failures]
         if not plan:
             return []
 
-        corrections = self._rollbacks(
+        corrections = self._isolated_rollbacks(
             [
                 (session, rollback, controls, missing)
                 for session, _, controls, missing, _, rollback in plan
@@ -481,11 +523,22 @@ class Engine:
         step_controls = {}
         needs_before: list[tuple[int, object]] = []
         for session, _, human, missing, record, _ in plan:
+            if session.id in self._failures:
+                continue
             columns = dict(human)
-            if session.policies:
-                view = FrameView(batch, sim.game_ids.index(session.game_id))
-                for port, policy in session.policies.items():
-                    columns |= policy(view, port - 1).columns(port - 1)
+            try:
+                if session.policies:
+                    view = FrameView(batch, sim.game_ids.index(session.game_id))
+                    for port, policy in session.policies.items():
+                        columns |= policy(view, port - 1).columns(port - 1)
+            except Exception as e:  # noqa: BLE001 - ends only this session
+                self._failed(session, "policy", e)
+                continue
+            # A module policy catches its own failure (raising, too slow, a bad controller)
+            # and answers a neutral controller; its session ends all the same, and only it.
+            if session.policies and (failure := policy_failure(session.policies)):
+                self._failed(session, "policy", failure)
+                continue
             record.used = dict(columns)
             if missing and session.rollback_window > 0:  # kept for a rollback, taken below
                 needs_before.append((session.game_id, record))
@@ -500,7 +553,11 @@ class Engine:
         befores = sim.snapshots([game_id for game_id, _ in needs_before])
         for (_, record), before in zip(needs_before, befores, strict=True):
             record.before = before
-        results = sim.step(step_controls)
+        plan = [entry for entry in plan if entry[0].id not in self._failures]
+        self._drop_failed_games()
+        results = self._isolated_step(step_controls, [session for session, *_ in plan])
+        if not results:
+            return []
         # One copy of the batch off the device per tick: the recordings' numpy copy when any
         # session records, which the wire columns are then read from too.
         recording = None
@@ -509,22 +566,108 @@ class Engine:
         columns = batch_columns(sim.batch_frame if recording is None else recording.columns)
         out = []
         for session, generation, _, missing, _, _ in plan:
-            result = results[session.game_id]
+            result = results.get(session.game_id)
+            if result is None or session.id in self._failures:
+                continue
             events: list[Event] = result.events
-            if session.recorder is not None:
-                frame_id = int(columns["frame"][result.row])
-                session.recorder.add(frame_id, recording.row(result.row), events, missing)
-                if result.over or any(e.type == "game_end" for e in events):
-                    self._finish_recording(session)
-                else:
-                    self._writes += session.recorder.take_writes()
-            message = frame_message(columns, result.row, events, missing)
+            frame_id = int(columns["frame"][result.row])
+            try:
+                if session.recorder is not None:
+                    session.recorder.add(frame_id, recording.row(result.row), events, missing)
+                    if result.over or any(e.type == "game_end" for e in events):
+                        self._finish_recording(session)
+                    else:
+                        self._writes += session.recorder.take_writes()
+            except Exception as e:  # noqa: BLE001 - ends only this session
+                self._failed(session, "recording", e)
+                continue
+            try:
+                data = protocol.encode(frame_message(columns, result.row, events, missing))
+            except Exception as e:  # noqa: BLE001 - ends only this session
+                self._failed(session, "frame message", e)
+                continue
             corrected = corrections.get(session.id, [])
-            data = protocol.encode(message)
-            out.append(
-                (session, generation, corrected, data, message["frame"], events, result.over)
-            )
+            out.append((session, generation, corrected, data, frame_id, events, result.over))
         return out
+
+    def _join(self, sessions: list[Session]) -> None:
+        """Parked sessions back into the live batch, in one join; if that fails, one at a
+        time, so that only a session whose state cannot join is ended."""
+        if not sessions:
+            return
+        try:
+            game_ids = self.sim.add_from_snapshots([s.parked for s in sessions])
+            joined = list(zip(sessions, game_ids, strict=True))
+        except Exception:
+            log.exception(
+                "%d sessions could not join the batch; trying one at a time", len(sessions)
+            )
+            joined = []
+            for session in sessions:
+                try:
+                    joined.append((session, self.sim.add_from_snapshot(session.parked)))
+                except Exception as e:  # noqa: BLE001 - ends only this session
+                    self._failed(session, "state", e)
+        for session, game_id in joined:
+            session.game_id, session.parked = game_id, None
+
+    def _isolated_step(self, controls: dict[int, dict], sessions: list[Session]) -> dict:
+        """The tick's batched step. If it raises, each session's game is stepped alone (from
+        a snapshot, in a simulation of its own) to find the sessions whose state makes the
+        step or the rules fail; their games leave the batch and the others are stepped
+        again, in this tick. {} when no session is to blame (the tick makes no frames)."""
+        try:
+            return self.sim.step(controls)
+        except Exception:
+            log.exception("the tick's step failed; stepping each game alone to find why")
+        failing = 0
+        probe = self.new_simulation()
+        for session in sessions:
+            try:
+                game = probe.add_from_snapshot(self.sim.snapshot(session.game_id))
+                probe.step({game: controls.get(session.game_id, {})})
+                probe.remove_game(game)
+            except Exception as e:  # noqa: BLE001 - ends only this session
+                self._failed(session, "step", e)
+                failing += 1
+                probe = self.new_simulation()  # whatever the failure left in it
+        if not failing:
+            log.error("every game steps alone: no session is to blame; this tick makes no frames")
+            return {}
+        self._drop_failed_games()
+        try:
+            return self.sim.step({g: c for g, c in controls.items() if g in self.sim.game_ids})
+        except Exception:
+            log.exception("the step failed again without the failing sessions' games")
+            return {}
+
+    def _drop_failed_games(self) -> None:
+        """The games of the sessions that failed in this tick leave the batch now, so that
+        neither this tick's step nor the next one runs them again."""
+        failed = [s for s, _ in self._failures.values() if s.game_id is not None]
+        if failed:
+            self.sim.remove_games([session.game_id for session in failed])
+            for session in failed:
+                session.game_id = None
+
+    def _isolated_rollbacks(self, jobs: list[tuple]) -> dict[str, list[bytes]]:
+        """`_rollbacks` of every job together; if that raises, each job alone (a fresh
+        scratch simulation each), and a session whose rollback fails alone is ended."""
+        if not jobs:
+            return {}
+        try:
+            return self._rollbacks(jobs)
+        except Exception:
+            log.exception("a tick's rollbacks failed; rolling back each session alone")
+        corrections: dict[str, list[bytes]] = {}
+        for job in jobs:
+            self.scratch = self.new_simulation()  # whatever the failure left in it
+            try:
+                corrections |= self._rollbacks([job])
+            except Exception as e:  # noqa: BLE001 - ends only this session
+                self._failed(job[0], "rollback", e)
+        self.scratch = self.new_simulation()
+        return corrections
 
 
 def _lower_this_threads_priority() -> None:

@@ -19,7 +19,13 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from model import melee_ids
 from server import protocol
 from server.engine import Engine
-from server.sessions import Connection, Session, controller_columns
+from server.sessions import (
+    SPECTATOR_QUEUE_MESSAGES,
+    Connection,
+    Session,
+    TooManyResets,
+    controller_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +136,7 @@ class LiveSockets:
             return
         if await self._spectators_full(websocket, session):  # others came in meanwhile
             return
-        connection = Connection(websocket, "spectator", (), 1)
+        connection = Connection(websocket, "spectator", (), SPECTATOR_QUEUE_MESSAGES)
         session.spectators.add(connection)
         await self._serve(connection, session, session.status)
         session.spectators.discard(connection)
@@ -167,6 +173,14 @@ class LiveSockets:
                 "text_message",
                 "messages are binary msgpack, not text",
                 protocol.CLOSE_UNSUPPORTED_DATA,
+            )
+            return False
+        if len(data) > protocol.MAX_CLIENT_MESSAGE_BYTES:  # as for any later message
+            await _refuse(
+                websocket,
+                "too_big",
+                f"message of {len(data)} bytes; limit {protocol.MAX_CLIENT_MESSAGE_BYTES}",
+                protocol.CLOSE_MESSAGE_TOO_BIG,
             )
             return False
         try:
@@ -335,7 +349,10 @@ class LiveSockets:
             if connection.role != "player":
                 return "forbidden", "spectators cannot pause or reset"
             if message.action == "reset":
-                self.engine.reset_session(session)
+                try:
+                    self.engine.reset_session(session)
+                except TooManyResets as e:
+                    return "rate_limited", str(e)
                 self.engine.broadcast_status(session, "reset")
             else:
                 session.user_paused = message.action == "pause"

@@ -117,10 +117,13 @@ def load_model(checkpoint: Path | None, config: str | None, device: str):
 
 
 def read_replay_frames(path: Path) -> Frames:
-    """A `.slp` replay or a parquet trajectory (dataset schema) as frames, `state_age` counted
-    as the model reads it (`model.frame_spec.count_state_age`)."""
+    """A `.slp` replay or a parquet trajectory (dataset schema, checked: ValueError naming
+    the column that differs) as frames, `state_age` counted as the model reads it
+    (`model.frame_spec.count_state_age`)."""
     if path.suffix == ".parquet":
-        frames = frames_from_table(pq.read_table(path))
+        table = pq.read_table(path)
+        gs.check_table(table)  # a column of another dtype would change the frames' dtypes
+        frames = frames_from_table(table)
     else:
         from training.replay_reader import read_replay
 

@@ -133,6 +133,10 @@ class ServerMetrics:
             "playmodel_dropped_frames_total", "frames not sent to spectators that were behind"
         )
         self.match_frames = Counter("playmodel_match_frames_total", "match frames stepped")
+        self.failed_sessions = Counter(
+            "playmodel_failed_sessions_total",
+            "sessions ended because their own step, rules, recording or frame failed",
+        )
         self._all = [
             Gauge("playmodel_sessions", "live sessions", sessions),
             Gauge("playmodel_matches_active", "matches queued or running", matches),
@@ -149,6 +153,7 @@ class ServerMetrics:
             self.rejected_messages,
             self.dropped_frames,
             self.match_frames,
+            self.failed_sessions,
         ]
 
     def render(self) -> str:

@@ -15,9 +15,15 @@ from typing import Annotated, Any, Literal
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 PROTOCOL_VERSION = 1
 MAX_CLIENT_MESSAGE_BYTES = 4096  # the largest client message is an input of ~150 bytes
+# An error answering a bad message names at most this many of its problems, and quotes at most
+# QUOTE_CHARS of any key or type it names: the answer to a 4 KB message stays a few hundred
+# bytes instead of echoing it (an 11 KB answer to a 4 KB message before, issue 21).
+MAX_ERROR_PROBLEMS = 3
+QUOTE_CHARS = 40
 PORTS = (1, 2)
 
 # Melee's buttons as the replays record them (the bits are in model/frame_spec.py, which this
@@ -52,22 +58,30 @@ CLOSE_TRY_AGAIN_LATER = 1013  # IANA-registered: the server is at a limit (spect
 
 Unit = Annotated[float, Field(ge=-1.0, le=1.0)]
 Trigger = Annotated[float, Field(ge=0.0, le=1.0)]
-Port = Literal[1, 2]
+# An int field, not Literal[1, 2]: a Literal compares by value, so it would take true and 1.0.
+Port = Annotated[int, Field(ge=1, le=2)]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StrictMessage(Message):
+    """Client messages are validated strictly: each field takes only its own type (an int
+    where a float is expected, nothing else), never a string or a bool that would convert."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
 # ---------------------------------------------------------------------- client -> server
-class Hello(Message):
+class Hello(StrictMessage):
     type: Literal["hello"] = "hello"
     version: int = PROTOCOL_VERSION
     role: Literal["player", "spectator"] = "player"
     client: str = Field(default="", max_length=64)  # a name for the logs
 
 
-class Input(Message):
+class Input(StrictMessage):
     """One port's controller for frame `frame` (the client stamps current frame + delay)."""
 
     type: Literal["input"] = "input"
@@ -82,12 +96,12 @@ class Input(Message):
     buttons: list[Button] = Field(default_factory=list, max_length=len(BUTTON_NAMES))
 
 
-class Control(Message):
+class Control(StrictMessage):
     type: Literal["control"] = "control"
     action: Literal["pause", "resume", "reset"]
 
 
-class Ping(Message):
+class Ping(StrictMessage):
     type: Literal["ping"] = "ping"
     t: float  # the client's clock; echoed back in the pong
 
@@ -217,25 +231,38 @@ def _unpack(data: bytes, limit: int | None) -> dict:
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException, TypeError) as e:
-        detail = str(e) or type(e).__name__
+        detail = (str(e) or type(e).__name__)[:QUOTE_CHARS]
         raise ProtocolError("bad_message", f"not valid msgpack: {detail}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         raise ProtocolError("bad_message", "a message must be a msgpack map with a 'type' key")
     return raw
 
 
+def _quote(text: str) -> str:
+    """A client's key or type as an error quotes it: repr, cut to QUOTE_CHARS."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= QUOTE_CHARS else quoted[: QUOTE_CHARS - 3] + "..."
+
+
+def _problem(error: ErrorDetails) -> str:
+    where = ".".join(str(p) for p in error["loc"][1:]) or "message"
+    if len(where) > QUOTE_CHARS:  # an unknown key is part of the location
+        where = where[: QUOTE_CHARS - 3] + "..."
+    return f"{where}: {error['msg']}"
+
+
 def _validate(adapter: TypeAdapter, raw: dict, known: tuple[str, ...]):
     if raw["type"] not in known:
         raise ProtocolError(
-            "unknown_type", f"unknown message type {raw['type']!r}; expected one of {known}"
+            "unknown_type", f"unknown message type {_quote(raw['type'])}; expected one of {known}"
         )
     try:
         return adapter.validate_python(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'message'}: {err['msg']}"
-            for err in e.errors()
-        )
+        errors = e.errors(include_url=False, include_input=False)
+        problems = "; ".join(_problem(err) for err in errors[:MAX_ERROR_PROBLEMS])
+        if len(errors) > MAX_ERROR_PROBLEMS:
+            problems += f"; and {len(errors) - MAX_ERROR_PROBLEMS} more"
         raise ProtocolError("invalid", f"invalid {raw['type']} message: {problems}") from None
 
 

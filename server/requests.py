@@ -11,15 +11,21 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model import game_state as gs
 from model.frames import Frames
 from model.policies import Policy, make_policy
 from model.simulation import GameSetup
+from model.stages import get_stage
 from server.match import parse_character, parse_stage, read_replay_frames
 from server.policy_modules import load_module_policy
 from server.settings import ServerSettings
+from training.replay_reader import ReplayUnreadable
 
 StageSpec = str | int
 CharacterSpec = str | int
+# What torch.Generator.manual_seed takes: any 64-bit integer, signed or not.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+ERROR_DETAIL_CHARS = 300  # a parser's message is quoted up to this length
 
 
 class BadRequest(ValueError):
@@ -73,6 +79,8 @@ def game_setup(request: GameRequest) -> GameSetup:
             characters.append(parse_character(str(spec)))
         except ValueError as e:
             raise BadRequest(f"characters[{index}]: {e}") from None
+    if not SEED_RANGE[0] <= request.seed <= SEED_RANGE[1]:
+        raise BadRequest(f"seed: {request.seed} does not fit in 64 bits (-2^63 to 2^64 - 1)")
     return GameSetup(stage=stage, characters=(characters[0], characters[1]), seed=request.seed)
 
 
@@ -84,11 +92,19 @@ def replay_start(start: StartSpec | None, settings: ServerSettings) -> Frames | 
         raise BadRequest("start: give exactly one of 'replay' (a file name) or 'data' (upload)")
     if start.replay is not None:
         name = start.replay
+        if "\x00" in name:  # the OS cannot take it; pathlib raises ValueError
+            raise BadRequest(f"start.replay: {name!r} has a NUL byte; give a file name")
         folder = settings.replay_dir.resolve()
-        path = (folder / name).resolve()
+        try:
+            path = (folder / name).resolve()
+            is_file = path.is_file()
+        except OSError as e:  # a name too long for the file system, ...
+            raise BadRequest(
+                f"start.replay: {name[:100]!r} is not a usable file name ({e.strerror})"
+            ) from None
         if path.parent != folder and folder not in path.parents:
             raise BadRequest(f"start.replay: {name!r} is outside the server's replay folder")
-        if not path.is_file():
+        if not is_file:
             available = sorted(p.name for p in folder.glob("*") if p.suffix in (".slp", ".parquet"))
             raise BadRequest(
                 f"start.replay: no file {name!r} in the replay folder; has {available}"
@@ -110,14 +126,43 @@ def replay_start(start: StartSpec | None, settings: ServerSettings) -> Frames | 
     total = len(frames["frame"])
     if start.frame >= total:
         raise BadRequest(f"start.frame: {start.frame} is past the replay's end ({total} frames)")
+    _check_ids(frames, start.frame, "start.replay" if start.replay is not None else "start.data")
     return frames
 
 
 def _read(path: Path, what: str) -> Frames:
     try:
         return read_replay_frames(path)
-    except Exception as e:  # noqa: BLE001 - any parser failure is the upload's fault
-        raise BadRequest(f"{what}: cannot be read as a replay ({type(e).__name__}: {e})") from None
+    except gs.SchemaMismatch as e:
+        raise BadRequest(f"{what}: {e}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - peppi's PanicException derives from BaseException
+        # Any other failure of the parser is the file's fault too. replay_reader wraps the
+        # parser's panic in a ReplayUnreadable: the panic is what the client is told.
+        cause = e.__cause__ if isinstance(e, ReplayUnreadable) and e.__cause__ else e
+        kind = type(cause).__name__
+        if kind == "PanicException":
+            kind = "the replay parser panicked"
+        detail = (str(cause).strip() or type(cause).__name__)[:ERROR_DETAIL_CHARS]
+        raise BadRequest(f"{what}: cannot be read as a replay ({kind}: {detail})") from None
+
+
+def _check_ids(frames: Frames, row: int, what: str) -> None:
+    """Only real characters and a legal stage: the model clamps ids it has no embedding for,
+    and would play such a game as some other character rather than fail."""
+    for player in gs.PLAYERS:
+        ids = frames[f"{player}_character"]
+        bad = ids[(ids < 0) | (ids >= gs.CHARACTER_VOCAB)]
+        if len(bad):
+            raise BadRequest(
+                f"{what}: {player}_character {int(bad[0])} is not a character id (internal ids "
+                f"are 0 to {gs.CHARACTER_VOCAB - 1})"
+            )
+    try:
+        get_stage(int(frames["stage"][row]))
+    except KeyError as e:
+        raise BadRequest(f"{what}: {e.args[0]}") from None
 
 
 def policy(spec: str, field: str, settings: ServerSettings) -> Policy:

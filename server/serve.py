@@ -25,6 +25,7 @@ from model.quantize import QUANTIZE_CHOICES
 from server.app import create_app
 from server.security import with_api_key
 from server.settings import ServerSettings
+from server.websocket_keepalive import PING_INTERVAL_S, READ_TIMEOUT_S, GameWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,10 @@ def make_server(settings: ServerSettings, log_level: str = "info") -> GameServer
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        # websockets' sans-I/O protocol, whose pings also find clients that stopped reading.
+        ws=GameWebSocketProtocol,
+        ws_ping_interval=PING_INTERVAL_S,
+        ws_ping_timeout=READ_TIMEOUT_S,
         ws_max_size=WS_MAX_BYTES,
         # A frame message is a few hundred bytes of msgpack sent 60 times a second per client:
         # deflating it costs both ends more CPU than the bytes it saves (it showed in profiles

@@ -32,6 +32,39 @@ NEUTRAL: dict[str, float | int] = {
 }
 
 
+# Each reset finishes the game's recording and starts a new folder: unlimited, one client made
+# 282 folders in 6 s (issue 21). A person pressing reset, or a script resetting at each game's
+# end, stays far below this.
+RESET_BURST = 5  # resets a session may make back to back
+RESETS_PER_SECOND = 1.0  # then this many a second
+
+
+class ResetLimit:
+    """A token bucket for one session's resets: RESET_BURST at once, then RESETS_PER_SECOND."""
+
+    def __init__(self, burst: int = RESET_BURST, rate: float = RESETS_PER_SECOND):
+        self.burst, self.rate = burst, rate
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> float:
+        """0 if a reset may go ahead now (and counts it), else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class TooManyResets(RuntimeError):
+    """A reset refused by the session's `ResetLimit`; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def new_id() -> str:
     """A session or match id: hex, so it can never start with `-` and be read as a
     command-line option (`playmodel play --session ID`), and is safe in any URL."""
@@ -55,33 +88,49 @@ def controller_columns(message: protocol.Input) -> dict[str, float | int]:
     )
 
 
+SPECTATOR_QUEUE_MESSAGES = 32  # a spectator's messages other than frames (welcome, errors, ...)
+
+
 class Connection:
     """One websocket's outgoing side: a bounded queue drained by its own sender task, so a
-    client that stops reading only ever blocks itself. Spectators keep just the newest frame."""
+    client that stops reading only ever blocks itself. A spectator keeps just the newest frame,
+    beside its queue of other messages (welcome, status, error, bye), which are never dropped:
+    a frame must not push out the error that answers the spectator's message."""
 
-    def __init__(self, websocket: Any, role: str, ports: tuple[int, ...], queue_frames: int):
+    def __init__(self, websocket: Any, role: str, ports: tuple[int, ...], queue_size: int):
+        """`queue_size`: messages queued before the client counts as not reading (a player's
+        are mostly frames; a spectator's frames are not queued)."""
         self.websocket = websocket
         self.role = role
         self.ports = ports
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(1 if role == "spectator" else queue_frames)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self.latest_frame: bytes | None = None  # a spectator's frame waiting to be sent
+        self._ready = asyncio.Event()  # a spectator has something to send
         self.ended = asyncio.Event()  # set when the server ends this connection
         self.close_code = protocol.CLOSE_NORMAL
         self.close_reason = ""
         self.sent = 0
 
     def offer(self, data: bytes) -> bool:
-        """Queue a message; False if it was dropped (a spectator behind) or the player's
-        queue is full (the connection is then ended: the client is not reading)."""
+        """Queue a message; False (and the connection ended: the client is not reading) if
+        the queue is full."""
         try:
             self.queue.put_nowait(data)
-            return True
         except asyncio.QueueFull:
-            if self.role == "spectator":
-                self.queue.get_nowait()  # skip to the latest frame
-                self.queue.put_nowait(data)
-            else:
-                self.end(protocol.CLOSE_POLICY_VIOLATION, "not reading frames: send queue full")
+            self.end(protocol.CLOSE_POLICY_VIOLATION, "not reading frames: send queue full")
             return False
+        self._ready.set()
+        return True
+
+    def offer_frame(self, data: bytes) -> bool:
+        """Queue a frame; for a spectator it replaces a frame not sent yet (False: one was
+        dropped, the spectator is behind)."""
+        if self.role != "spectator":
+            return self.offer(data)
+        dropped = self.latest_frame is not None
+        self.latest_frame = data
+        self._ready.set()
+        return not dropped
 
     def end(self, code: int, reason: str) -> None:
         if not self.ended.is_set():
@@ -90,9 +139,23 @@ class Connection:
 
     async def send_loop(self) -> None:
         while True:
-            data = await self.queue.get()
+            data = await self._next()
             await self.websocket.send_bytes(data)
             self.sent += 1
+
+    async def _next(self) -> bytes:
+        """The next message to send: queued messages first, in order, then a spectator's
+        latest frame (the welcome thus always goes before the first frame)."""
+        if self.role != "spectator":
+            return await self.queue.get()
+        while True:
+            if not self.queue.empty():
+                return self.queue.get_nowait()
+            if self.latest_frame is not None:
+                data, self.latest_frame = self.latest_frame, None
+                return data
+            self._ready.clear()
+            await self._ready.wait()
 
 
 @dataclass
@@ -141,6 +204,7 @@ class Session:
     rolled_back_frames: int = 0
     recorder: GameRecorder | None = None  # this game's recording (a reset starts a new one)
     games_recorded: int = 0
+    reset_limit: ResetLimit = field(default_factory=ResetLimit)
 
     @classmethod
     def new(

@@ -365,10 +365,9 @@ def test_a_failing_policy_ends_only_its_own_session(server, spec, reason):
         session = create_session(server.url, policies={"2": spec})
         with open_play(session, ports=(1,)) as ws:
             error, _ = receive_until(ws, P.Error)
-            assert error.code == "policy_failed" and reason in error.message
-            bye, _ = receive_until(ws, P.Bye)
-            assert reason in bye.reason
-            assert close_code(ws) == P.CLOSE_GOING_AWAY
+            assert error.code == "session_failed" and reason in error.message
+            assert f"policy {spec!r}" in error.message  # names the policy
+            assert close_code(ws) == P.CLOSE_INTERNAL_ERROR
         gone = httpx.get(f"{server.url}/v1/sessions/{session['session_id']}")
         assert gone.status_code == 404
     healthy.check()
