@@ -131,9 +131,15 @@ class RuleState:
         stocks: tuple[int, int],
         timer_frames: int = DEFAULT_TIMER_FRAMES,
         device: torch.device | str = "cpu",
+        on_main_stage: bool = False,
     ) -> RuleState:
-        """One game's rule state, on the device its frames live on."""
+        """One game's rule state, on the device its frames live on; `on_main_stage`: the
+        entry leaves the players on the main stage rather than at the stage's start points
+        (`simulation.GameSetup.on_main_stage`)."""
         blast = [stage.blast_left, stage.blast_right, stage.blast_bottom, stage.blast_top]
+        starts = stage.starts[:2]
+        if on_main_stage:
+            starts = [(x, stage.main.y, stage.main_ground) for x, _, _ in starts]
         long, f32 = (
             {"dtype": torch.long, "device": device},
             {"dtype": torch.float32, "device": device},
@@ -151,7 +157,7 @@ class RuleState:
             descent=torch.zeros(1, 2, **long),
             dead_at=torch.zeros(1, 2, 3, **f32),
             respawn_top=torch.tensor([stage.respawn_top_y], **f32),
-            start=torch.tensor([[(y, ground) for _, y, ground in stage.starts[:2]]], **f32),
+            start=torch.tensor([[(y, ground) for _, y, ground in starts]], **f32),
             platforms=torch.tensor([_platform_rows(stage)], **f32),
         )
 

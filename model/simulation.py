@@ -56,6 +56,11 @@ class GameSetup:
     stocks: int = 4
     timer_frames: int = DEFAULT_TIMER_FRAMES  # the game ends when the frame id reaches this
     seed: int = 0
+    # After the entry both players stand on the main stage, straight below their spawn points
+    # (kept over its flat part), rather than where Melee puts them: on the side platforms on
+    # every legal stage but Final Destination. The behaviour probes start so (inputs do other
+    # things on a platform: down from a shield drops through it).
+    on_main_stage: bool = False
 
 
 @dataclass
@@ -238,7 +243,8 @@ class Simulation:
             frame, setup = self._prefill(replay, start_frame or 0, setup, cache)
         stage = get_stage(int(frame["stage"]))
         stocks = (int(frame["p1_stocks"]), int(frame["p2_stocks"]))
-        rules = RuleState.new(stage, stocks, setup.timer_frames, self.device)
+        on_main = setup.on_main_stage and replay is None
+        rules = RuleState.new(stage, stocks, setup.timer_frames, self.device, on_main)
         frame = {k: v.to(self.device).unsqueeze(0) for k, v in frame.items()}
         if not self._dtypes:
             self._dtypes = {k: v.dtype for k, v in frame.items()}
@@ -556,10 +562,16 @@ def graph_buckets(max_batch: int) -> list[int]:
     return [1 << i for i in range(top.bit_length())]
 
 
+MAIN_STAGE_START = 0.8  # of the flat part's half width: how far out `on_main_stage` starts
+
+
 def standard_start(setup: GameSetup) -> Frames:
     """Frame -123 of a new game: both players at their spawn points in the entry action, as
     every real replay begins (checked on the dev replays)."""
     spawns = spawn_points_for(setup.stage)
+    if setup.on_main_stage:
+        flat = get_stage(setup.stage).main_flat_x * MAIN_STAGE_START
+        spawns = [(max(-flat, min(flat, x)), y) for x, y in spawns]
     frame: Frames = {
         "frame": torch.tensor(FIRST_FRAME),
         "stage": torch.tensor(setup.stage),

@@ -54,6 +54,7 @@ class Stage:
     respawns: tuple[tuple[float, float], ...]  # revival platform rest point, by player slot
     starts: tuple[tuple[float, float, int], ...]  # (x, y, ground id) after the entry, slots 1-2
     main_flat_x: float  # main.y holds for abs(x) < main_flat_x (Yoshi's and FoD are not flat)
+    main_ground: int  # Slippi's ground id of the main platform's centre
     respawn_top_y: float  # y where ON_HALO_DESCENT starts; it lasts 60 frames down to respawns
 
     def outside_blast_zone(self, x: float, y: float) -> str | None:
@@ -101,6 +102,7 @@ def _stage(stage_id: int, raw: dict, path: Path) -> Stage:
         respawns=respawns,
         starts=tuple((float(p["x"]), float(p["y"]), int(p["ground"])) for p in raw["starts"]),
         main_flat_x=float(main["flat_half_width"]),
+        main_ground=int(main["ground"]),
         respawn_top_y=float(raw["respawn_top_y"]["y"]),
     )
 

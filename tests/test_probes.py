@@ -14,6 +14,7 @@ from model.config import load_config
 from model.frame_spec import count_state_age
 from model.frames import frames_from_table
 from model.policies import Controller
+from model.stages import get_stage
 from model.world_model import WorldModel
 from training import probe_expectations as pe
 from training import probes as pr
@@ -78,10 +79,12 @@ def test_mined_windows_meet_the_situation_and_the_script(dev_dataset_dir):
     for path in pe.game_files(dev_dataset_dir):
         game = pe.read_game(path)
         for player in (0, 1):
-            for _, window, matched in pe.windows_in_game(game, probe, player):
+            for _, window, matched, where in pe.windows_in_game(game, probe, player):
                 found += 1
                 assert window.action[0] == pr.STANDING and window.airborne[0] == 0
                 assert 2 <= matched <= probe.length
+                main_y = get_stage(int(game["stage"][0])).main.y
+                assert (where == "platform") == (window.y[0] > main_y + 1.0)
     assert found > 0
 
 
@@ -123,6 +126,13 @@ def test_expectations_fall_back_to_all_characters():
     assert expected(expectations, "jab", "duration", 1)["p95"] == 16
     assert expected(expectations, "jab", "duration", 2)["of"] == "all"
     assert expected(expectations, "jab", "grounded", 1) is None
+    # On a platform only the platform's windows count: there are none here.
+    assert expected(expectations, "jab", "duration", 1, "platform") is None
+    expectations["probes"]["jab"]["on_platform"] = {
+        "all": {"duration": {"p5": 3, "p50": 4, "p95": 5, "n": 40}},
+        "by_character": {},
+    }
+    assert expected(expectations, "jab", "duration", 1, "platform")["p95"] == 5
     real = {"p5": 14, "p95": 16}
     assert within("duration", 17, real) and not within("duration", 18, real)  # a frame's slack
     assert within("drift", 0.9, {"p5": 0.0, "p95": 0.0}) and not within("grounded", 0.9, real)

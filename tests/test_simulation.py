@@ -21,6 +21,7 @@ from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
 from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, ZONES, RuleState, apply_rules
 from model.simulation import (
+    FIRST_FRAME,
     MAX_GRAPH_BATCH,
     GameSetup,
     Simulation,
@@ -210,6 +211,28 @@ def test_at_go_players_stand_at_the_start_points_whatever_the_model_says():
     frame["p1_action"][0] = 20
     hold_entry(frame, prev, rules)
     assert int(frame["p1_action"][0]) == 20
+
+
+def test_a_game_set_up_on_the_main_stage_starts_there_on_every_legal_stage(model):
+    """The probes' start: at GO both players stand on the main stage's flat part (its height
+    and ground id), not on the side platforms where Melee puts them."""
+    from model.rules import GO_FRAME
+
+    sim = Simulation(model)
+    stages = legal_stage_ids()
+    ids = [sim.new_game(GameSetup(stage=s, on_main_stage=True)) for s in stages]
+    for _ in range(GO_FRAME - FIRST_FRAME):
+        sim.step({})
+    frame = sim.batch_frame
+    assert int(frame["frame"][0]) == GO_FRAME
+    for row, stage_id in enumerate(stages):
+        stage = get_stage(stage_id)
+        for p in ("p1", "p2"):
+            assert float(frame[f"{p}_y"][row]) == pytest.approx(stage.main.y, abs=1e-4)
+            assert int(frame[f"{p}_ground"][row]) == stage.main_ground
+            assert int(frame[f"{p}_airborne"][row]) == 0
+            assert abs(float(frame[f"{p}_x"][row])) <= stage.main_flat_x
+    assert len(ids) == len(stages)
 
 
 def test_the_entry_hold_stops_a_drifting_model():

@@ -70,11 +70,12 @@ def read_game(path: Path) -> dict[str, np.ndarray]:
 
 def windows_in_game(
     game: dict[str, np.ndarray], probe: pr.Probe, player: int
-) -> Iterator[tuple[int, pr.Window, int]]:
-    """(character, Window, matched) for every place in `game` where `player` meets the
+) -> Iterator[tuple[int, pr.Window, int, str]]:
+    """(character, Window, matched, surface) for every place in `game` where `player` meets the
     probe's situation and then presses what its script presses for at least the frames its
     shortest metric reads; `matched` is how many frames in a row matched, undamaged (a metric
-    counts the window when it reads no more frames than that)."""
+    counts the window when it reads no more frames than that); `surface`, "main" or
+    "platform", is where the player stands on the situation frame (`probes.surface`)."""
     me, other = gs.PLAYERS[player], gs.PLAYERS[1 - player]
     n, length = len(game["stage"]), probe.length
     facing = np.where(game[f"{me}_facing"] > 0, 1, -1).astype(np.int8)
@@ -105,6 +106,7 @@ def windows_in_game(
     starts = np.flatnonzero(situation)
     if len(starts) == 0:
         return
+    main_y = get_stage(int(game["stage"][0])).main.y
     steps = starts[:, None] + 1 + np.arange(length)  # (candidates, length)
     codes = np.where(facing[starts, None] > 0, codes_facing[1][steps], codes_facing[-1][steps])
     allowed = probe.codes()
@@ -130,7 +132,8 @@ def windows_in_game(
             facing=int(facing[t]),
             release=probe.release,
         )
-        yield int(game[f"{me}_character"][t]), window, int(frames)
+        where = pr.surface(main_y, float(game[f"{me}_y"][t]))
+        yield int(game[f"{me}_character"][t]), window, int(frames), where
 
 
 def new_presses(buttons: np.ndarray, release: int) -> np.ndarray:
@@ -154,38 +157,47 @@ def mine(data_dir: Path, progress: bool = True) -> dict:
     files = game_files(data_dir)
     if not files:
         raise ValueError(f"{data_dir}: no ok game on a legal stage to mine")
-    # probe -> character -> metric -> values
-    found = {p.name: defaultdict(lambda: defaultdict(list)) for p in pr.PROBES}
+    # probe -> surface -> character -> metric -> values
+    found = {
+        p.name: {s: defaultdict(lambda: defaultdict(list)) for s in SURFACES} for p in pr.PROBES
+    }
     for path in tqdm(files, desc="mine", unit="game", disable=not progress):
         game = read_game(path)
         for probe in pr.PROBES:
             for player in range(len(gs.PLAYERS)):
-                for character, window, matched in windows_in_game(game, probe, player):
+                for character, window, matched, where in windows_in_game(game, probe, player):
                     for name, metric in probe.metrics.items():
                         if matched >= metric.frames:
-                            found[probe.name][character][name].append(metric(window))
+                            found[probe.name][where][character][name].append(metric(window))
     result = {
         "_about": (
             "Behaviour-probe expectations mined from real games by "
             "training/probe_expectations.py: per probe, the 5th/50th/95th percentile and "
             "count of each metric over every real window with the probe's situation and "
-            "inputs, for all characters ('all') and per internal character id."
+            "inputs, for all characters ('all') and per internal character id, standing on the "
+            "main stage (top level) and on a platform ('on_platform')."
         ),
         "games": len(files),
         "probes": {},
     }
     for probe in pr.PROBES:
-        by_character = found[probe.name]
-        pooled = defaultdict(list)
-        for values in by_character.values():
-            for name, column in values.items():
-                pooled[name] += column
-        result["probes"][probe.name] = {
-            "doc": probe.doc,
-            "all": summarize(pooled),
-            "by_character": {str(c): summarize(v) for c, v in sorted(by_character.items())},
-        }
+        main, platform = (_statistics(found[probe.name][s]) for s in SURFACES)
+        result["probes"][probe.name] = {"doc": probe.doc, **main, "on_platform": platform}
     return result
+
+
+SURFACES = ("main", "platform")
+
+
+def _statistics(by_character: dict[int, dict[str, list[float]]]) -> dict:
+    pooled = defaultdict(list)
+    for values in by_character.values():
+        for name, column in values.items():
+            pooled[name] += column
+    return {
+        "all": summarize(pooled),
+        "by_character": {str(c): summarize(v) for c, v in sorted(by_character.items())},
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     for name, entry in result["probes"].items():
-        counts = ", ".join(f"{m} {v['n']}" for m, v in entry["all"].items())
-        print(f"{name:14s} real windows per metric: {counts or 'none'}")
+        for label, part in (("main", entry), ("platform", entry["on_platform"])):
+            counts = ", ".join(f"{m} {v['n']}" for m, v in part["all"].items())
+            print(f"{name:14s} {label:8s} real windows per metric: {counts or 'none'}")
     print(f"{result['games']} games -> {args.out}")
     return 0
 

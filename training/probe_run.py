@@ -5,7 +5,9 @@ character asked for (by default the six legal stages and the corpus's six most p
 characters), and holds each outcome to what real games show (`assets/probe_expectations.json`,
 mined by `playmodel probe-expectations`).
 
-Each probe is one game from a standard start (`model.simulation.standard_start`): both players
+Each probe is one game from a standard start on the main stage (`model.simulation.GameSetup`,
+`on_main_stage`: the real windows are mined per surface, and most stand on the main stage;
+on a platform some inputs do other things), where both players
 hold nothing until frame `SETTLE_FRAME` (in real games the entry ends, a 30-frame LANDING
 follows and the players stand by frame -9), then P1 plays the probe's setup and script while
 P2, the same character, holds nothing. All games run in one batch through the `Simulation`
@@ -36,7 +38,7 @@ from model.melee_ids import character_name_internal, parse_character, stage_name
 from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
 from model.simulation import GameSetup, Simulation
-from model.stages import legal_stage_ids, parse_stage
+from model.stages import get_stage, legal_stage_ids, parse_stage
 from model.world_model import WorldModel
 from training import probes as pr
 from training.probe_expectations import DEFAULT_EXPECTATIONS
@@ -62,10 +64,15 @@ def load_expectations(path: Path) -> dict:
     return data
 
 
-def expected(expectations: dict, probe: str, metric: str, character: int) -> dict | None:
-    """The real range of a metric for a character, or for all characters when the character
-    has too few real windows; None when even those are too few."""
+def expected(
+    expectations: dict, probe: str, metric: str, character: int, surface: str = "main"
+) -> dict | None:
+    """The real range of a metric for a character standing on `surface` ("main" or
+    "platform", `probes.surface`), or for all characters when the character has too few real
+    windows; None when even those are too few."""
     entry = expectations["probes"].get(probe, {})
+    if surface == "platform":
+        entry = entry.get("on_platform", {})
     own = entry.get("by_character", {}).get(str(character), {}).get(metric)
     if own and own["n"] >= MIN_REAL:
         return {**own, "of": "character"}
@@ -85,11 +92,14 @@ def play_probes(
     model: WorldModel,
     games: list[tuple[pr.Probe, int, int]],
     progress: bool = True,
-) -> list[tuple[pr.Window, int]]:
+) -> list[tuple[pr.Window, int, str]]:
     """Play (probe, stage, character) games in one batch; returns each game's P1 window (from
-    the situation frame to the end of the script) and P1's action on the situation frame."""
+    the situation frame to the end of the script), P1's action on the situation frame and the
+    surface P1 stands on then (`probes.surface`)."""
     sim = Simulation(model)
-    ids = [sim.new_game(GameSetup(stage=s, characters=(c, c))) for _, s, c in games]
+    ids = [
+        sim.new_game(GameSetup(stage=s, characters=(c, c), on_main_stage=True)) for _, s, c in games
+    ]
     settle = SETTLE_FRAME - FIRST_FRAME
     starts = [settle + p.setup_frames for p, _, _ in games]  # step of each situation frame
     total = max(start + p.length for start, (p, _, _) in zip(starts, games, strict=True))
@@ -134,7 +144,9 @@ def play_probes(
             facing=1 if history["facing"][starts[g], g] > 0 else -1,
             release=probe.release,
         )
-        windows.append((window, int(history["action"][starts[g], g])))
+        main_y = get_stage(games[g][1]).main.y
+        where = pr.surface(main_y, float(history["y"][starts[g], g]))
+        windows.append((window, int(history["action"][starts[g], g]), where))
     return windows
 
 
@@ -158,11 +170,13 @@ def run_probes(
     report = {
         name: {"doc": pr.PROBES_BY_NAME[name].doc, "runs": []} for name in (p.name for p in probes)
     }
-    for (probe, stage, character), (window, situation_action) in zip(games, windows, strict=True):
+    for (probe, stage, character), (window, situation_action, where) in zip(
+        games, windows, strict=True
+    ):
         metrics, passed = {}, True
         for name, metric in probe.metrics.items():
             value = metric(window)
-            real = expected(expectations, probe.name, name, character)
+            real = expected(expectations, probe.name, name, character, where)
             entry = {"value": round(value, 3)}
             if real is not None:
                 entry |= {
@@ -180,6 +194,7 @@ def run_probes(
             {
                 "stage": stage_name(stage),
                 "character": character_name_internal(character),
+                "surface": where,
                 "situation_reached": situation_action in SITUATION_ACTIONS[probe.situation],
                 "passed": passed if judged else None,  # None: no metric has real data enough
                 "metrics": metrics,

@@ -219,6 +219,16 @@ def fell(w: Window) -> float:
     return float(w.y[-1] < w.y[0] - 20.0)
 
 
+def surface(stage_main_y: float, y: float) -> str:
+    """Where a grounded player stands: "platform" (higher than the main stage's flat part, as
+    every start point but Final Destination's is) or "main". Inputs do different things
+    there: from a shield on a platform, down drops through it rather than spot-dodging."""
+    return "platform" if y > stage_main_y + PLATFORM_HEIGHT else "main"
+
+
+PLATFORM_HEIGHT = 1.0  # units above the main stage; the lowest platform (FoD's) sinks to 0.375
+
+
 # How close a model's value must come to the real range to count as inside it: differences
 # a player cannot see (a unit is about a fifth of Fox's width; a frame is 1/60 s). Metrics
 # not listed are counts of frames, or 0/1 outcomes, and get no tolerance beyond a frame.
