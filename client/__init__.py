@@ -4,8 +4,10 @@
 - `controls`: gamepads and keyboard to Melee controller states, sampled at 60 Hz.
 - `net`: the websocket connection in a background thread, REST calls, a local server.
 - `render`: stage, characters, HUD and camera drawn from the predicted frames only.
+- `figures`: each character as a figure posed by its action, its shield and its hitboxes.
 - `replay`: real or recorded games (`.slp`, parquet) played back as frames.
-- `assets`: stage geometry, action names and character names read from `assets/*.json`.
+- `assets`: stage geometry, action and character names, character sizes and hitboxes, read
+  from `assets/*.json`.
 
 May import `server.protocol` (torch-free) and nothing else of ours: never torch, never `model`.
 """

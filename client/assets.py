@@ -146,3 +146,33 @@ def action_name(action_id: int) -> str:
 def action_category(action_id: int) -> str:
     entry = _actions()[0].get(action_id)
     return entry[1] if entry else "special"
+
+
+# Characters' sizes and hitboxes: assets/characters.json, made from libmelee's tables by
+# assets/make_characters.py.
+DEFAULT_SIZE = 11.0  # a character the table lacks (Master Hand, Sandbag, ...) is Fox-sized
+
+
+def character_size(internal_id: int) -> float:
+    """The character's height in world units (libmelee's `size`: Fox 11, Marth 14)."""
+    entry = _load("characters.json")["characters"].get(str(internal_id))
+    return float(entry["size"]) if entry else DEFAULT_SIZE
+
+
+@functools.cache
+def _hitbox_table(internal_id: int) -> dict[int, dict[int, tuple[tuple[float, float, float], ...]]]:
+    actions = _load("characters.json")["hitboxes"].get(str(internal_id), {})
+    return {
+        int(action): {int(f): tuple(tuple(h) for h in boxes) for f, boxes in frames.items()}
+        for action, frames in actions.items()
+    }
+
+
+def hitboxes(
+    internal_id: int, action: int, action_frame: int
+) -> tuple[tuple[float, float, float], ...]:
+    """The active hitboxes of a character's action on its `action_frame`-th frame (1 = the
+    action's first): (radius, x, y) each, offsets from the character's position with x
+    forward when facing right and y up, as libmelee's framedata.csv recorded them. Empty
+    where the table has none (most actions, and frames between hits)."""
+    return _hitbox_table(internal_id).get(action, {}).get(action_frame, ())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pygame
 
-from client import assets
+from client import assets, figures
 from server.protocol import Frame, GameEvent, Player
 
 # Melee's port colours: P1 red, P2 blue (the HUD and name tags use them too).
@@ -26,12 +26,15 @@ BLAST_COLOUR = (60, 64, 90)
 TEXT = (235, 235, 240)
 DIM_TEXT = (150, 152, 170)
 
-# Body sizes in world units (width, height). Melee's characters differ in size; three sizes
-# are enough to tell a Jigglypuff from a Bowser at a glance.
-SMALL = {"JIGGLYPUFF", "KIRBY", "PICHU", "PIKACHU", "NESS", "POPO", "NANA", "YOUNG_LINK"}
-LARGE = {"BOWSER", "DONKEY_KONG", "GANONDORF", "CAPTAIN_FALCON", "SAMUS"}
-BODY_SIZES = {"small": (10.0, 11.0), "medium": (10.0, 15.0), "large": (13.0, 19.0)}
 HITLAG_SHAKE = 1.2  # world units left and right, alternating each frame
+# A grounded player this far below a surface, over it, is drawn standing on it: the deepest
+# dip below the main stage on the real replays is 12.5 units (model/rules.py's
+# FLOOR_TOLERANCE, 13); platforms, as the rules' PLATFORM_SNAP.
+SINK_LIMIT, PLATFORM_SINK_LIMIT = 13.0, 3.0
+PROJECTILE_RADIUS = 2.0  # world units
+HUD_PLATE = (150, 90)  # pixels: each player's panel at the bottom of the window
+HUD_GAP = 4  # pixels below the panels
+HUD_PANEL = (8, 9, 16, 255)  # opaque: the world passes behind the panels, never over them
 INVULNERABLE_FLASH_FRAMES = 4  # the body alternates colour and white every 4 frames
 KO_EFFECT_FRAMES = 50
 RESPAWN_EFFECT_FRAMES = 30
@@ -43,16 +46,10 @@ def event_port(event: GameEvent) -> int | None:
     return None if event.player is None else event.player + 1
 
 
-def body_size(character: int) -> tuple[float, float]:
-    name = assets.character_name(character)
-    return BODY_SIZES["small" if name in SMALL else "large" if name in LARGE else "medium"]
-
-
 def is_shielding(player: Player) -> bool:
     """Holding shield: the shield actions (libmelee SHIELD*, Melee's Guard*), not rolls or
     dodges, which share the shield_dodge category, nor a broken shield (damage)."""
-    name = player.action_name.upper()
-    return player.category == "shield_dodge" and ("GUARD" in name or name.startswith("SHIELD"))
+    return figures.pose_of(player) == "shield"
 
 
 def is_hidden(player: Player) -> bool:
@@ -202,6 +199,7 @@ class Renderer:
         self.timer_frames = timer_frames
         self.camera = Camera(self.stage, size)
         self.frame: Frame | None = None
+        self._previous_projectiles: dict[int, tuple[float, float]] = {}  # slot -> x, y
         self.effects: list[Effect] = []
         self.hud = Hud()
         self.fonts = {
@@ -222,6 +220,9 @@ class Renderer:
         self.effects = [e for e in self.effects if e.age < _effect_frames(e.kind)]
         for event in frame.events:
             self._start_effect(event, frame, previous)
+        self._previous_projectiles = (
+            {p.slot: (p.x, p.y) for p in previous.projectiles} if previous is not None else {}
+        )
         self.frame = frame
         points = [(p.x, p.y) for p in frame.players if not is_hidden(p)]
         # Like Melee's, the camera keeps the stage in the picture whoever is where.
@@ -257,15 +258,15 @@ class Renderer:
         surface.fill(BACKGROUND)
         self._draw_stage(surface)
         if self.frame is not None:
-            for projectile in self.frame.projectiles:
-                colour = PORT_COLOURS.get(projectile.owner + 1, NO_OWNER_COLOUR)
-                centre = self.camera.to_screen(projectile.x, projectile.y)
-                pygame.draw.circle(surface, colour, centre, max(3, self.camera.length(2.0)))
-                pygame.draw.circle(surface, TEXT, centre, max(3, self.camera.length(2.0)), 1)
+            self._draw_projectiles(surface)
             for player in self.frame.players:
                 self._draw_player(surface, player, self.frame.frame)
+            # Hitboxes over both bodies: where a hit lands matters more than who is in front.
+            for player in self.frame.players:
+                if not is_hidden(player):
+                    figures.draw_hitboxes(surface, self.camera, figures.active_hitboxes(player))
         self._draw_effects(surface)
-        self._draw_hud(surface)
+        self._draw_hud(surface)  # after the world: the panels are never drawn over
         if self.hud.notice:
             text = self.fonts["medium"].render(self.hud.notice, True, (255, 210, 120))
             surface.blit(text, (surface.get_width() // 2 - text.get_width() // 2, 58))
@@ -273,6 +274,21 @@ class Renderer:
             self._draw_banner(surface)
         if self.hud.show_overlay:
             self._draw_overlay(surface)
+
+    def _draw_projectiles(self, surface: pygame.Surface) -> None:
+        """Each item where the frame has it, with a streak back to where it was a frame ago
+        (lasers and thrown items read by their direction)."""
+        cam = self.camera
+        radius = max(3, cam.length(PROJECTILE_RADIUS))
+        for projectile in self.frame.projectiles:
+            colour = PORT_COLOURS.get(projectile.owner + 1, NO_OWNER_COLOUR)
+            centre = cam.to_screen(projectile.x, projectile.y)
+            before = self._previous_projectiles.get(projectile.slot)
+            if before is not None and math.dist(before, (projectile.x, projectile.y)) < 30:
+                tail = cam.to_screen(*before)
+                pygame.draw.line(surface, colour, tail, centre, max(2, radius))
+            pygame.draw.circle(surface, colour, centre, radius)
+            pygame.draw.circle(surface, TEXT, centre, radius, 1)
 
     def _draw_stage(self, surface: pygame.Surface) -> None:
         cam, s = self.camera, self.stage
@@ -298,57 +314,69 @@ class Renderer:
             thickness = max(3, cam.length(2.0))
             pygame.draw.rect(surface, PLATFORM_COLOUR, (a[0], a[1], b[0] - a[0], thickness))
 
-    def body_rect(self, player: Player, frame: int) -> pygame.Rect:
-        """The body's rectangle on screen: feet at (x, y), shaken while in hitlag."""
-        width, height = body_size(player.character)
-        x = player.x
+    def feet(self, player: Player, frame: int) -> tuple[float, float]:
+        """Where the figure's feet are drawn (world units): the player's position, shaken
+        while in hitlag; a grounded player over the main stage or a fixed platform stands on
+        its surface. Melee moves the recorded position below the surface in landings,
+        attacks and throws (by up to 12.5 units on the real replays: model/rules.py,
+        FLOOR_TOLERANCE) while the character stays on the ground; drawn at the position,
+        a landing Falco or a thrown Captain Falcon sank into the stage."""
+        x, y = player.x, player.y
         if player.hitlag > 0:
             x += HITLAG_SHAKE if frame % 2 else -HITLAG_SHAKE
-        left, top = self.camera.to_screen(x - width / 2, player.y + height)
-        right, bottom = self.camera.to_screen(x + width / 2, player.y)
-        return pygame.Rect(left, top, max(2, right - left), max(2, bottom - top))
+        if not player.airborne:
+            s = self.stage
+            if s.main.left <= player.x <= s.main.right and s.main.y - SINK_LIMIT <= y < s.main.y:
+                y = s.main.y
+            for platform in s.platforms:
+                over = platform.left <= player.x <= platform.right
+                if over and platform.y - PLATFORM_SINK_LIMIT <= y < platform.y:
+                    y = platform.y
+        return x, y
+
+    def figure(self, player: Player, frame: int) -> figures.Figure:
+        """The player's figure as drawn on `frame` (world units)."""
+        x, y = self.feet(player, frame)
+        main = self.stage.main
+        ledge = (main.right if player.x > 0 else main.left, main.y)
+        return figures.layout(player, x, y, ledge)
 
     def _draw_player(self, surface: pygame.Surface, player: Player, frame: int) -> None:
         if is_hidden(player):
             return
         cam = self.camera
         colour = PORT_COLOURS.get(player.port, NO_OWNER_COLOUR)
-        rect = self.body_rect(player, frame)
+        figure = self.figure(player, frame)
         if player.action_name.upper().startswith("ON_HALO"):
             a = cam.to_screen(player.x - 9, player.y)
             pygame.draw.rect(surface, (240, 240, 250), (a[0], a[1], cam.length(18), 3))
         body_colour = colour
         if player.invulnerable and (frame // INVULNERABLE_FLASH_FRAMES) % 2:
             body_colour = tuple((c + 255) // 2 for c in colour)
-        pygame.draw.rect(surface, body_colour, rect, border_radius=max(2, rect.width // 4))
-        pygame.draw.rect(surface, TEXT, rect, 1, border_radius=max(2, rect.width // 4))
-        # Facing: an eye and a nose on the side the character faces.
-        eye_y = rect.top + rect.height // 4
-        nose_x = rect.right if player.facing > 0 else rect.left
-        tip = nose_x + player.facing * max(4, rect.width // 3)
-        pygame.draw.polygon(surface, TEXT, [(nose_x, eye_y - 4), (tip, eye_y), (nose_x, eye_y + 4)])
-        eye_x = rect.centerx + player.facing * rect.width // 5
-        pygame.draw.circle(surface, (20, 20, 30), (eye_x, eye_y), max(2, rect.width // 10))
+        figures.draw_figure(surface, cam, figure, body_colour, TEXT)
         if is_shielding(player):
-            radius = cam.length(4.0 + 8.0 * max(0.0, min(1.0, player.shield / 60.0)))
-            bubble = pygame.Surface((2 * radius + 2, 2 * radius + 2), pygame.SRCALPHA)
-            pygame.draw.circle(bubble, (*colour, 110), (radius + 1, radius + 1), radius)
-            pygame.draw.circle(bubble, (*TEXT, 200), (radius + 1, radius + 1), radius, 2)
-            surface.blit(bubble, (rect.centerx - radius - 1, rect.centery - radius - 1))
-        # Name tag and action above the head.
-        tag = self.fonts["small"].render(f"P{player.port}", True, colour)
-        action = self.fonts["small"].render(
-            f"{player.action_name.lower()} · {player.category}", True, TEXT
-        )
-        y = rect.top - 6 - action.get_height()
-        surface.blit(action, (rect.centerx - action.get_width() // 2, y))
-        surface.blit(tag, (rect.centerx - tag.get_width() // 2, y - tag.get_height()))
+            figures.draw_shield(surface, cam, player, figure.centre, colour)
+        # The port above the head; with the F1 overlay on, the action and its category too.
+        centre_x = cam.to_screen(*figure.centre)[0]
+        y = cam.to_screen(0.0, figure.top)[1] - 4
+        lines = [(f"P{player.port}", colour)]
+        if self.hud.show_overlay:
+            lines.append((f"{player.action_name.lower()} · {player.category}", TEXT))
+        for text, text_colour in reversed(lines):
+            label = self.fonts["small"].render(text, True, text_colour)
+            y -= label.get_height()
+            surface.blit(label, (centre_x - label.get_width() // 2, y))
+
+    def hud_top(self, surface: pygame.Surface) -> int:
+        """The first pixel row of the HUD panels."""
+        return surface.get_height() - HUD_PLATE[1] - HUD_GAP
 
     def _draw_effects(self, surface: pygame.Surface) -> None:
-        w, h = surface.get_size()
+        w = surface.get_width()
+        bottom = self.hud_top(surface) - 20  # a burst's centre stays above the panels
         for effect in self.effects:
             x, y = self.camera.to_screen(effect.x, effect.y)
-            x, y = min(max(x, 20), w - 20), min(max(y, 20), h - 20)
+            x, y = min(max(x, 20), w - 20), min(max(y, 20), bottom)
             if effect.kind == "ko":
                 t = effect.age / KO_EFFECT_FRAMES
                 for i in range(12):
@@ -362,28 +390,42 @@ class Renderer:
                 radius = int(10 + 60 * t)
                 pygame.draw.circle(surface, effect.colour, (x, y), radius, max(1, int(5 * (1 - t))))
 
+    def hud_plates(self, surface: pygame.Surface) -> dict[int, pygame.Rect]:
+        """Each player's HUD panel (port -> rectangle on the surface)."""
+        if self.frame is None:
+            return {}
+        w = surface.get_width()
+        players = sorted(self.frame.players, key=lambda p: p.port)
+        slot = w // (len(players) + 1)
+        width, height = HUD_PLATE
+        top = self.hud_top(surface)
+        return {
+            p.port: pygame.Rect(slot * (i + 1) - width // 2, top, width, height)
+            for i, p in enumerate(players)
+        }
+
     def _draw_hud(self, surface: pygame.Surface) -> None:
         if self.frame is None:
             return
-        w, h = surface.get_size()
-        players = sorted(self.frame.players, key=lambda p: p.port)
-        slot = w // (len(players) + 1)
-        for i, player in enumerate(players):
+        w = surface.get_width()
+        plates = self.hud_plates(surface)
+        for player in self.frame.players:
             colour = PORT_COLOURS.get(player.port, NO_OWNER_COLOUR)
-            cx = slot * (i + 1)
-            plate = pygame.Surface((150, 90), pygame.SRCALPHA)
-            plate.fill((0, 0, 0, 120))
-            surface.blit(plate, (cx - 75, h - 94))
+            plate = plates[player.port]
+            panel = pygame.Surface(plate.size, pygame.SRCALPHA)
+            panel.fill(HUD_PANEL)
+            surface.blit(panel, plate.topleft)
+            cx = plate.centerx
             name = assets.character_name(player.character).replace("_", " ")
             label = self.fonts["small"].render(f"P{player.port}  {name}", True, colour)
-            surface.blit(label, (cx - label.get_width() // 2, h - 88))
+            surface.blit(label, (cx - label.get_width() // 2, plate.top + 6))
             percent = self.fonts["large"].render(
                 f"{player.percent:.0f}%", True, percent_colour(player.percent)
             )
-            surface.blit(percent, (cx - percent.get_width() // 2, h - 68))
+            surface.blit(percent, (cx - percent.get_width() // 2, plate.top + 26))
             for s in range(player.stocks):
-                pygame.draw.circle(surface, colour, (cx - 24 + s * 16, h - 18), 6)
-                pygame.draw.circle(surface, TEXT, (cx - 24 + s * 16, h - 18), 6, 1)
+                pygame.draw.circle(surface, colour, (cx - 24 + s * 16, plate.bottom - 14), 6)
+                pygame.draw.circle(surface, TEXT, (cx - 24 + s * 16, plate.bottom - 14), 6, 1)
         if self.timer_frames is not None:
             text = self.fonts["large"].render(
                 timer_text(self.frame.frame, self.timer_frames), True, TEXT

@@ -69,6 +69,10 @@ class Recording:
     def characters(self) -> list[int]:
         return [int(p["character"][0]) for p in self.players]
 
+    def __post_init__(self) -> None:
+        for p in self.players:
+            p["state_age"] = count_state_age(p["action"], p["state_age"])
+
     def frame(self, i: int) -> Frame:
         """Row i as the server would send it, with the events that happen on it."""
         players = []
@@ -123,6 +127,23 @@ class Recording:
             winner = None if stocks[0] == stocks[1] else int(np.argmax(stocks))
             out.append(GameEvent(type="game_end", frame=frame, player=winner))
         return out
+
+
+def count_state_age(action: np.ndarray, recorded: np.ndarray) -> np.ndarray:
+    """Frames since each action began, 0 on its first frame, as the server's rules count it
+    (model/frame_spec.py's count_state_age; the client may not import it) and as the wire's
+    `state_age` means: Slippi records the animation's frame instead (1 on the first frame of
+    most actions, paused in hitlag). The first action counts on from the recorded value."""
+    n = len(action)
+    if n == 0:
+        return np.asarray(recorded, dtype=np.float32)
+    position = np.arange(n)
+    change = np.ones(n, dtype=bool)
+    change[1:] = action[1:] != action[:-1]
+    run_start = np.maximum.accumulate(np.where(change, position, 0))
+    age = (position - run_start).astype(np.float32)
+    age[run_start == 0] += np.float32(recorded[0])
+    return age
 
 
 def load(path: str | Path) -> Recording:

@@ -18,7 +18,6 @@ from client.render import (
     PORT_COLOURS,
     Camera,
     Renderer,
-    body_size,
     is_hidden,
     is_shielding,
     timer_text,
@@ -71,17 +70,21 @@ def check_players_drawn_at_their_coordinates(recording, row, tmp_path):
     frame = renderer.frame
     for player in frame.players:
         colour = np.array(PORT_COLOURS[player.port])
-        width, height = body_size(player.character)
+        figure = renderer.figure(player, frame.frame)
+        height = figure.height  # the character's size (assets/characters.json)
         shake = HITLAG_SHAKE if player.hitlag > 0 else 0.0
-        cx, cy = renderer.camera.to_screen(player.x, player.y + height / 2)
+        # The figure stands at the player's x; its torso is within a height of its feet.
+        assert abs(figure.centre[0] - player.x) <= height / 2 + shake
+        assert abs(figure.centre[1] - renderer.feet(player, frame.frame)[1]) <= height
+        cx, cy = renderer.camera.to_screen(*figure.centre)
         assert 0 <= cx < SIZE[0] and 0 <= cy < SIZE[1] - HUD_BAND, "camera lost a player"
-        # The body's centre has the player's colour...
+        # The torso's centre has the player's colour...
         assert (pixels[cx, cy] == colour).all(), (row, player.port, pixels[cx, cy])
         # ...and the pixels of that colour above the HUD are around the body, nowhere else.
         mask = (pixels[:, : SIZE[1] - HUD_BAND] == colour).all(axis=2)
         xs, ys = np.nonzero(mask)
         scale = renderer.camera.scale
-        assert abs(np.median(xs) - cx) <= (width / 2 + shake) * scale, (row, player.port)
+        assert abs(np.median(xs) - cx) <= (height / 2 + shake) * scale, (row, player.port)
         assert abs(np.median(ys) - cy) <= height / 2 * scale, (row, player.port)
 
 
