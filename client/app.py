@@ -51,6 +51,10 @@ MAX_CATCH_UP = 0.25  # seconds of input ticks made up after a stall; beyond that
 PING_EVERY = 1.0  # seconds
 DEFAULT_SIZE = (1280, 720)
 MENU_POLICIES = ("human", "cpu: approach", "cpu: random", "cpu: noop")
+# Key hints in words: pygame's default font (freesansbold) has no arrow glyphs, which it
+# draws as empty boxes on every machine.
+MENU_KEYS = "Up/Down choose   Left/Right change   Enter start   Esc quit"
+REPLAY_KEYS = "Space resume   Left/Right seek 5 s   Up/Down speed   Home restart"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -394,19 +398,19 @@ class StartScreen:
         ]
         for i, (label, value, colour) in enumerate(rows):
             y = 170 + 60 * i
-            marker = "◀  " if i == self.row else "   "
             text = font.render(f"{label}:", True, (150, 152, 170))
             screen.blit(text, (w // 2 - 220, y))
             value_text = big.render(value.replace("_", " ").title(), True, colour)
             screen.blit(value_text, (w // 2 - 40, y - 14))
-            if i == self.row:
-                arrow = font.render(marker.strip(), True, TEXT)
-                screen.blit(arrow, (w // 2 - 250, y))
-        lines = [*self.app.controls.describe(), ""]
+            if i == self.row:  # a drawn marker: the default font has no arrow glyphs
+                tip, mid = (w // 2 - 232, y + 10), (w // 2 - 246, y + 10)
+                pygame.draw.polygon(screen, TEXT, [tip, (mid[0], mid[1] - 8), (mid[0], mid[1] + 8)])
+        cpu = {int(port): policy for port, policy in choice.policies.items()}
+        lines = [*self.app.controls.describe(cpu), ""]
         if self.server is not None:
             ready = self.server.ready()  # raises ServerError if the server died
             lines.append("server ready" if ready else "starting the local server…")
-        lines.append("↑↓ choose   ←→ change   Enter start   Esc quit")
+        lines.append(MENU_KEYS)
         for i, line in enumerate(lines):
             t = font.render(line, True, (150, 152, 170))
             screen.blit(t, (w // 2 - t.get_width() // 2, 440 + 30 * i))
@@ -553,8 +557,8 @@ class LiveLoop:
 
 # ---------------------------------------------------------------------- replay
 class ReplayLoop:
-    """A recorded game at 60 frames per second: Space pauses, ←/→ seek 5 s, ↑/↓ speed,
-    Home restarts."""
+    """A recorded game at 60 frames per second: Space pauses, Left/Right seek 5 s, Up/Down
+    change the speed, Home restarts."""
 
     SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -592,7 +596,7 @@ class ReplayLoop:
                     shown = target
                 hud = self.renderer.hud
                 hud.banner = "PAUSED" if self.paused else ""
-                hud.subtitle = "Space resume   ←→ seek   ↑↓ speed   Home restart"
+                hud.subtitle = REPLAY_KEYS
                 hud.show_overlay = app.show_overlay
                 hud.overlay = [
                     f"fps {app.clock.get_fps():.0f}",

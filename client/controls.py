@@ -480,11 +480,14 @@ class Controls:
             keys.buttons | p.buttons,
         )
 
-    def describe(self) -> list[str]:
-        """One line per slot for the start screen: what drives it."""
+    def describe(self, cpu: dict[int, str] | None = None) -> list[str]:
+        """One line per slot for the start screen: what drives it. `cpu` maps the ports a
+        scripted policy plays (1, 2) to the policy's name."""
         lines = []
         for slot in range(SLOTS):
             pad = self.pad_for(slot)
             device = f"{pad.name} ({pad.profile['name']})" if pad else "keyboard"
+            if cpu and slot + 1 in cpu:
+                device = f"cpu ({cpu[slot + 1]})"
             lines.append(f"P{slot + 1}: {device}")
         return lines
