@@ -213,6 +213,44 @@ def test_a_parser_panic_is_an_ordinary_error(replays, name):
     assert isinstance(error.value, ValueError)
 
 
+def test_parser_panics_stay_out_of_the_terminal(replays, tmp_path):
+    """peppi-py prints each panic to stderr before it is handled: the run's terminal shows one
+    summary line per failed file instead, and the parser's messages go to DIR/parse.log."""
+    fixtures = replays / "fixtures"
+    panics = [
+        "slippi-js__history__slp__gameModeTest__10-Man.slp",
+        "slippi-js__history__test__test.slp",
+    ]
+    sources = [str(fixtures / name) for name in panics]
+    sources.append(str(fixtures / "peppi__benches__data__short_game_tbh10.slp"))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "parse", *sources, "--out", str(out), "--workers", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "panicked at" not in result.stderr and "RUST_BACKTRACE" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("parsed 3 files: 1 ok, 0 skipped, 2 failed")
+    failed = [line for line in lines if line.startswith("  failed: ")]
+    assert len(failed) == 2
+    for name, line in zip(sorted(panics), failed, strict=True):
+        assert name in line and "the parser (peppi-py) panicked" in line
+    assert "panicked at" in (out / "parse.log").read_text()
+    assert str(out / "parse.log") in lines[-1]
+
+
+def test_a_clean_run_leaves_no_parser_log(replays, tmp_path):
+    src = replays / "fixtures" / "peppi__benches__data__short_game_tbh10.slp"
+    summary = ingest([src], tmp_path, workers=1, progress=False)
+    assert summary.ok == 1 and summary.parser_log is None
+    assert not (tmp_path / "parse.log").exists()
+    assert summary.lines(tmp_path) == [summary.line(tmp_path)]
+
+
 def test_not_a_replay_fails_beside_good_files(replays, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -57,6 +57,11 @@ FAILURE_HINTS = {
 }
 
 
+# What the parser itself prints (Rust panic messages on bad files) goes here, not to the
+# terminal: the manifest and the summary already say which files failed and why.
+PARSER_LOG = "parse.log"
+
+
 @dataclasses.dataclass
 class Summary:
     ok: int = 0
@@ -64,6 +69,8 @@ class Summary:
     failed: int = 0
     frames: int = 0
     already_done: int = 0
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # path, reason
+    parser_log: Path | None = None  # the parser's own messages of this run, if it printed any
 
     @property
     def processed(self) -> int:
@@ -73,6 +80,16 @@ class Summary:
         setattr(self, row["status"], getattr(self, row["status"]) + 1)
         if row["status"] == "ok":
             self.frames += row["frames"]
+        elif row["status"] == "failed":
+            self.failures.append((row["path"], row["reason"]))
+
+    def lines(self, out_dir: Path) -> list[str]:
+        """The end of a run for a terminal: the counts, then one line per failed file."""
+        lines = [self.line(out_dir)]
+        lines += [f"  failed: {path}: {reason}" for path, reason in sorted(self.failures)]
+        if self.failures and self.parser_log is not None:
+            lines.append(f"  (the parser's own messages: {self.parser_log})")
+        return lines
 
     def line(self, out_dir: Path) -> str:
         return (
@@ -197,6 +214,8 @@ def ingest(
             todo.append(path)
 
     ok_by_hash = {r["hash"]: p for p, r in rows.items() if r["status"] == "ok"}
+    parser_log = out_dir / PARSER_LOG
+    parser_log.write_bytes(b"")  # this run's messages only
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     # progress=None shows the bar only on a terminal.
     bar = tqdm(
@@ -215,18 +234,24 @@ def ingest(
             rows[row["path"]] = row
             manifest.append(row)
             summary.count(row)
-            if row["status"] == "failed":
-                log.warning("failed: %s: %s", row["path"], row["reason"])
+            if row["status"] == "failed":  # listed in the summary, after the bar
+                log.debug("failed: %s: %s", row["path"], row["reason"])
             bar.set_postfix(ok=summary.ok, skipped=summary.skipped, failed=summary.failed)
             bar.update()
 
-        _run_pool(todo, out_dir, workers, record)
+        _run_pool(todo, out_dir, workers, record, parser_log)
     bar.close()
     write_manifest(out_dir, rows)
+    if parser_log.stat().st_size == 0:
+        parser_log.unlink()
+    else:
+        summary.parser_log = parser_log
     return summary
 
 
-def _run_pool(files: list[Path], out_dir: Path, workers: int, record) -> None:
+def _run_pool(
+    files: list[Path], out_dir: Path, workers: int, record, parser_log: Path | None = None
+) -> None:
     """Parse `files` in a process pool, calling `record` with each row as it completes.
 
     If a worker dies (a crash inside the native parser), the files that were in flight are
@@ -238,7 +263,8 @@ def _run_pool(files: list[Path], out_dir: Path, workers: int, record) -> None:
     # server, which exits when this process does.
     context = multiprocessing.get_context()
     parent = None if context.get_start_method() == "forkserver" else os.getpid()
-    options = dict(mp_context=context, initializer=_init_worker, initargs=(parent,))
+    log_path = None if parser_log is None else str(parser_log)
+    options = dict(mp_context=context, initializer=_init_worker, initargs=(parent, log_path))
     with cf.ProcessPoolExecutor(workers, **options) as pool:
         futures = {pool.submit(ingest_file, str(p), str(out_dir)): p for p in files}
         for future in cf.as_completed(futures):
@@ -262,10 +288,16 @@ def _run_pool(files: list[Path], out_dir: Path, workers: int, record) -> None:
                 )
 
 
-def _init_worker(parent: int | None) -> None:
-    # peppi-py's panics are reported in the manifest; a Rust backtrace per bad file would
-    # bury the progress bar (Rust still prints a two-line panic message).
+def _init_worker(parent: int | None, parser_log: str | None = None) -> None:
+    # peppi-py's panics are reported in the manifest and the summary; Rust prints each one
+    # to the process's stderr (and a backtrace unless told not to), which would bury the
+    # progress bar under traces of files that are then handled: the worker's stderr goes
+    # to the run's parser log instead.
     os.environ["RUST_BACKTRACE"] = "0"
+    if parser_log is not None:
+        fd = os.open(parser_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
     exit_with_parent(parent)
 
 
@@ -334,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("--workers must be at least 1 (got %d)", args.workers)
         return 2
     summary = ingest(args.sources, args.out, workers=args.workers, force=args.force)
-    print(summary.line(args.out))
+    print("\n".join(summary.lines(args.out)))
     if summary.processed + summary.already_done == 0:
         log.error("no .slp files found in %s", " ".join(args.sources))
         return 2
