@@ -1,8 +1,11 @@
 """Headless policy-vs-policy matches: `playmodel match --p1 POLICY --p2 POLICY --out FILE`.
 
-Runs one game through the `Simulation` as fast as the hardware allows (not at 60 Hz), writes
-its trajectory as parquet in the dataset schema (so it can be evaluated and replayed like an
-ingested game) and prints a summary: winner, stocks, percents, KOs, frames, frames per second.
+Runs one game through the `Simulation` as fast as the hardware allows (not at 60 Hz), with a
+progress bar on a terminal (frames played, at most `--frames`, and the time left), writes its
+trajectory as parquet in the dataset schema (so it can be evaluated and replayed like an
+ingested game) and prints a summary: the winner and how the game ended, then per player the
+character, policy, stocks left, percent and how many times it KO'd the other, and the frames
+played and per second.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+from tqdm import tqdm
 
 from model import game_state as gs
 from model.atomic_file import atomic_path
 from model.frame_spec import count_state_age
 from model.frames import Frames, frames_from_table, stack, table_from_frames
-from model.melee_ids import parse_character
+from model.melee_ids import character_name_internal, parse_character
 from model.policies import Policy, ReplayFollower, controls_for, make_policy
 from model.rules import Event
 from model.simulation import GameSetup, Simulation
@@ -58,20 +62,31 @@ class MatchResult:
 
 
 def run_matches(
-    sim: Simulation, games: dict[int, tuple[Policy, Policy]], max_frames: int
+    sim: Simulation,
+    games: dict[int, tuple[Policy, Policy]],
+    max_frames: int,
+    progress: bool | None = False,
 ) -> dict[int, MatchResult]:
     """Step several games together (one batched model call per frame) until each ends or has
     played `max_frames` frames. A finished game stays in the batch, frozen on its last frame,
-    until all are done, so that rows stay fixed and frames are recorded as whole batches."""
+    until all are done, so that rows stay fixed and frames are recorded as whole batches.
+    `progress`: a bar of the frames stepped (None: only on a terminal)."""
     rows = {g: sim.game_ids.index(g) for g in games}
     batches = [sim.batch_frame]
     events: dict[int, list[Event]] = {g: [] for g in games}
     length = {g: 0 for g in games}
     running = set(games)
+    bar = tqdm(
+        total=max_frames,
+        desc="match",
+        unit="frame",
+        disable=None if progress is None else not progress,
+    )
     start = time.perf_counter()
     for _ in range(max_frames):
         if not running:
             break
+        bar.update()
         batch = batches[-1]
         controls = {g: controls_for(games[g], batch, rows[g]) for g in running}
         results = sim.step(controls)
@@ -82,6 +97,9 @@ def run_matches(
             if results[g].over:
                 running.discard(g)
     seconds = time.perf_counter() - start
+    if not running:  # every game ended before the frame limit: the bar ends full
+        bar.total = bar.n
+    bar.close()
     over_time = stack(batches)  # (T + 1, B, ...)
     return {
         g: MatchResult(
@@ -92,10 +110,37 @@ def run_matches(
 
 
 def run_match(
-    sim: Simulation, game_id: int, policies: tuple[Policy, Policy], max_frames: int
+    sim: Simulation,
+    game_id: int,
+    policies: tuple[Policy, Policy],
+    max_frames: int,
+    progress: bool | None = False,
 ) -> MatchResult:
     """Step one game until it ends or `max_frames` frames have been played."""
-    return run_matches(sim, {game_id: policies}, max_frames)[game_id]
+    return run_matches(sim, {game_id: policies}, max_frames, progress)[game_id]
+
+
+def summary_lines(summary: dict, characters: Sequence[int], policies: Sequence[str]) -> list[str]:
+    """A finished match for a terminal. `summary["kos"][i]` counts the stocks player i lost;
+    in a two-player game each is a KO for the other player (the rules do not tell a
+    self-destruct from a KO)."""
+    frames, per_second = summary["frames"], summary["frames_per_second"]
+    if summary["end"] is None:
+        lines = [f"no winner: the frame limit was reached after {frames:,} frames"]
+    elif summary["winner"] is None:
+        lines = [f"a draw ({summary['end']}) after {frames:,} frames"]
+    else:
+        lines = [f"p{summary['winner'] + 1} wins ({summary['end']}) after {frames:,} frames"]
+    for i in (0, 1):
+        other = 1 - i
+        kos = summary["kos"][other]
+        name = character_name_internal(characters[i]).lower()
+        lines.append(
+            f"  p{i + 1} {name} ({policies[i]}): {summary['stocks'][i]} stocks left, "
+            f"{summary['percents'][i]:g}%, KO'd p{other + 1} {kos} time{'s' * (kos != 1)}"
+        )
+    lines.append(f"  {per_second:,} frames/s")
+    return lines
 
 
 def load_model(checkpoint: Path | None, config: str | None, device: str):
@@ -175,7 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sim = Simulation(model, temperature=args.temperature, device=args.device)
     game = sim.new_game(setup, replay=replay, start_frame=start_row)
-    result = run_match(sim, game, (policies[0], policies[1]), args.frames)
+    played = sim.setup(game)
+    log.info(
+        "p1 %s (%s) against p2 %s (%s), at most %s frames, with %s",
+        character_name_internal(played.characters[0]),
+        args.p1,
+        character_name_internal(played.characters[1]),
+        args.p2,
+        f"{args.frames:,}",
+        model_name,
+    )
+    result = run_match(sim, game, (policies[0], policies[1]), args.frames, progress=None)
     summary = result.summary
     info = {
         "p1": args.p1,
@@ -194,15 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with atomic_path(args.out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    winner = "draw" if summary["winner"] is None else f"p{summary['winner'] + 1}"
-    if summary["end"] is None:
-        winner = "none (frame limit reached)"
-    print(
-        f"winner {winner}; stocks {summary['stocks'][0]}-{summary['stocks'][1]}, "
-        f"percents {summary['percents'][0]}%-{summary['percents'][1]}%, "
-        f"KOs {summary['kos'][0]}-{summary['kos'][1]}; {summary['frames']:,} frames at "
-        f"{summary['frames_per_second']:,} frames/s -> {args.out}"
-    )
+    lines = summary_lines(summary, played.characters, (args.p1, args.p2))
+    print("\n".join([*lines, f"  -> {args.out}"]))
     return 0
 
 

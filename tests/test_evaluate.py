@@ -11,7 +11,7 @@ from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.world_model import WorldModel
 from training.dataset import GameDataset
-from training.evaluate import _frame_errors, main, pick_starts, rollouts, summarise
+from training.evaluate import _frame_errors, evaluate, main, pick_starts, rollouts, summarise
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
 
@@ -84,8 +84,18 @@ def test_eval_cli_writes_model_and_baselines(dataset_dir, checkpoint, tmp_path, 
     assert 0 <= result["probes"]["pass_rate"] <= 1
     assert png.read_bytes()[:4] == b"\x89PNG"
     output = capsys.readouterr().out
-    assert "RC5" in output and "behaviour probes" in output
+    assert "RC5" in output and "behaviour probes" in output and "evaluated in" in output
+    assert result["seconds"] > 0
     assert main([*argv[:2], "--data", str(tmp_path / "missing"), "--json", str(out)]) == 2
+
+
+def test_eval_shows_a_bar_per_stage(dataset_dir, checkpoint, capsys):
+    evaluate(
+        checkpoint, dataset_dir, [1, 5], 2, split="all", max_windows=3, probes=None, progress=True
+    )
+    bars = capsys.readouterr().err
+    assert "rollouts (2 starts)" in bars and "20/20" in bars
+    assert "teacher-forced" in bars and "3/3" in bars
 
 
 def test_compare_tables_runs_against_baselines(dataset_dir, checkpoint, tmp_path, capsys):

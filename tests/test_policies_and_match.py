@@ -23,8 +23,15 @@ from model.policies import (
     make_policy,
     noop,
 )
-from model.simulation import GameSetup, standard_start
-from server.match import main, parse_character, parse_stage
+from model.simulation import GameSetup, Simulation, standard_start
+from server.match import (
+    load_model,
+    main,
+    parse_character,
+    parse_stage,
+    run_match,
+    summary_lines,
+)
 from training.replay_reader import read_replay
 
 
@@ -105,7 +112,8 @@ def test_match_writes_a_trajectory_in_the_dataset_schema(tiny_config, tmp_path, 
     argv += ["--characters", "marth,fox", "--frames", "300", "--config", str(tiny_config)]
     assert main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "frames/s" in printed and "winner" in printed
+    assert "frames/s" in printed and "KO'd p2" in printed and "KO'd p1" in printed
+    assert "p1 marth (approach)" in printed and "p2 fox (random:1)" in printed
     table = pq.read_table(out)
     assert table.schema.remove_metadata().equals(gs.arrow_schema())
     frames = table.column("frame").to_numpy()
@@ -114,6 +122,30 @@ def test_match_writes_a_trajectory_in_the_dataset_schema(tiny_config, tmp_path, 
     info = json.loads(table.schema.metadata[b"match_info"])
     assert info["summary"]["frames"] == len(frames) - 1 <= 300
     assert info["p1"] == "approach"
+
+
+def test_match_summary_says_who_kod_whom():
+    # `kos[i]` counts the stocks player i lost: each is a KO by the other player.
+    summary = {"winner": 0, "end": "stocks", "stocks": [2, 0], "percents": [45.0, 88.5]}
+    summary |= {"kos": [2, 4], "frames": 10_234, "frames_per_second": 512}
+    lines = summary_lines(summary, (1, 22), ("approach", "random"))
+    assert lines[0] == "p1 wins (stocks) after 10,234 frames"
+    assert lines[1] == "  p1 fox (approach): 2 stocks left, 45%, KO'd p2 4 times"
+    assert lines[2] == "  p2 falco (random): 0 stocks left, 88.5%, KO'd p1 2 times"
+    summary |= {"end": None, "winner": None, "kos": [0, 1]}
+    lines = summary_lines(summary, (1, 22), ("approach", "random"))
+    assert lines[0].startswith("no winner: the frame limit was reached")
+    assert lines[1].endswith("KO'd p2 1 time") and lines[2].endswith("KO'd p1 0 times")
+
+
+def test_match_shows_a_progress_bar(tiny_config, capsys):
+    model, _ = load_model(None, str(tiny_config), "cpu")
+    sim = Simulation(model)
+    game = sim.new_game(GameSetup(stage=31))
+    result = run_match(sim, game, (make_policy("noop"), make_policy("noop")), 40, progress=True)
+    bar = capsys.readouterr().err
+    assert len(result.frames["frame"]) == 41
+    assert "match" in bar and "40/40" in bar and "frame/s" in bar
 
 
 def test_match_can_take_over_a_real_game(tiny_config, tmp_path, replays):

@@ -150,6 +150,19 @@ def test_probes_run_on_a_model_and_report(tiny_checkpoint, mined):
     assert "real_p5" in run["metrics"]["dash"] and isinstance(run["passed"], bool)
 
 
+def test_probe_cli_shows_progress_and_ends_with_a_summary(tiny_checkpoint, capsys):
+    argv = ["--checkpoint", str(tiny_checkpoint), "--stages", "fd", "--characters", "fox"]
+    assert main([*argv, "--probes", "stand_still"]) == 0
+    out = capsys.readouterr().out
+    assert "stand_still" in out and "1 probe games played in" in out
+    from model.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(tiny_checkpoint)
+    run_probes(model, [32], [1], ["stand_still"], progress=True)
+    bar = capsys.readouterr().err
+    assert "probes (1 games)" in bar and "frame/s" in bar
+
+
 def test_probe_cli_fails_clearly(tiny_checkpoint, tmp_path, caplog):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")

@@ -25,12 +25,14 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from model import frame_spec as fs
 from model import game_state as gs
@@ -54,16 +56,31 @@ VELOCITIES += ("vel_self_x_ground",)
 
 
 # ---------------------------------------------------------------------- teacher forcing
+def _bar(total: int, desc: str, unit: str, progress: bool | None) -> tqdm:
+    """A progress bar on stderr (`progress` None: only on a terminal)."""
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=None if progress is None else not progress
+    )
+
+
 @torch.no_grad()
-def teacher_forced(model: WorldModel, data: GameDataset, seq_len: int, max_windows: int) -> dict:
+def teacher_forced(
+    model: WorldModel,
+    data: GameDataset,
+    seq_len: int,
+    max_windows: int,
+    progress: bool | None = False,
+) -> dict:
     categories = torch.tensor(category_table())
     correct = Counter()
     total = Counter()
     errors = {name: [] for name in ("x", "y", "percent", "shield", *VELOCITIES)}
     wrong_actions = Counter()
+    bar = _bar(max_windows, "teacher-forced", "window", progress)
     for i, (frames, _) in enumerate(data.windows(seq_len)):
         if i >= max_windows:
             break
+        bar.update()
         prev, controls, target = split_window(frames)
         predicted = decode(model(prev, controls), prev, controls)
         for p in gs.PLAYERS:
@@ -90,6 +107,8 @@ def teacher_forced(model: WorldModel, data: GameDataset, seq_len: int, max_windo
                 correct[f"category/{name}"] += int((hit & in_category).sum())
                 total[f"category/{name}"] += int(in_category.sum())
             wrong_actions.update(real[~hit].tolist())
+    bar.total = bar.n  # fewer windows than the most asked for: the bar ends full
+    bar.close()
     accuracy = {k: correct[k] / total[k] for k in total if total[k]}
     return {
         "accuracy": {k: round(v, 4) for k, v in accuracy.items() if "/" not in k},
@@ -143,7 +162,9 @@ def _frame_errors(guess: dict, real: dict) -> dict[str, float]:
     }
 
 
-def rollouts(model: WorldModel, data: GameDataset, starts, horizon: int) -> dict[str, list]:
+def rollouts(
+    model: WorldModel, data: GameDataset, starts, horizon: int, progress: bool | None = False
+) -> dict[str, list]:
     """Per method, per start, the per-horizon errors (horizon 1..H)."""
     out: dict[str, list] = {"model": [], "persistence": [], "constant_velocity": []}
     sim = Simulation(model)
@@ -151,7 +172,9 @@ def rollouts(model: WorldModel, data: GameDataset, starts, horizon: int) -> dict
     for g, row in starts:
         games[sim.new_game(replay=data.games[g].frames, start_frame=row)] = (g, row)
     per_game: dict[int, list[dict]] = {gid: [] for gid in games}
+    bar = _bar(horizon, f"rollouts ({len(games)} starts)", "frame", progress)
     for h in range(1, horizon + 1):
+        bar.update()
         controls = {
             gid: controls_of(index(data.games[g].frames, row + h))
             for gid, (g, row) in games.items()
@@ -159,6 +182,7 @@ def rollouts(model: WorldModel, data: GameDataset, starts, horizon: int) -> dict
         for gid, result in sim.step(controls).items():
             g, row = games[gid]
             per_game[gid].append(_frame_errors(result.frame, index(data.games[g].frames, row + h)))
+    bar.close()
     for gid, (g, row) in games.items():
         frames = data.games[g].frames
         start, before = index(frames, row), index(frames, row - 1)
@@ -212,14 +236,31 @@ def evaluate(
     max_windows: int = 200,
     quantize: str = "none",
     probes: Sequence[str] | None = (),
+    progress: bool | None = False,
 ) -> dict:
-    """`probes`: the behaviour probes to play (empty: all of them; None: none)."""
+    """`probes`: the behaviour probes to play (empty: all of them; None: none). `progress`:
+    a bar per stage (None: only on a terminal)."""
+    started = time.perf_counter()
     model, _meta = load_checkpoint(checkpoint)
     model = maybe_quantize(model.eval(), quantize)
     data = GameDataset(data_dir, split)
+    log.info(
+        "%s on the %d %s games of %s: teacher forcing (at most %d windows), %d rollouts%s",
+        checkpoint,
+        len(data),
+        split,
+        data_dir,
+        max_windows,
+        starts,
+        "" if probes is None else ", behaviour probes",
+    )
     horizon = max(max(horizons), 20)
     points = pick_starts(data, starts, horizon, seed)
-    per_method = rollouts(model, data, points, horizon)
+    per_method = rollouts(model, data, points, horizon, progress)
+    teacher = teacher_forced(model, data, seq_len, max_windows, progress)
+    probe_section = (
+        {} if probes is None else {"probes": probe_summary(model, probes or None, progress)}
+    )
     return {
         "checkpoint": str(checkpoint),
         "quantize": quantize,
@@ -228,14 +269,17 @@ def evaluate(
         "games": len(data),
         "starts": starts,
         "seed": seed,
-        "teacher_forced": teacher_forced(model, data, seq_len, max_windows),
+        "teacher_forced": teacher,
         **{method: summarise(values, horizons) for method, values in per_method.items()},
-        **({} if probes is None else {"probes": probe_summary(model, probes or None)}),
+        **probe_section,
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def probe_summary(model: WorldModel, names: Sequence[str] | None) -> dict:
-    return summary(run_probes(model, probe_names=names, progress=False))
+def probe_summary(
+    model: WorldModel, names: Sequence[str] | None, progress: bool | None = False
+) -> dict:
+    return summary(run_probes(model, probe_names=names, progress=progress))
 
 
 def plot(result: dict, path: Path) -> None:
@@ -299,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.split,
             quantize=args.quantize,
             probes=probes,
+            progress=None,
         )
     except (ValueError, OSError) as e:
         log.error("%s", e)
@@ -315,10 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         probes = result["probes"]
         rate, passed, total = probes["pass_rate"], probes["passed"], probes["total"]
         print(f"behaviour probes   {rate:.0%} pass ({passed}/{total})")
-    print(
-        f"action accuracy (teacher-forced) {result['teacher_forced']['accuracy']['action']:.3f}"
-        f" -> {args.json}"
-    )
+    print(f"action accuracy (teacher-forced) {result['teacher_forced']['accuracy']['action']:.3f}")
+    print(f"evaluated in {result['seconds']:g} s -> {args.json}")
     return 0
 
 

@@ -91,11 +91,12 @@ def within(metric: str, value: float, real: dict) -> bool:
 def play_probes(
     model: WorldModel,
     games: list[tuple[pr.Probe, int, int]],
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[tuple[pr.Window, int, str]]:
     """Play (probe, stage, character) games in one batch; returns each game's P1 window (from
     the situation frame to the end of the script), P1's action on the situation frame and the
-    surface P1 stands on then (`probes.surface`)."""
+    surface P1 stands on then (`probes.surface`). `progress`: a bar of the frames stepped
+    (None: only on a terminal)."""
     sim = Simulation(model)
     ids = [
         sim.new_game(GameSetup(stage=s, characters=(c, c), on_main_stage=True)) for _, s, c in games
@@ -115,7 +116,13 @@ def play_probes(
             history[c][step] = frame[f"p1_{c}"].float().numpy()
 
     record(0)
-    for step in tqdm(range(total), desc="probes", unit="frame", disable=not progress):
+    bar = tqdm(
+        range(total),
+        desc=f"probes ({len(games)} games)",
+        unit="frame",
+        disable=None if progress is None else not progress,
+    )
+    for step in bar:
         controls = {}
         for g, (probe, _, _) in enumerate(games):
             t = step - settle
@@ -156,7 +163,7 @@ def run_probes(
     characters: Sequence[int] | None = None,
     probe_names: Sequence[str] | None = None,
     expectations: dict | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict:
     """Every probe on every stage and character; the report as a JSON-ready dict."""
     stages = tuple(stages or legal_stage_ids())
@@ -322,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         plot(report, args.plot, args.checkpoint.name)
     print(table(report))
+    print(f"{report['total']} probe games played in {report['seconds']:g} s")
     return 0
 
 
