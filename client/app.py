@@ -87,6 +87,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--checkpoint", type=Path, default=None, help="weights for the local server (default: demo)"
     )
+    p.add_argument(
+        "--recordings",
+        metavar="DIR",
+        default=None,
+        help="where the local server records games (default: $PLAYMODEL_RECORDINGS_DIR, else "
+        "runs/recordings in the current folder, as playmodel serve; '' records nothing)",
+    )
     p.add_argument("--start-replay", metavar="NAME[:ROW]", help="start from a server replay")
     p.add_argument("--api-key", default=os.environ.get("PLAYMODEL_API_KEY"), help="X-API-Key")
     p.add_argument("--no-menu", action="store_true", help="skip the start screen")
@@ -237,7 +244,7 @@ class App:
         if args.server:
             base = http_base(args.server)
         else:
-            server = LocalServer(checkpoint=args.checkpoint)
+            server = LocalServer(checkpoint=args.checkpoint, recordings=args.recordings)
             server.start()
             base = server.url
         try:
@@ -276,7 +283,10 @@ class App:
             if session is not None and server is not None:
                 delete_session(base, session, args.api_key)
             if server is not None:
-                server.stop()
+                server.stop()  # the server writes each game's game.parquet as it stops
+                if session is not None and server.process is not None and server.recordings:
+                    folder = server.recordings / f"{session.session_id}-0"
+                    print(f"recorded: {folder} (a rematch adds -1, -2, ...)")
 
     def _wait_for(self, server: LocalServer) -> bool:
         """Keep the window alive while the local server loads; False if the user quits."""

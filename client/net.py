@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import socket
 import subprocess
@@ -46,6 +47,23 @@ from server.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000
+# Where games are recorded unless told otherwise: as `playmodel serve`'s RECORDINGS_DIR,
+# relative to the folder the command runs in (server/settings.py).
+RECORDINGS_ENV = "PLAYMODEL_RECORDINGS_DIR"
+DEFAULT_RECORDINGS = Path("runs/recordings")
+
+
+def recordings_folder(value: str | Path | None = None) -> Path | None:
+    """The recordings folder, absolute: `value`, else $PLAYMODEL_RECORDINGS_DIR, else
+    runs/recordings, each relative to the current folder; None when it is empty (no
+    recordings), as the server reads an empty RECORDINGS_DIR."""
+    if value is None:
+        value = os.environ.get(RECORDINGS_ENV, DEFAULT_RECORDINGS)
+    if str(value).strip() in ("", "."):
+        return None
+    return Path(value).expanduser().resolve()
+
+
 READY_POLL_SECONDS = 0.2  # how often a starting local server is asked whether it is up
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -179,9 +197,17 @@ class LocalServer:
     already answering on the default port. Stop it with `stop()` (only if we started it)."""
 
     def __init__(
-        self, port: int | None = None, reuse_default: bool = True, checkpoint: Path | None = None
+        self,
+        port: int | None = None,
+        reuse_default: bool = True,
+        checkpoint: Path | None = None,
+        recordings: str | Path | None = None,
     ):
         self.process: subprocess.Popen | None = None
+        # The server runs in the repository's folder: its recordings folder is resolved here,
+        # against the folder this command runs in, as `playmodel serve` resolves its own
+        # (None: $PLAYMODEL_RECORDINGS_DIR or runs/recordings; "": no recordings).
+        self.recordings = recordings_folder(recordings)
         self.log_path: Path | None = None
         self._reuse = reuse_default
         self.port = port
@@ -209,9 +235,17 @@ class LocalServer:
         ]
         log.info("starting a local server: %s (log: %s)", " ".join(command), name)
         repo = Path(__file__).resolve().parent.parent
+        env = {**os.environ, RECORDINGS_ENV: str(self.recordings or "")}
+        if self.recordings is not None:
+            log.info("games are recorded in %s", self.recordings)
         with open(handle, "wb", closefd=True) as out:
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, cwd=repo, stdin=subprocess.DEVNULL
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=repo,
+                stdin=subprocess.DEVNULL,
+                env=env,
             )
 
     def ready(self) -> bool:

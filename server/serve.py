@@ -139,6 +139,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def with_absolute_recordings(settings: ServerSettings) -> ServerSettings:
+    """The recordings folder made absolute, against the folder the command runs in, and said:
+    `playmodel play`'s local server (started in the repository's folder) is given the same
+    folder, resolved against the folder `play` runs in, so both record to one place."""
+    folder = settings.recordings_dir
+    if not folder or str(folder) == ".":
+        log.info("games are not recorded (RECORDINGS_DIR is empty)")
+        return settings
+    folder = folder.expanduser().resolve()
+    log.info("games are recorded in %s", folder)
+    return settings.model_copy(update={"recordings_dir": folder})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="playmodel serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
@@ -152,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", choices=QUANTIZE_CHOICES, help="on CPU, int8 mixer and head weights (faster)"
     )
     parser.add_argument("--tick-rate", type=float)
+    parser.add_argument(
+        "--recordings",
+        metavar="DIR",
+        help="where games are recorded (default runs/recordings in the current folder; '' "
+        "records nothing)",
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -171,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tick_rate": args.tick_rate,
             "threads": args.threads,
             "quantize": args.quantize,
+            "recordings_dir": args.recordings,
         }.items()
         if value is not None
     }
@@ -181,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             field = ".".join(str(p) for p in error["loc"])
             log.error("setting %s (PLAYMODEL_%s): %s", field, field.upper(), error["msg"])
         return 2
+    settings = with_absolute_recordings(settings)
     checkpoint = settings.resolved_checkpoint()
     if checkpoint is not None and not checkpoint.is_file():
         log.error("checkpoint %s does not exist", checkpoint)

@@ -2,6 +2,7 @@
 spectating, and a live game against a local server."""
 
 import os
+import sys
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -82,11 +83,44 @@ def test_spectating_a_session(tmp_path):
         assert app.main(["--watch", url, "--frames", "20", "--overlay"]) == 0
 
 
-def test_play_with_no_server_given_starts_one(tmp_path):
-    shot = tmp_path / "live.png"
+def test_play_with_no_server_given_starts_one(tmp_path, capsys):
+    shot, recordings = tmp_path / "live.png", tmp_path / "recordings"
     argv = ["--no-menu", "--cpu", "2:approach", "--frames", "90", "--screenshot", str(shot)]
-    assert app.main(argv) == 0
+    assert app.main([*argv, "--recordings", str(recordings)]) == 0
     assert shot.exists()
+    # The game was recorded where the command said, and the command says where.
+    games = list(recordings.glob("*-0/game.parquet"))
+    assert len(games) == 1
+    assert f"recorded: {games[0].parent}" in capsys.readouterr().out
+
+
+def test_play_and_serve_record_to_the_same_folder(tmp_path, monkeypatch):
+    """`play`'s local server runs in the repository's folder; it is given the recordings
+    folder resolved against the folder `play` runs in, as `serve` resolves its own."""
+    from server.serve import with_absolute_recordings
+    from server.settings import ServerSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PLAYMODEL_RECORDINGS_DIR", raising=False)
+    seen = tmp_path / "seen.txt"
+    server = LocalServer(reuse_default=False)
+    server.command = [
+        sys.executable,
+        "-c",
+        f"import os; open({str(seen)!r}, 'w').write(os.environ['PLAYMODEL_RECORDINGS_DIR'])",
+    ]
+    server.start()
+    server.process.wait(timeout=60)
+    expected = tmp_path / "runs" / "recordings"
+    assert seen.read_text() == str(expected)
+    assert with_absolute_recordings(ServerSettings()).recordings_dir == expected
+    # Set by the environment (relative, as a user types it), both read it the same way.
+    monkeypatch.setenv("PLAYMODEL_RECORDINGS_DIR", "games")
+    assert LocalServer().recordings == tmp_path / "games"
+    assert with_absolute_recordings(ServerSettings()).recordings_dir == tmp_path / "games"
+    # Empty: nothing is recorded.
+    assert LocalServer(recordings="").recordings is None
+    assert str(with_absolute_recordings(ServerSettings(recordings_dir="")).recordings_dir) == "."
 
 
 def test_joining_a_session_on_a_server_by_token(capsys):
