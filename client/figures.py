@@ -31,9 +31,6 @@ REELING_ACTIONS = frozenset((*range(75, 87), *range(223, 244)))  # DAMAGE_*, gra
 RUN_ACTIONS = frozenset((20, 21, 22))  # DASHING, RUNNING, RUN_DIRECT
 GRAB_ACTIONS = frozenset(range(212, 219))  # GRAB .. GRAB_BREAK
 
-POSES = ("stand", "run", "crouch", "airborne", "shield", "reeling", "tumble", "lying", "ledge")
-POSES += ("grab",)
-
 # Builds: most characters are drawn slim; these broad, and the round ones as a ball.
 BROAD = frozenset(("BOWSER", "DONKEY_KONG", "GANONDORF"))
 ROUND = frozenset(("JIGGLYPUFF", "KIRBY"))
@@ -51,6 +48,10 @@ LIMB_SHADE = 0.68  # limbs are the port colour, darker
 EYE = (20, 20, 30)
 
 
+# Drawing order: the far limbs, the near leg, the torso, the head, the near arm.
+BACK, LEG, TORSO, HEAD, ARM = range(5)
+
+
 @dataclass(frozen=True)
 class Part:
     """A capsule from `a` to `b` (a circle when they are equal), radius `r`; in heights."""
@@ -59,11 +60,7 @@ class Part:
     a: tuple[float, float]
     b: tuple[float, float]
     r: float
-    front: bool = True  # drawn after the torso (the near side)
-
-
-def _capsule(kind, a, b, r, front=True) -> Part:
-    return Part(kind, a, b, r, front)
+    layer: int  # drawn in this order (BACK .. ARM)
 
 
 def _legs(spread: float = 0.07, bend: tuple[float, float] | None = None) -> list[Part]:
@@ -71,12 +68,12 @@ def _legs(spread: float = 0.07, bend: tuple[float, float] | None = None) -> list
     if bend is not None:  # airborne: knees drawn up in front
         knee = bend
         return [
-            _capsule("limb", (-0.04, hip_y), (knee[0] - 0.05, knee[1]), 0.065, front=False),
-            _capsule("limb", (0.04, hip_y), knee, 0.065),
+            Part("limb", (-0.04, hip_y), (knee[0] - 0.05, knee[1]), 0.065, BACK),
+            Part("limb", (0.04, hip_y), knee, 0.065, LEG),
         ]
     return [
-        _capsule("limb", (-spread, 0.065), (-0.05, hip_y), 0.065, front=False),
-        _capsule("limb", (spread, 0.065), (0.05, hip_y), 0.065),
+        Part("limb", (-spread, 0.065), (-0.05, hip_y), 0.065, BACK),
+        Part("limb", (spread, 0.065), (0.05, hip_y), 0.065, LEG),
     ]
 
 
@@ -85,10 +82,10 @@ def _upright(arms: tuple[tuple[float, float], tuple[float, float]], **legs) -> l
     back_hand, front_hand = arms
     return [
         *_legs(**legs),
-        _capsule("limb", (-0.06, 0.62), back_hand, 0.05, front=False),
-        _capsule("torso", (0.0, 0.40), (0.0, 0.60), 0.16),
-        _capsule("head", (0.03, 0.84), (0.03, 0.84), 0.15),
-        _capsule("limb", (0.06, 0.62), front_hand, 0.05),
+        Part("limb", (-0.06, 0.62), back_hand, 0.05, BACK),
+        Part("torso", (0.0, 0.40), (0.0, 0.60), 0.16, TORSO),
+        Part("head", (0.03, 0.84), (0.03, 0.84), 0.15, HEAD),
+        Part("limb", (0.06, 0.62), front_hand, 0.05, ARM),
     ]
 
 
@@ -96,11 +93,11 @@ def _parts(pose: str, hands: tuple[float, float] | None = None) -> list[Part]:
     """The parts of a pose before any turn; `hands` is where a hanging figure holds on."""
     if pose == "crouch":
         return [
-            _capsule("limb", (-0.12, 0.065), (0.0, 0.2), 0.07, front=False),
-            _capsule("limb", (0.14, 0.065), (0.06, 0.2), 0.07),
-            _capsule("torso", (0.0, 0.22), (0.1, 0.32), 0.16),
-            _capsule("head", (0.2, 0.47), (0.2, 0.47), 0.15),
-            _capsule("limb", (0.14, 0.36), (0.3, 0.2), 0.05),
+            Part("limb", (-0.12, 0.065), (0.0, 0.2), 0.07, BACK),
+            Part("limb", (0.14, 0.065), (0.06, 0.2), 0.07, LEG),
+            Part("torso", (0.0, 0.22), (0.1, 0.32), 0.16, TORSO),
+            Part("head", (0.2, 0.47), (0.2, 0.47), 0.15, HEAD),
+            Part("limb", (0.14, 0.36), (0.3, 0.2), 0.05, ARM),
         ]
     if pose in ("airborne", "tumble"):
         return _upright(((-0.22, 0.74), (0.22, 0.7)), bend=(0.16, 0.2))
@@ -141,9 +138,9 @@ def pose_of(player: Player) -> str:
 
 
 def _reach(parts: list[Part], targets: list[tuple[float, float]]) -> list[Part]:
-    """The front arm (the last limb of every pose) reaches towards the farthest active
-    hitbox, so that an attack shows in the figure as well as in the red discs."""
-    arm = parts[-1]
+    """The near arm reaches towards the farthest active hitbox, so that an attack shows in
+    the figure as well as in the red discs."""
+    i, arm = next((i, p) for i, p in enumerate(parts) if p.layer == ARM)
     shoulder = arm.a
     far = max(targets, key=lambda t: math.dist(t, shoulder))
     distance = math.dist(far, shoulder)
@@ -151,7 +148,7 @@ def _reach(parts: list[Part], targets: list[tuple[float, float]]) -> list[Part]:
         return parts
     k = min(distance, REACH) / distance
     hand = (shoulder[0] + (far[0] - shoulder[0]) * k, shoulder[1] + (far[1] - shoulder[1]) * k)
-    return [*parts[:-1], Part(arm.kind, shoulder, hand, arm.r, arm.front)]
+    return [*parts[:i], Part(arm.kind, shoulder, hand, arm.r, arm.layer), *parts[i + 1 :]]
 
 
 def _turn(pose: str, state_age: float) -> tuple[float, tuple[float, float], float]:
@@ -180,14 +177,14 @@ def _build(parts: list[Part], name: str) -> list[Part]:
     """The character's build: broad characters get a wider torso, round ones are a ball."""
     if name in BROAD:
         return [
-            Part(p.kind, p.a, p.b, p.r * 1.4, p.front) if p.kind == "torso" else p for p in parts
+            Part(p.kind, p.a, p.b, p.r * 1.4, p.layer) if p.kind == "torso" else p for p in parts
         ]
     if name in ROUND:
         out = []
         for p in parts:
             if p.kind == "torso":  # the ball: from the hips to the top of the head
                 mid = ((p.a[0] + p.b[0]) / 2, (p.a[1] + p.b[1]) / 2 + 0.08)
-                out.append(Part("torso", mid, mid, 0.4, p.front))
+                out.append(Part("torso", mid, mid, 0.4, p.layer))
             elif p.kind != "head":
                 out.append(p)
         return out
@@ -250,8 +247,8 @@ def shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
 
 
 def draw_figure(surface: pygame.Surface, camera, figure: Figure, colour, outline) -> None:
-    """The parts, back ones first, over a silhouette in `outline` one pixel wider."""
-    ordered = sorted(figure.parts, key=lambda item: (item[0].front, item[0].kind != "limb"))
+    """The parts, far ones first, over a silhouette in `outline` one pixel wider."""
+    ordered = sorted(figure.parts, key=lambda item: item[0].layer)
     for _, a, b, r in ordered:
         _capsule_px(surface, camera, a, b, r, outline, grow=1)
     limb = shade(colour, LIMB_SHADE)

@@ -154,6 +154,21 @@ def test_a_crouch_is_lower_and_a_figure_is_its_characters_height(throw_grab):
     assert fox.top < standing.top  # Fox (11) is smaller than Marth (14)
 
 
+def test_builds_broad_and_round(throw_grab):
+    marth = throw_grab.frame(0).players[1].model_copy(update={"action": 14, "airborne": False})
+
+    def torso_of(character):
+        figure = figures.layout(marth.model_copy(update={"character": character}), 0.0, 0.0)
+        return next(p for p in figure.parts if p[0].kind == "torso"), figure
+
+    (_, a, b, radius), jigglypuff = torso_of(15)
+    assert a == b and not any(p[0].kind == "head" for p in jigglypuff.parts)  # a ball
+    assert radius == pytest.approx(0.4 * assets.character_size(15))
+    bowser_torso, _ = torso_of(5)
+    fox_torso, _ = torso_of(FOX)
+    assert bowser_torso[3] / assets.character_size(5) > fox_torso[3] / assets.character_size(FOX)
+
+
 def test_a_hanging_figure_holds_the_ledge(throw_grab):
     row = first_row(throw_grab, 2, lambda p: p.action == 253)
     renderer = Renderer(SIZE, throw_grab.stage, throw_grab.characters)
