@@ -9,7 +9,10 @@ the block's RMSNorm and the mixer's gated one, one op each instead of about seve
 live step, evaluation); training keeps the PyTorch ops, which autograd differentiates.
 
 The build takes under a minute, once per machine and torch version (torch caches it under
-~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR), and needs a C++ compiler and ninja. If
+~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR), and needs a C++ compiler and ninja.
+Builds are serialised by a `flock` that dies with its process, so that a build killed half-way
+(a first `make play` stopped with Ctrl-C) cannot leave torch's own lock file behind to make every
+later start wait for it forever. If
 it fails, a warning says why and the step runs as PyTorch ops; PLAYMODEL_CPU_KERNELS=0 skips
 the kernels (and their build) altogether. Their results agree with the PyTorch ops to float32
 rounding, not bit for bit: they fuse multiply-adds, and the SSM readout sums in another order.
@@ -17,6 +20,7 @@ rounding, not bit for bit: they fuse multiply-adds, and the SSM readout sums in 
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import sys
@@ -76,7 +80,23 @@ def _build() -> None:
 
     flags = _vector_flags()
     name = "playmodel_cpu_kernels" + ("_avx2" if flags else "")
-    built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    with open(build_dir / "playmodel-build.flock", "w") as holder:
+        # The kernel releases a flock when its process dies, which torch's lock file (made
+        # with O_EXCL, removed by the builder when it finishes) cannot say: holding this one,
+        # no live process of ours is building, so a `lock` file there is a killed build's.
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        stale = build_dir / "lock"
+        if stale.exists():
+            warnings.warn(
+                f"removing {stale}, left by a build of the CPU kernels that was killed",
+                stacklevel=4,
+            )
+            stale.unlink(missing_ok=True)
+        _load(cpp_extension, name, flags, build_dir / f"{name}.so")
+
+
+def _load(cpp_extension, name: str, flags: list[str], built: Path) -> None:
     if not built.exists():
         print(
             "playmodel: building the fused CPU kernels of the Mamba-2 step (once per machine "

@@ -4,6 +4,7 @@ the same step as the PyTorch ops, recorded by the live trace, and clear errors o
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,24 @@ def test_bad_inputs_are_refused_with_a_message():
 def test_the_kernels_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "0")
     assert cpu_kernels.fused_step_ops.__wrapped__() is None
+
+
+def test_a_killed_build_does_not_make_later_starts_wait(monkeypatch, tmp_path):
+    """torch's lock file, left by a build that was killed, is removed before building; a
+    lock held by a live build is waited for through the flock instead (not simulated here)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    loaded = []
+
+    def load(name, **_):
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        loaded.append((build_dir / "lock").exists())
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    for name in ("playmodel_cpu_kernels", "playmodel_cpu_kernels_avx2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "lock").write_text("")
+    with pytest.warns(UserWarning, match="killed"):
+        cpu_kernels._build()
+    assert loaded == [False]
