@@ -34,6 +34,12 @@ class ModelConfig:
     item_embed_dim: int = 4  # per categorical item field (type, state, owner), per slot
     # Heads
     item_head_dim: int = 32  # hidden width of the per-slot item head
+    # Continuous heads conditioned on the action the model chose for the frame (and its age):
+    # the first frame of a roll, a jump or a dash sets a speed that depends on that action,
+    # which an unconditioned regression averages away (docs/MODEL.md, "Action-conditioned
+    # heads"). False: the heads read the features alone, as every checkpoint before did.
+    action_conditioned: bool = False
+    condition_dim: int = 128  # hidden width of the action-conditioned correction
     norm_eps: float = 1e-5
 
     def to_dict(self) -> dict:

@@ -21,7 +21,7 @@ from model import frame_spec as fs
 from model import game_state as gs
 from model.frame_spec import Head, HeadSpec
 from model.frames import player_columns
-from model.heads import head_outputs, head_width, split_outputs
+from model.heads import COPY_PRIOR, head_outputs, head_width, split_outputs
 
 MIN_PERCENT_CHANGE = 0.5
 # A character at rest has speeds of exactly 0 in Melee (85% of the corpus's ground-speed frames),
@@ -32,12 +32,6 @@ MIN_PERCENT_CHANGE = 0.5
 # frame, into a standing character that slides and floats away.
 REST_SPEED = 0.015
 REST_RESIDUAL = 0.05
-# Copy prior, in logits: categorical and binary fields mostly keep last frame's value (on the
-# replays the action is unchanged on 95% of frames, the jumps, ground, hurtbox and last attack
-# on more), so their heads predict the change relative to "same as before". A categorical head
-# gets log(vocab) + COPY_PRIOR on the previous class, which makes "unchanged" about 88% likely
-# while the head's own logits are still near zero; a binary head gets +-COPY_PRIOR.
-COPY_PRIOR = 2.0
 
 
 def _columns(specs: tuple[HeadSpec, ...]) -> dict[str, tuple[int, int]]:
@@ -153,7 +147,7 @@ def with_copy_prior(preds: dict[str, Tensor], prev: dict[str, Tensor]) -> dict[s
     return out
 
 
-def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+def pick_class(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
     """Argmax at temperature 0, else a sample from softmax(logits / temperature)."""
     if temperature <= 0:
         return logits.argmax(-1)
@@ -203,7 +197,7 @@ def decode(
     for spec in _CATEGORICAL:
         start, stop = PLAYER_COLUMNS[spec.name]
         classes[spec.name] = fs.from_class(
-            spec.name, _pick(players[..., start:stop], temperature, generator)
+            spec.name, pick_class(players[..., start:stop], temperature, generator)
         )  # (*lead, 2)
     binary = _pick_binary(players[..., _BINARY_COLS], temperature, generator)
     facing = torch.where(binary[..., 0], 1, -1)  # (*lead, 2)
@@ -251,7 +245,7 @@ def decode(
     frame["item_exists"] = exists
     for spec in _ITEM_CATEGORICAL:
         start, stop = ITEM_COLUMNS[spec.name]
-        value = fs.from_class(spec.name, _pick(items[..., start:stop], temperature, generator))
+        value = fs.from_class(spec.name, pick_class(items[..., start:stop], temperature, generator))
         default = fs.ITEM_FIELD[spec.name].default
         frame[f"item_{spec.name}"] = torch.where(exists, value, torch.full_like(value, default))
     item_values = items[..., _ITEM_VALUE_COLS].float() * c["item_scale"]

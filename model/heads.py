@@ -13,9 +13,18 @@ slots, width), which the dict keeps (`Predictions`), so that decoding reads them
 
 `head_targets` computes, from two consecutive frames, the values the heads are trained towards,
 so that decoding a perfect prediction reproduces the next frame.
+
+With `ModelConfig.action_conditioned`, every player head but the action's is corrected by an
+`ActionConditioner` given the action of the predicted frame and its age: the real next action
+in training (teacher forcing), the heads' own choice when predicting (argmax with the copy
+prior, or a sample drawn by `pick_action`). The action logits then carry that choice alone, so
+that decoding, at any temperature, picks the action the other fields were predicted for.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +33,17 @@ from model import frame_spec as fs
 from model import game_state as gs
 from model.config import ModelConfig
 from model.frame_spec import Head
+
+# Copy prior, in logits: categorical and binary fields mostly keep last frame's value (on the
+# replays the action is unchanged on 95% of frames, the jumps, ground, hurtbox and last attack
+# on more), so their heads predict the change relative to "same as before". A categorical head
+# gets log(vocab) + COPY_PRIOR on the previous class, which makes "unchanged" about 88% likely
+# while the head's own logits are still near zero; a binary head gets +-COPY_PRIOR.
+COPY_PRIOR = 2.0
+# Ages past this share one embedding: the speeds an action sets are in its first frames.
+CONDITION_AGES = 32
+# Logit of the actions a conditioned prediction did not choose (fits bf16 and fp16).
+UNCHOSEN_LOGIT = -1e4
 
 
 def head_width(spec: fs.HeadSpec) -> int:
@@ -35,6 +55,45 @@ PLAYER_WIDTHS = [head_width(s) for s in fs.PLAYER_HEADS]
 ITEM_WIDTHS = [head_width(s) for s in fs.ITEM_HEADS]
 
 
+def _action_columns() -> slice:
+    start = 0
+    for spec in fs.PLAYER_HEADS:
+        if spec.name == "action":
+            return slice(start, start + spec.vocab)
+        start += head_width(spec)
+    raise AssertionError("no action head")
+
+
+ACTION_COLUMNS = _action_columns()
+
+# Action logits (*lead, 2, vocab), copy prior added -> the chosen action classes (*lead, 2).
+ActionPicker = Callable[[Tensor], Tensor]
+
+
+class ActionConditioner(nn.Module):
+    """A correction of every player head but the action's, given the frame's action and its
+    age (frames since it began, capped): gelu(W h + E[action] + E[age]) -> all head columns.
+    The output layer starts at zero, so that a model trained without it is unchanged at first."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        width = config.condition_dim
+        self.hidden = nn.Linear(config.d_model, 2 * width)
+        self.action = nn.Embedding(gs.ACTION_VOCAB, width)
+        self.age = nn.Embedding(CONDITION_AGES, width)
+        self.out = nn.Linear(width, sum(PLAYER_WIDTHS))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        keep = torch.ones(sum(PLAYER_WIDTHS))
+        keep[ACTION_COLUMNS] = 0  # the action's own logits are not conditioned on it
+        self.register_buffer("keep", keep, persistent=False)
+
+    def forward(self, h: Tensor, action: Tensor, age: Tensor) -> Tensor:
+        """h (*lead, d_model), action and age classes (*lead, 2) -> (*lead, 2, player width)."""
+        hidden = self.hidden(h).unflatten(-1, (2, -1)) + self.action(action) + self.age(age)
+        return self.out(torch.nn.functional.gelu(hidden)) * self.keep.to(h.dtype)
+
+
 class FrameHeads(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -42,13 +101,60 @@ class FrameHeads(nn.Module):
         # Items: a per-slot hidden vector, then one head shared by all slots.
         self.item_hidden = nn.Linear(config.d_model, gs.ITEM_SLOTS * config.item_head_dim)
         self.item_out = nn.Linear(config.item_head_dim, sum(ITEM_WIDTHS))
+        self.conditioner = ActionConditioner(config) if config.action_conditioned else None
 
-    def forward(self, h: Tensor) -> Predictions:
-        """h: (*lead, d_model) -> dict of predictions (see module docstring)."""
+    def forward(
+        self,
+        h: Tensor,
+        prev: dict[str, Tensor] | None = None,
+        next_action: Tensor | None = None,
+        pick_action: ActionPicker | None = None,
+    ) -> Predictions:
+        """h: (*lead, d_model) -> dict of predictions (see module docstring).
+
+        A conditioned model also reads `prev` (the frame before: its actions and their ages)
+        and conditions on `next_action` (*lead, 2) game ids when given (training), else on
+        its own choice: `pick_action(action logits with the copy prior)`, argmax by default.
+        """
         players = self.player(h).unflatten(-1, (2, -1))  # (*lead, 2, sum widths)
+        if self.conditioner is not None:
+            players = self._conditioned(h, players, prev, next_action, pick_action)
         slots = self.item_hidden(h).unflatten(-1, (gs.ITEM_SLOTS, -1))  # (*lead, slots, hid)
         items = self.item_out(torch.nn.functional.gelu(slots))  # (*lead, slots, sum widths)
         return split_outputs(players, items)
+
+    def _conditioned(
+        self,
+        h: Tensor,
+        players: Tensor,
+        prev: dict[str, Tensor] | None,
+        next_action: Tensor | None,
+        pick_action: ActionPicker | None,
+    ) -> Tensor:
+        if prev is None:
+            raise ValueError("an action-conditioned model needs the previous frame (prev)")
+        last = fs.to_class("action", torch.stack([prev[f"{p}_action"] for p in gs.PLAYERS], -1))
+        last_age = torch.stack([prev[f"{p}_state_age"] for p in gs.PLAYERS], -1).long()
+        chosen_here = next_action is None
+        if chosen_here:
+            logits = players[..., ACTION_COLUMNS]
+            bonus = math.log(gs.ACTION_VOCAB) + COPY_PRIOR
+            logits = logits + bonus * nn.functional.one_hot(last, gs.ACTION_VOCAB).to(logits.dtype)
+            action = logits.argmax(-1) if pick_action is None else pick_action(logits)
+        else:
+            action = fs.to_class("action", next_action)
+        age = torch.where(action == last, last_age + 1, torch.zeros_like(last_age))
+        age = age.clamp(0, CONDITION_AGES - 1)
+        players = players + self.conditioner(h, action, age).to(players.dtype)
+        if chosen_here:  # decoding must pick the action the other heads were conditioned on
+            chosen = nn.functional.one_hot(action, gs.ACTION_VOCAB).bool()
+            unchosen = torch.full_like(players[..., ACTION_COLUMNS], UNCHOSEN_LOGIT)
+            logits = torch.where(chosen, torch.zeros_like(unchosen), unchosen)
+            players = torch.cat(
+                [players[..., : ACTION_COLUMNS.start], logits, players[..., ACTION_COLUMNS.stop :]],
+                -1,
+            )
+        return players
 
 
 class Predictions(dict):

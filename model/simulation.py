@@ -30,7 +30,7 @@ from torch import Tensor
 
 from model import game_state as gs
 from model.cuda_graph import GraphedLiveStep
-from model.decoding import decode
+from model.decoding import decode, pick_class
 from model.frames import Frames, cast_to, controls_of, index
 from model.mamba2 import Mamba2Cache
 from model.packed_frame import Layout, PackedFrame, pack
@@ -395,7 +395,8 @@ class Simulation:
                 frame, codes = fast(prev, ctrl, self._cache, rules)
                 events = events_from_codes(codes, frame, rules)
             else:
-                preds = self.model.step(prev, ctrl, self._cache)
+                pick = self._sample_actions if self.temperature > 0 else None
+                preds = self.model.step(prev, ctrl, self._cache, pick_action=pick)
                 frame = self._cast(self._decode(preds, prev, ctrl))
                 if any_over:
                     frame = {
@@ -448,6 +449,15 @@ class Simulation:
 
     def _cast(self, frame: Frames) -> Frames:
         return cast_to(frame, self._dtypes)
+
+    def _sample_actions(self, logits: Tensor) -> Tensor:
+        """An action-conditioned model's actions (B, 2) sampled from its logits (B, 2, vocab)
+        at the temperature, each game with its own generator, like the other fields."""
+        rows = [
+            pick_class(logits[i], self.temperature, self._generators[g])
+            for i, g in enumerate(self.game_ids)
+        ]
+        return torch.stack(rows)
 
     def _decode(self, preds: Frames, prev: Frames, ctrl: Frames) -> Frames:
         if self.temperature <= 0:

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from model import game_state as gs
 from model.atomic_file import atomic_path, remove_stale_temporaries
 from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from model.config import ModelConfig, load_config
@@ -210,7 +211,11 @@ def mix_in_predictions(model: WorldModel, prev: Frames, controls: Frames, chosen
 
 # ---------------------------------------------------------------------- autoregressive unroll
 def unroll(
-    model: WorldModel, prev: Frames, controls: Frames, steps: int
+    model: WorldModel,
+    prev: Frames,
+    controls: Frames,
+    steps: int,
+    actions: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Frames]:
     """Teacher forcing over positions 0..L-steps-1, then `steps` recurrent steps, each reading
     the frame decoded (argmax, `model.decoding.decode`) from the prediction at the position before.
@@ -219,13 +224,19 @@ def unroll(
     the given ones, then the model's own. The decoded frames are inputs, not part of the graph
     (argmax has no gradient, and the continuous fields are cut too, as in scheduled sampling);
     the gradient does flow through the recurrent state across the unrolled steps.
+    `actions` (B, L, 2), the real next actions, condition an action-conditioned model's heads.
     """
     batch, length = prev["frame"].shape
     split = length - steps
     assert 1 <= split < length, (steps, length)
     head = {k: v[:, :split] for k, v in prev.items()}
     cache = model.allocate_inference_cache(batch, device=prev["frame"].device)
-    first = model(head, {k: v[:, :split] for k, v in controls.items()}, cache=cache)
+    first = model(
+        head,
+        {k: v[:, :split] for k, v in controls.items()},
+        cache=cache,
+        next_action=None if actions is None else actions[:, :split],
+    )
     pred = {k: v[:, -1] for k, v in first.items()}  # (B, ...): predicts frame `split`
     frame = {k: v[:, split - 1] for k, v in prev.items()}
     preds, frames = [], []
@@ -239,7 +250,10 @@ def unroll(
             cache = WorldModelCache(
                 [Mamba2Cache(c.conv_state.clone(), c.ssm_state.clone()) for c in cache.layers]
             )
-            pred = model.step(frame, {k: v[:, t] for k, v in controls.items()}, cache)
+            step_controls = {k: v[:, t] for k, v in controls.items()}
+            pred = model.step(
+                frame, step_controls, cache, None if actions is None else actions[:, t]
+            )
             preds.append(pred)
             frames.append(frame)
     all_preds = {k: torch.cat([first[k], torch.stack([p[k] for p in preds], 1)], 1) for k in first}
@@ -280,9 +294,9 @@ class WindowLoss(nn.Module):
         """-> total loss, per-head means, and the loss of the unrolled positions alone (for
         logging; None without an unroll)."""
         if self.unroll_steps == 0:
-            preds = self.model(prev, controls)
+            preds = self.model(prev, controls, next_action=next_actions(target))
             return (*compute_losses(preds, prev, target, masks, self.weights, denominator), None)
-        preds, inputs = unroll(self.model, prev, controls, self.unroll_steps)
+        preds, inputs = unroll(self.model, prev, controls, self.unroll_steps, next_actions(target))
         loss, per_head = compute_losses(preds, inputs, target, masks, self.weights, denominator)
         with torch.no_grad():
             tail = slice(-self.unroll_steps, None)
@@ -296,6 +310,30 @@ class WindowLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------- optimiser and data
+# Config fields a run may add to the model it starts from (`init_from`): they add modules,
+# which start as their own initialisation makes them.
+ADDED_BY_CONFIG = {"action_conditioned": "heads.conditioner.", "condition_dim": ""}
+
+
+def init_weights(model: WorldModel, path: str | Path) -> None:
+    """Load the weights of checkpoint `path` into `model`, which must have its config, but for
+    modules it adds (`ADDED_BY_CONFIG`: an unconditioned checkpoint may start a conditioned
+    run, whose conditioner starts at zero and so leaves the predictions as they were)."""
+    initial, _ = load_checkpoint(path)
+    ours, theirs = model.config.to_dict(), initial.config.to_dict()
+    differ = [k for k in ours if ours[k] != theirs[k] and k not in ADDED_BY_CONFIG]
+    if differ:
+        diff = ", ".join(f"{k}: {theirs[k]} (the run's model: {ours[k]})" for k in differ)
+        raise CheckpointError(f"{path}: init_from's model config differs: {diff}")
+    added = tuple(prefix for prefix in ADDED_BY_CONFIG.values() if prefix)
+    missing, unexpected = model.load_state_dict(initial.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(added) for k in missing):
+        raise CheckpointError(
+            f"{path}: init_from's weights do not fit the run's model "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
+
+
 def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for parameter in model.parameters():
@@ -308,6 +346,12 @@ def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def next_actions(target: Frames) -> Tensor:
+    """Both players' actions in the predicted frames, (B, T, 2) or (B, 2): what an
+    action-conditioned model's heads are conditioned on in training (model.heads)."""
+    return torch.stack([target[f"{p}_action"] for p in gs.PLAYERS], -1)
 
 
 def split_window(frames: dict[str, torch.Tensor]):
@@ -397,8 +441,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = WorldModel(self.model_config).to(self.device)
         if config.init_from:
-            initial, _ = load_checkpoint(config.init_from, self.model_config)
-            self.model.load_state_dict(initial.state_dict())
+            init_weights(self.model, config.init_from)
             log.info("initial weights from %s", config.init_from)
         self.optimizer = make_optimizer(self.model, config)
         self.amp_dtype = resolve_amp(config.amp, self.device)
@@ -601,9 +644,8 @@ class Trainer:
             masks = {k: v.to(self.device) for k, v in masks.items()}
             prev, controls, target = split_window(frames)
             with self._autocast():
-                loss, _ = compute_losses(
-                    self.model(prev, controls), prev, target, masks, self.config.loss_weights
-                )
+                preds = self.model(prev, controls, next_action=next_actions(target))
+                loss, _ = compute_losses(preds, prev, target, masks, self.config.loss_weights)
             total, count = total + float(loss), count + 1
         if self.ranks.world_size > 1:
             sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)

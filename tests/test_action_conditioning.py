@@ -1,0 +1,173 @@
+"""Action-conditioned heads (ModelConfig.action_conditioned) on real frames: the speeds follow
+the action the frame is predicted for, training conditions on the real one, prediction on the
+model's own choice, which decoding then keeps; old checkpoints start such a model unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import game_state as gs
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.config import ModelConfig, load_config
+from model.decoding import decode
+from model.frames import frames_from_table
+from model.heads import ACTION_COLUMNS
+from model.policies import Controller
+from model.quantize import quantize_int8
+from model.simulation import GameSetup, Simulation
+from model.world_model import WorldModel
+from training.losses import compute_losses
+from training.replay_reader import read_replay
+from training.train import init_weights, next_actions, split_window
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"
+TINY = ModelConfig(
+    d_model=32,
+    n_layers=2,
+    d_state=16,
+    expand=2,
+    headdim=16,
+    chunk_size=16,
+    action_conditioned=True,
+    condition_dim=16,
+)
+VELOCITIES = ("p1_vel_self_x_ground", "p1_vel_self_x_air", "p1_vel_self_y")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny conditioned model whose conditioner is not at its zero start, so that it acts."""
+    torch.manual_seed(0)
+    model = WorldModel(TINY).eval()
+    with torch.no_grad():
+        for parameter in model.heads.conditioner.out.parameters():
+            parameter.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def windows(replays):
+    """Four 40-frame windows of a real game, as (prev, controls, target), batch first."""
+    frames = frames_from_table(
+        read_replay(replays / "dev" / "slippi-js__slp__techTester.slp").table
+    )
+    starts = (300, 900, 1500, 2100)
+    batch = {k: torch.stack([v[s : s + 41] for s in starts]) for k, v in frames.items()}
+    return split_window(batch)
+
+
+def test_an_unconditioned_checkpoint_starts_a_conditioned_run_unchanged(windows):
+    base, _ = load_checkpoint(DEMO_CHECKPOINT)
+    conditioned = WorldModel(load_config("mamba2-small-conditioned"))
+    init_weights(conditioned, DEMO_CHECKPOINT)
+    prev, controls, target = windows
+    with torch.no_grad():
+        before = base(prev, controls)
+        taught = conditioned(prev, controls, next_action=next_actions(target))
+        free = conditioned(prev, controls)
+    for key in before:
+        if key.endswith("_action"):
+            continue
+        assert torch.allclose(before[key], taught[key], atol=1e-5), key
+        assert torch.allclose(before[key], free[key], atol=1e-5), key
+    a, b = decode(before, prev, controls), decode(free, prev, controls)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_a_checkpoint_of_another_model_names_the_field(model, tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_checkpoint(path, WorldModel(dataclasses.replace(TINY, action_conditioned=False)))
+    with pytest.raises(CheckpointError, match="d_model: 32"):
+        init_weights(WorldModel(load_config("mamba2-small-conditioned")), path)
+
+
+def test_the_speeds_follow_the_action_they_are_predicted_for(model, windows):
+    prev, controls, target = windows
+    real = next_actions(target)
+    other = torch.full_like(real, 233)  # ROLL_FORWARD, wherever the real action is not
+    with torch.no_grad():
+        taught = model(prev, controls, next_action=real)
+        rolled = model(prev, controls, next_action=other)
+    for key in VELOCITIES:
+        assert not torch.allclose(taught[key], rolled[key]), key
+    # The action's own logits do not depend on the action they choose.
+    assert torch.equal(taught["p1_action"], rolled["p1_action"])
+
+
+def test_prediction_conditions_on_its_own_choice_and_decoding_keeps_it(model, windows):
+    prev, controls, _ = windows
+    with torch.no_grad():
+        free = model(prev, controls)
+        chosen = free["p1_action"].argmax(-1), free["p2_action"].argmax(-1)
+        taught = model(prev, controls, next_action=torch.stack(chosen, -1))
+    for key in VELOCITIES:
+        assert torch.allclose(free[key], taught[key], atol=1e-6), key
+    for seed in (1, 2):  # a sample at any temperature picks the conditioned-on action
+        generator = torch.Generator().manual_seed(seed)
+        frame = decode(free, prev, controls, temperature=1.5, generator=generator)
+        assert torch.equal(frame["p1_action"], chosen[0])
+        assert torch.equal(frame["p2_action"], chosen[1])
+
+
+def test_training_teaches_the_conditioner_from_the_real_next_action(model, windows):
+    prev, controls, target = windows
+    trained = WorldModel(TINY)
+    trained.load_state_dict(model.state_dict())
+    loss, _ = compute_losses(
+        trained(prev, controls, next_action=next_actions(target)), prev, target
+    )
+    loss.backward()
+    conditioner = trained.heads.conditioner
+    assert conditioner.action.weight.grad.abs().sum() > 0
+    assert conditioner.out.weight.grad.abs().sum() > 0
+    # Only the actions that occur are embedded, so only their rows learn.
+    used = torch.unique(next_actions(target).clamp(max=gs.ACTION_VOCAB - 1))
+    learned = conditioner.action.weight.grad.abs().sum(-1).nonzero().squeeze(-1)
+    assert set(learned.tolist()) <= set(used.tolist())
+
+
+def run(sim: Simulation, frames: int, seed: int = 0) -> list[dict]:
+    game = sim.new_game(GameSetup(stage=31, seed=seed))
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(frames):
+        pressed = torch.rand(3, generator=generator) < 0.3
+        stick = (torch.rand(2, generator=generator) * 2 - 1).tolist()
+        buttons = frozenset(b for b, on in zip("AXR", pressed.tolist(), strict=True) if on)
+        controls = Controller(joystick=tuple(stick), buttons=buttons).columns(0)
+        out.append(dict(sim.step({game: controls})[game].frame))
+    return out
+
+
+def test_the_traced_live_step_equals_the_eager_one(model):
+    eager, traced = Simulation(model, trace=False), Simulation(model)
+    assert traced.trace
+    for a, b in zip(run(eager, 40), run(traced, 40), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sampled_games_are_reproducible_and_differ_by_seed(model):
+    first, again = run(Simulation(model, 1.0), 30), run(Simulation(model, 1.0), 30)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(first, again, strict=True) for k in a)
+    other = run(Simulation(model, 1.0), 30, seed=5)
+    assert any(not torch.equal(a[k], b[k]) for a, b in zip(first, other, strict=True) for k in a)
+
+
+def test_checkpoint_round_trip_and_int8(model, windows, tmp_path):
+    path = tmp_path / "conditioned.safetensors"
+    save_checkpoint(path, model)
+    loaded, _ = load_checkpoint(path, expect_config=TINY)
+    prev, controls, _ = windows
+    one = {k: v[:, 0] for k, v in prev.items()}, {k: v[:, 0] for k, v in controls.items()}
+    with torch.no_grad():
+        a = model.step(*one, model.allocate_inference_cache(4))
+        b = loaded.eval().step(*one, loaded.allocate_inference_cache(4))
+        int8 = quantize_int8(model)
+        c = int8.step(*one, int8.allocate_inference_cache(4))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert c["p1_action"].shape[-1] == ACTION_COLUMNS.stop - ACTION_COLUMNS.start
+    assert torch.isfinite(c["p1_vel_self_y"]).all()
