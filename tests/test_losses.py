@@ -7,7 +7,7 @@ import torch
 from model.config import ModelConfig
 from model.world_model import WorldModel
 from training.dataset import GameDataset
-from training.losses import compute_losses
+from training.losses import LossWeights, compute_losses
 from training.train import split_window
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
@@ -37,3 +37,28 @@ def test_unchanged_categories_cost_little_at_zero_output(dev_dataset_dir):
     unchanged = (prev["p1_action"] == target["p1_action"]).float().mean()
     assert unchanged > 0.8
     assert per_head["p1_action"] < 0.5 * torch.log(torch.tensor(576.0))
+
+
+def test_action_onsets_weigh_more_in_the_motion_heads_only(dev_dataset_dir):
+    # On a frame where the action changes, Melee sets the action's speed; `onset` weighs the
+    # motion heads' loss there, as a weighted mean over the head's frames.
+    frames, masks = GameDataset(dev_dataset_dir, "all").batch(2, 8, 60)
+    prev, controls, target = split_window(frames)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        preds = WorldModel(TINY)(prev, controls)
+    onset = (target["p1_action"] != prev["p1_action"]).float()
+    assert 0 < onset.sum() < onset.numel()
+    _, plain = compute_losses(preds, prev, target, masks)
+    _, weighted = compute_losses(preds, prev, target, masks, LossWeights(onset=10.0))
+    for name in ("vel_self_x_ground", "vel_self_y", "x"):
+        key = f"p1_{name}"
+        assert not torch.isclose(plain[key], weighted[key]), key
+        # The same loss per frame, from the plain mean's pieces: the onset frames alone...
+        only_onsets = LossWeights(onset=1e9)
+        _, onsets = compute_losses(preds, prev, target, masks, only_onsets)
+        n, k = onset.numel(), onset.sum()
+        expected = (plain[key] * n + 9 * onsets[key] * k) / (n + 9 * k)
+        assert torch.isclose(weighted[key], expected, rtol=1e-3), key
+    for key in ("p1_action", "p1_percent", "p1_jumps"):
+        assert torch.equal(plain[key], weighted[key]), key

@@ -100,6 +100,11 @@ class TrainConfig:
     # Left/right mirror augmentation (training/mirror.py): the probability that a window is
     # flipped about the stage's centre line. 0 turns it off.
     mirror: float = 0.0
+    # The learning rate of an action-conditioned model's action and age tables, as a multiple
+    # of `lr` (they have no weight decay). A table row learns only on the frames of its action,
+    # and a roll begins on 1 frame in 7,000: at 1x, Adam moves a rare row a few lr per
+    # occurrence, and weight decay pulls it back on every step in between.
+    condition_lr_scale: float = 1.0
     # Start from these weights (a checkpoint of the same model preset) instead of random
     # ones; the optimiser and the schedule start fresh. Ignored by --resume.
     init_from: str | None = None
@@ -335,16 +340,26 @@ def init_weights(model: WorldModel, path: str | Path) -> None:
 
 
 def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over two groups (three with action tables); each group's `lr_scale` multiplies
+    the scheduled rate."""
+    conditioner = model.heads.conditioner
+    tables = [] if conditioner is None else [conditioner.action.weight, conditioner.age.weight]
     decay, no_decay = [], []
     for parameter in model.parameters():
+        if any(parameter is table for table in tables):
+            continue
         if getattr(parameter, "_no_weight_decay", False) or parameter.dim() < 2:
             no_decay.append(parameter)  # A_log, D, dt_bias, norms, biases
         else:
             decay.append(parameter)
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
+    if tables:  # only then: a run's saved optimiser state has as many groups as it had
+        groups.append(
+            {"params": tables, "weight_decay": 0.0, "lr_scale": config.condition_lr_scale}
+        )
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
@@ -598,7 +613,7 @@ class Trainer:
         masks = {k: v[rows].to(self.device) for k, v in masks.items()}
         prev, controls, target = split_window(frames)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(config, self.step)
+            group["lr"] = learning_rate(config, self.step) * group.get("lr_scale", 1.0)
         self.model.train()
         distributed = self.ranks.world_size > 1
         with self._autocast():
