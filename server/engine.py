@@ -278,7 +278,7 @@ class Engine:
         session.frame = int(session.start_snapshot.tensors["frame.frame"])
         session.over = False
         session.result = None
-        session.reset_inputs()
+        self.metrics.lost_inputs.inc(session.reset_inputs())
         log.info("session %s: reset", session.id)
 
     # ------------------------------------------------------------------ the tick loop
@@ -347,7 +347,9 @@ class Engine:
         plan = []
         for session in self.sessions.values():
             if session.status == "running":
+                recovered = sum(session.recovered.values())
                 controls, missing, record = session.controls_for_next_frame()
+                self.metrics.recovered_inputs.inc(sum(session.recovered.values()) - recovered)
                 rollback, session.rollback_from = session.rollback_from, None
                 plan.append((session, session.generation, controls, missing, record, rollback))
                 if missing:
@@ -546,7 +548,7 @@ class Engine:
             # Frames go in in order (a reset clears the history): the oldest leave first.
             history, oldest_kept = session.history, record.frame - session.rollback_window + 1
             while history and (oldest := next(iter(history))) < oldest_kept:
-                del history[oldest]
+                self.metrics.lost_inputs.inc(session.retire(history.pop(oldest)))
             step_controls[session.game_id] = columns
         # The state before this step of every game stepped without all its inputs (after a
         # reset, often all of them at once), in one copy.
