@@ -412,7 +412,12 @@ class Engine:
         for session, start, controls, missing in jobs:
             corrections[session.id] = []
             records = [session.history.get(f) for f in range(start, session.frame + 1)]
-            if not records or any(r is None for r in records) or records[0].before is None:
+            # The device thread drops the frames leaving the window while the loop takes
+            # inputs, so the first frames may be gone (their late inputs are counted lost):
+            # the rest is still re-made, from the first frame that kept its state before.
+            while records and (records[0] is None or records[0].before is None):
+                records.pop(0)
+            if not records or any(r is None for r in records):
                 log.warning("session %s: cannot roll back to frame %d", session.id, start)
                 continue
             carry: dict[int, dict | None] = {port: None for port in session.human_ports}
@@ -441,6 +446,7 @@ class Engine:
                         columns.update({f"p{port}_{k}": v for k, v in value.items()})
                 rec.before = scratch.snapshot(run.game) if still_missing else None
                 rec.used = columns
+                rec.late.clear()
                 run.step = (rec, still_missing)
                 step_controls[run.game] = columns
             results = scratch.step(step_controls)

@@ -167,6 +167,7 @@ class FrameRecord:
     used: dict[str, float | int]  # both ports' controller columns, policies' included
     real: dict[int, dict | None]  # human port -> its input if it arrived, else None
     before: Snapshot | None = None  # the state before this frame, kept if an input was missing
+    late: set[int] = field(default_factory=set)  # ports whose input came after, not applied yet
 
 
 @dataclass
@@ -290,6 +291,7 @@ class Session:
         if record.real.get(port) is not None:
             return "duplicate"  # that frame was already made with a real input of this port
         record.real[port] = columns
+        record.late.add(port)
         if copy:
             self.recovered[port] += 1
         if self.rollback_from is None or frame < self.rollback_from:
@@ -348,11 +350,11 @@ class Session:
 
     def retire(self, record: FrameRecord) -> int:
         """`record`'s frame has left the rollback window: its inputs are final. Returns (and
-        counts per port) how many of its human inputs never arrived: lost, their substitute
-        stays in the game."""
+        counts per port) how many of its human inputs were never applied: they never came, or
+        came too late for a rollback to apply them; their substitute stays in the game."""
         lost = 0
         for port, value in record.real.items():
-            if value is None:
+            if value is None or port in record.late:
                 self.lost[port] += 1
                 lost += 1
         return lost
