@@ -2,7 +2,7 @@
 
     python bench/server_load.py [--sessions 1,8,16] [--seconds 60] [--config mamba2-large]
                                 [--checkpoint CKPT] [--delay 2] [--jitter 6] [--json OUT]
-                                [--threads N] [--quantize int8] [--no-record]
+                                [--threads N] [--quantize int8] [--no-record] [--copies 8]
 
 Starts `python -m server serve` in its own process, then for each N opens N sessions and two
 play connections per session (one per port, as two people on two machines would), each
@@ -11,7 +11,11 @@ delay (60 inputs a second per port while the server keeps up). Reports, per N:
 - tick duration p50 / p99 and the share of late ticks (from the server's /metrics: ticks that
   ended after their slot);
 - input-to-frame latency p50 / p99: from sending an input to receiving the frame that used it,
-  minus the input delay (so it is what the server and the network add).
+  minus the input delay (so it is what the server and the network add);
+- inputs per minute per session: substituted (missing when their frame was made), recovered
+  (filled in from the copies of the frames before that each input carries, `--copies`, 8 as
+  the client sends; 0: one input per message, protocol 1's way) and lost (never applied: their
+  frame left the rollback window with the substitute). Every player is a local one (loopback).
 With `--jitter N` every input is held back 0..N frames at random (a bad network), so the server
 rolls back; the report adds rollbacks, frames re-made and late inputs dropped (outside the
 rollback window). A game that ends is reset at once, so every session keeps stepping for the
@@ -46,6 +50,7 @@ from server.serve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = 1 / 60
+CONTROLLER = set(P.Controller.model_fields)
 
 
 def metric(text: str, name: str) -> float:
@@ -56,8 +61,8 @@ def metric(text: str, name: str) -> float:
 
 
 class Player:
-    def __init__(self, session: dict, port: int, delay: int, jitter: int = 0):
-        self.session, self.port, self.delay = session, port, delay
+    def __init__(self, session: dict, port: int, delay: int, jitter: int = 0, copies: int = 0):
+        self.session, self.port, self.delay, self.copies = session, port, delay, copies
         self.jitter, self.rng = jitter, random.Random(port)
         self.last_frame: int | None = None
         self.sent_at: dict[int, float] = {}
@@ -118,11 +123,16 @@ class Player:
                 self.last_frame = message.frame
 
     def _input(self, frame: int, **fields) -> bytes:
-        """An input message; the template is validated once (P.Input), then only the frame
-        number changes."""
+        """An input message as the client encodes it (P.encode: fields at their defaults left
+        out), with `copies` copies of the frames before it, each the same controller as this
+        player holds one all game; the template is validated once (P.Input), then only the
+        frame number changes."""
         if self._template is None:
-            self._template = P.Input(frame=0, port=self.port).model_dump(mode="python")
-        return msgpack.packb({**self._template, **fields, "frame": frame}, use_bin_type=True)
+            self._template = msgpack.unpackb(P.encode(P.Input(frame=0, port=self.port)))
+        controller = {k: v for k, v in {**self._template, **fields}.items() if k in CONTROLLER}
+        previous = {"previous": [controller] * self.copies} if self.copies else {}
+        message = {**self._template, **fields, **previous, "frame": frame}
+        return msgpack.packb(message, use_bin_type=True)
 
     async def _send(self, ws, stop: asyncio.Event) -> None:
         """With jitter: inputs on the client's own 60 Hz clock, each held back 0..jitter
@@ -149,14 +159,16 @@ class Player:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # closed: ignore
 
 
-async def run_load(base: str, sessions: int, seconds: float, delay: int, jitter: int) -> dict:
+async def run_load(
+    base: str, sessions: int, seconds: float, delay: int, jitter: int, copies: int
+) -> dict:
     async with httpx.AsyncClient(base_url=base, timeout=120) as client:
         created = []
         for _ in range(sessions):
             response = await client.post("/v1/sessions", json={"input_delay": delay})
             response.raise_for_status()
             created.append(response.json())
-        players = [Player(s, port, delay, jitter) for s in created for port in (1, 2)]
+        players = [Player(s, port, delay, jitter, copies) for s in created for port in (1, 2)]
         stop = asyncio.Event()
         tasks = [asyncio.create_task(p.run(stop)) for p in players]
         await asyncio.sleep(3.0)  # connect, warm up
@@ -181,6 +193,7 @@ async def run_load(base: str, sessions: int, seconds: float, delay: int, jitter:
         return metric(after, name) - metric(before, name)
 
     substituted = delta("playmodel_substituted_inputs_total")
+    per_minute = 60.0 / seconds / sessions  # a count in the run -> per minute per session
     latencies = sorted(x for p in players for x in p.latencies)
 
     def q(values, fraction):
@@ -199,6 +212,12 @@ async def run_load(base: str, sessions: int, seconds: float, delay: int, jitter:
         ),
         "late_tick_share": round(late / max(ticks, 1), 5),
         "substituted_input_share": round(substituted / max(1, 2 * ticks * sessions), 5),
+        "copies": copies,
+        "substituted_per_min_per_session": round(substituted * per_minute, 2),
+        "recovered_per_min_per_session": round(
+            delta("playmodel_recovered_inputs_total") * per_minute, 2
+        ),
+        "lost_per_min_per_session": round(delta("playmodel_lost_inputs_total") * per_minute, 2),
         "jitter_frames": jitter,
         "rollbacks": int(delta("playmodel_rollbacks_total")),
         "rolled_back_frames": int(delta("playmodel_rolled_back_frames_total")),
@@ -235,6 +254,14 @@ def main() -> int:
     )
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="the server's --quantize")
     parser.add_argument("--no-record", action="store_true", help="server records nothing")
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=P.REDUNDANT_INPUTS,
+        choices=range(P.REDUNDANT_INPUTS + 1),
+        metavar=f"0..{P.REDUNDANT_INPUTS}",
+        help="copies of earlier frames' inputs each input carries (0: one input per message)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -276,7 +303,7 @@ def main() -> int:
         print(f"# {describe_machine()}; model {health['model']} on {health['device']}")
         results = []
         for n in [int(x) for x in args.sessions.split(",")]:
-            result = run(run_load(base, n, args.seconds, args.delay, args.jitter))
+            result = run(run_load(base, n, args.seconds, args.delay, args.jitter, args.copies))
             results.append(result)
             holds = result["tick_p99_ms"] <= 16.7 and result["late_tick_share"] < 0.001
             print(json.dumps(result), "HOLDS" if holds else "does not hold", flush=True)

@@ -558,7 +558,8 @@ class LiveLoop:
             f"frame {frame}   status {self.status}",
             f"ping {ping}   delay {self.welcome.input_delay} f",
             f"frames received {stats.frames}   skipped {stats.gaps}",
-            f"inputs sent {self.sender.sent}   substituted {substituted or '0'}",
+            f"inputs sent {self.sender.sent}   dropped {self.sender.dropped}   "
+            f"substituted {substituted or '0'}",
             f"rollbacks {stats.rollbacks_per_second():.1f}/s   corrected frames {stats.corrected}",
             *(f"error {e}" for e in list(stats.errors)[-2:]),
         ]

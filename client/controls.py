@@ -22,7 +22,7 @@ from typing import Any
 
 import pygame
 
-from server.protocol import Input
+from server.protocol import Controller, Input
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,8 @@ class ControllerState:
     trigger_r: float = 0.0
     buttons: frozenset[str] = frozenset()
 
-    def to_input(self, frame: int, port: int) -> Input:
-        return Input(
-            frame=frame,
-            port=port,
+    def to_controller(self) -> Controller:
+        return Controller(
             stick_x=self.stick_x,
             stick_y=self.stick_y,
             cstick_x=self.cstick_x,
@@ -103,6 +101,11 @@ class ControllerState:
             trigger_r=self.trigger_r,
             buttons=sorted(self.buttons),
         )
+
+    def to_input(self, frame: int, port: int, previous: list[Controller] = ()) -> Input:
+        """The input for `frame`; `previous`: the controllers sent for the frames before it,
+        newest first (docs/PROTOCOL.md)."""
+        return Input(frame=frame, port=port, previous=list(previous), **dict(self.to_controller()))
 
 
 # ------------------------------------------------------------------------------ gamepads

@@ -278,7 +278,7 @@ class Engine:
         session.frame = int(session.start_snapshot.tensors["frame.frame"])
         session.over = False
         session.result = None
-        session.reset_inputs()
+        self.metrics.lost_inputs.inc(session.reset_inputs())
         log.info("session %s: reset", session.id)
 
     # ------------------------------------------------------------------ the tick loop
@@ -347,7 +347,9 @@ class Engine:
         plan = []
         for session in self.sessions.values():
             if session.status == "running":
+                recovered = sum(session.recovered.values())
                 controls, missing, record = session.controls_for_next_frame()
+                self.metrics.recovered_inputs.inc(sum(session.recovered.values()) - recovered)
                 rollback, session.rollback_from = session.rollback_from, None
                 plan.append((session, session.generation, controls, missing, record, rollback))
                 if missing:
@@ -410,7 +412,12 @@ class Engine:
         for session, start, controls, missing in jobs:
             corrections[session.id] = []
             records = [session.history.get(f) for f in range(start, session.frame + 1)]
-            if not records or any(r is None for r in records) or records[0].before is None:
+            # The device thread drops the frames leaving the window while the loop takes
+            # inputs, so the first frames may be gone (their late inputs are counted lost):
+            # the rest is still re-made, from the first frame that kept its state before.
+            while records and (records[0] is None or records[0].before is None):
+                records.pop(0)
+            if not records or any(r is None for r in records):
                 log.warning("session %s: cannot roll back to frame %d", session.id, start)
                 continue
             carry: dict[int, dict | None] = {port: None for port in session.human_ports}
@@ -439,6 +446,7 @@ class Engine:
                         columns.update({f"p{port}_{k}": v for k, v in value.items()})
                 rec.before = scratch.snapshot(run.game) if still_missing else None
                 rec.used = columns
+                rec.late.clear()
                 run.step = (rec, still_missing)
                 step_controls[run.game] = columns
             results = scratch.step(step_controls)
@@ -546,7 +554,7 @@ class Engine:
             # Frames go in in order (a reset clears the history): the oldest leave first.
             history, oldest_kept = session.history, record.frame - session.rollback_window + 1
             while history and (oldest := next(iter(history))) < oldest_kept:
-                del history[oldest]
+                self.metrics.lost_inputs.inc(session.retire(history.pop(oldest)))
             step_controls[session.game_id] = columns
         # The state before this step of every game stepped without all its inputs (after a
         # reset, often all of them at once), in one copy.

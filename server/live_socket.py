@@ -334,11 +334,16 @@ class LiveSockets:
                     f"frames behind the game (frame {session.frame}); stamp inputs with the "
                     "last frame received plus the input delay",
                 )
+            metrics = self.engine.metrics
             outcome = session.accept_input(message.frame, message.port, controller_columns(message))
             if outcome == "late":
-                self.engine.metrics.late_inputs.inc()
+                metrics.late_inputs.inc()
             elif outcome == "rollback":
-                self.engine.metrics.rollback_inputs.inc()
+                metrics.rollback_inputs.inc()
+            if message.previous:  # copies of the frames before: fill in what never came
+                rollbacks = session.accept_copies(message)
+                metrics.rollback_inputs.inc(rollbacks)
+                metrics.recovered_inputs.inc(rollbacks)
             return None
         if isinstance(message, protocol.Ping):
             connection.offer(

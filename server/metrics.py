@@ -119,6 +119,14 @@ class ServerMetrics:
             "playmodel_late_inputs_total",
             "inputs that arrived too late to use (past the rollback window)",
         )
+        self.recovered_inputs = Counter(
+            "playmodel_recovered_inputs_total",
+            "inputs filled in from the redundant copies a later input carries",
+        )
+        self.lost_inputs = Counter(
+            "playmodel_lost_inputs_total",
+            "inputs that never arrived in time: their frame left the rollback window substituted",
+        )
         self.rollback_inputs = Counter(
             "playmodel_rollback_inputs_total", "late inputs applied by rolling the game back"
         )
@@ -147,6 +155,8 @@ class ServerMetrics:
             self.frames_stepped,
             self.substituted_inputs,
             self.late_inputs,
+            self.recovered_inputs,
+            self.lost_inputs,
             self.rollback_inputs,
             self.rollbacks,
             self.rolled_back_frames,

@@ -76,9 +76,10 @@ def new_token() -> str:
     return secrets.token_hex(24)
 
 
-def controller_columns(message: protocol.Input) -> dict[str, float | int]:
-    """An input message as one player's controller columns (without the `pN_` prefix), as
-    Melee processes them (`model.policies.processed_controller`: Z also presses A, ...)."""
+def controller_columns(message: protocol.Controller) -> dict[str, float | int]:
+    """An input message (or one of its redundant copies) as one player's controller columns
+    (without the `pN_` prefix), as Melee processes them (`model.policies.processed_controller`:
+    Z also presses A, ...)."""
     return processed_controller(
         (message.stick_x, message.stick_y),
         (message.cstick_x, message.cstick_y),
@@ -166,6 +167,7 @@ class FrameRecord:
     used: dict[str, float | int]  # both ports' controller columns, policies' included
     real: dict[int, dict | None]  # human port -> its input if it arrived, else None
     before: Snapshot | None = None  # the state before this frame, kept if an input was missing
+    late: set[int] = field(default_factory=set)  # ports whose input came after, not applied yet
 
 
 @dataclass
@@ -187,8 +189,12 @@ class Session:
     generation: int = 0  # bumped by every reset: frames stepped before it are discarded
     started: bool = False  # every human port has been connected once
     inputs: dict[int, dict[int, dict]] = field(default_factory=dict)  # port -> frame -> columns
+    # Frames not stepped yet whose input came only as a redundant copy in a later input.
+    copies: dict[int, dict[int, dict]] = field(default_factory=dict)  # port -> frame -> columns
     last_input: dict[int, dict] = field(default_factory=dict)
-    substituted: dict[int, int] = field(default_factory=dict)
+    substituted: dict[int, int] = field(default_factory=dict)  # missing when their frame was made
+    recovered: dict[int, int] = field(default_factory=dict)  # inputs filled in from copies
+    lost: dict[int, int] = field(default_factory=dict)  # frames that kept their substitute
     late_inputs: int = 0
     players: dict[int, Connection] = field(default_factory=dict)  # port -> connection
     # The start frame as a recording row (frame id, GroupedRow), made by the first recording.
@@ -225,8 +231,11 @@ class Session:
             setup_info=setup_info,
             frame=int(start_snapshot.tensors["frame.frame"]),
             inputs={p: {} for p in protocol.PORTS},
+            copies={p: {} for p in protocol.PORTS},
             last_input={p: dict(NEUTRAL) for p in protocol.PORTS},
             substituted={p: 0 for p in protocol.PORTS},
+            recovered={p: 0 for p in protocol.PORTS},
+            lost={p: 0 for p in protocol.PORTS},
             rollback_window=rollback_window,
         )
 
@@ -273,17 +282,41 @@ class Session:
             return None
         return self._late_input(frame, port, columns)
 
-    def _late_input(self, frame: int, port: int, columns: dict) -> str:
+    def _late_input(self, frame: int, port: int, columns: dict, copy: bool = False) -> str:
         record = self.history.get(frame)
         if record is None or self.frame - frame >= self.rollback_window:
-            self.late_inputs += 1
+            if not copy:  # a copy of an input is repeated by every message: not a late input
+                self.late_inputs += 1
             return "late"
         if record.real.get(port) is not None:
             return "duplicate"  # that frame was already made with a real input of this port
         record.real[port] = columns
+        record.late.add(port)
+        if copy:
+            self.recovered[port] += 1
         if self.rollback_from is None or frame < self.rollback_from:
             self.rollback_from = frame
         return "rollback"
+
+    def accept_copies(self, message: protocol.Input) -> int:
+        """Fill in, from an input's redundant copies (`message.previous`), the inputs of its
+        port this session lacks: a frame not stepped yet whose own input never came takes its
+        copy (and is not substituted); a frame made with a substitute, still inside the
+        rollback window, takes it by a rollback. Copies of frames that have their input, or
+        are too old to change, are ignored: every message repeats them. Returns how many
+        copies start a rollback. Call it after `accept_input` of the message's own input."""
+        port, rollbacks = message.port, 0
+        for frame, copy in message.controllers():
+            if frame > self.frame:
+                if frame not in self.inputs[port] and frame not in self.copies[port]:
+                    self.copies[port][frame] = controller_columns(copy)
+                continue
+            record = self.history.get(frame)
+            if record is None or record.real.get(port) is not None:
+                continue  # the common case: made with its own input (or long gone)
+            outcome = self._late_input(frame, port, controller_columns(copy), copy=True)
+            rollbacks += outcome == "rollback"
+        return rollbacks
 
     def controls_for_next_frame(self) -> tuple[dict[str, float | int], list[int], FrameRecord]:
         """The human ports' controller columns for frame `self.frame + 1`, the ports whose
@@ -294,10 +327,16 @@ class Session:
         missing = []
         real: dict[int, dict | None] = {}
         for port in self.human_ports:
-            pending = self.inputs[port]
+            pending, copies = self.inputs[port], self.copies[port]
             for stale in sorted(f for f in pending if f < target):
                 self._late_input(stale, port, pending.pop(stale))
+            for stale in sorted(f for f in copies if f < target):
+                self._late_input(stale, port, copies.pop(stale), copy=True)
             value = pending.pop(target, None)
+            copied = copies.pop(target, None)
+            if value is None and copied is not None:
+                value = copied
+                self.recovered[port] += 1
             real[port] = value
             if value is None:
                 value = self.last_input[port]
@@ -309,12 +348,28 @@ class Session:
             columns.update({prefix + k: v for k, v in value.items()})
         return columns, missing, FrameRecord(target, dict(columns), real)
 
-    def reset_inputs(self) -> None:
+    def retire(self, record: FrameRecord) -> int:
+        """`record`'s frame has left the rollback window: its inputs are final. Returns (and
+        counts per port) how many of its human inputs were never applied: they never came, or
+        came too late for a rollback to apply them; their substitute stays in the game."""
+        lost = 0
+        for port, value in record.real.items():
+            if value is None or port in record.late:
+                self.lost[port] += 1
+                lost += 1
+        return lost
+
+    def reset_inputs(self) -> int:
+        """Forget every input and the history (a reset); returns the inputs lost in the
+        frames that were still inside the rollback window."""
+        lost = sum(self.retire(record) for record in self.history.values())
         for port in protocol.PORTS:
             self.inputs[port].clear()
+            self.copies[port].clear()
             self.last_input[port] = dict(NEUTRAL)
         self.history.clear()
         self.rollback_from = None
+        return lost
 
     # ------------------------------------------------------------------ output
     def connections(self) -> list[Connection]:
@@ -331,6 +386,8 @@ class Session:
             "players_connected": sorted(self.players),
             "spectators": len(self.spectators),
             "substituted_inputs": {str(p): n for p, n in self.substituted.items()},
+            "recovered_inputs": {str(p): n for p, n in self.recovered.items()},
+            "lost_inputs": {str(p): n for p, n in self.lost.items()},
             "late_inputs": self.late_inputs,
             "rollbacks": self.rollbacks,
             "recordings": [f"{self.id}-{n}" for n in range(self.games_recorded)],

@@ -44,24 +44,33 @@ def stick_for(frame: int, port: int) -> float:
     return round(((frame * 7 + port * 3) % 17) / 16 - 0.5, 4)
 
 
-def play_both_ports(ws, frames: int, delay: int, check_echo: bool = True) -> list[P.Frame]:
+def play_both_ports(
+    ws, frames: int, delay: int, check_echo: bool = True, copies: int = 0, drop=None
+) -> list[P.Frame]:
     """Drive both ports from one connection for `frames` frames, resetting whenever the game
-    ends; checks frame order and that each frame was made with the inputs stamped for it."""
+    ends; checks frame order and that each frame was made with the inputs stamped for it.
+    `copies`: each input carries the controllers of that many frames before it; `drop(frame,
+    port)`: True for the inputs never sent (lost on the way)."""
     received: list[P.Frame] = []
     welcome, _ = receive_until(ws, P.Welcome)
     last = welcome.frame
     sent: dict[tuple[int, int], float] = {}
 
+    def send(frame: int, port: int) -> None:
+        sent[(frame, port)] = stick_for(frame, port)
+        if drop is not None and drop(frame, port):
+            return
+        previous = [P.Controller(stick_x=stick_for(frame - 1 - i, port)) for i in range(copies)]
+        message = P.Input(frame=frame, port=port, stick_x=sent[(frame, port)], previous=previous)
+        ws.send(P.encode(message))
+
     def send_inputs(current: int) -> None:
         for port in (1, 2):
-            target = current + delay
-            sent[(target, port)] = stick_for(target, port)
-            ws.send(P.encode(P.Input(frame=target, port=port, stick_x=sent[(target, port)])))
+            send(current + delay, port)
 
     for f in range(last + 1, last + 1 + delay):  # the first `delay` frames
         for port in (1, 2):
-            sent[(f, port)] = stick_for(f, port)
-            ws.send(P.encode(P.Input(frame=f, port=port, stick_x=sent[(f, port)])))
+            send(f, port)
     while len(received) < frames:
         message = receive(ws)
         if isinstance(message, P.Status) and message.status == "over":
@@ -74,8 +83,7 @@ def play_both_ports(ws, frames: int, delay: int, check_echo: bool = True) -> lis
             sent.clear()
             for f in range(last + 1, last + 1 + delay):
                 for port in (1, 2):
-                    sent[(f, port)] = stick_for(f, port)
-                    ws.send(P.encode(P.Input(frame=f, port=port, stick_x=sent[(f, port)])))
+                    send(f, port)
             continue
         if not isinstance(message, P.Frame):
             continue
@@ -172,6 +180,31 @@ def test_one_connection_drives_both_ports_and_inputs_land_on_their_frame(server)
     assert len(frames) == 200
     state = httpx.get(f"{server.url}/v1/sessions/{session['session_id']}").json()
     assert state["status"] in ("paused", "running", "over")
+    delete_session(server.url, session)
+
+
+def test_inputs_lost_on_the_way_are_recovered_from_the_next_inputs_copies(server):
+    """Every fourth input of port 2 is never sent, and each input carries copies of the 8
+    frames before it: every frame ends up made with the input stamped for it (from the copy
+    at its step, or by a rollback when the copy came after it) and the server loses none."""
+    session = create_session(server.url, input_delay=2)
+    with open_play(session, ports=(1, 2)) as ws:
+        frames = play_both_ports(
+            ws,
+            300,
+            delay=2,
+            copies=P.REDUNDANT_INPUTS,
+            drop=lambda f, port: port == 2 and f % 4 == 0,
+        )
+    settled = [f for f in frames[:-10] if f.frame > -120]  # the last ones may still be re-made
+    for frame in settled:
+        assert frame.substituted == [], f"frame {frame.frame} was kept with a substitute"
+        for player in frame.players:
+            assert player.stick_x == pytest.approx(stick_for(frame.frame, player.port))
+    state = httpx.get(f"{server.url}/v1/sessions/{session['session_id']}").json()
+    assert state["lost_inputs"] == {"1": 0, "2": 0}
+    assert state["recovered_inputs"]["2"] >= 60  # about one in four of port 2's inputs
+    assert "playmodel_recovered_inputs_total" in httpx.get(f"{server.url}/metrics").text
     delete_session(server.url, session)
 
 
