@@ -3,6 +3,7 @@
     playmodel play                               # local server, start screen, two players
     playmodel play --stage fd --characters fox,marth --no-menu
     playmodel play --cpu 2:approach              # play against a scripted policy
+    playmodel play --lan                         # a friend on the LAN plays port 2
     playmodel play --server http://HOST:8000     # create a session on another server
     playmodel play --server http://HOST:8000 --session ID --token T   # join one
     playmodel play --watch ws://HOST:8000/v1/sessions/ID/watch        # spectate
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pygame
 
-from client import assets
+from client import assets, lan
 from client.controls import ControllerState, Controls, ControlsConfig, InputClock
 from client.net import (
     Connection,
@@ -95,6 +97,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "runs/recordings in the current folder, as playmodel serve; '' records nothing)",
     )
     p.add_argument("--start-replay", metavar="NAME[:ROW]", help="start from a server replay")
+    p.add_argument(
+        "--lan",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="bind the local server to this machine's LAN address (or ADDRESS) with an API "
+        "key, play port 1 here and print the commands a second player and spectators on "
+        "other machines use",
+    )
+    p.add_argument(
+        "--port", type=int, default=None, help="the local server's port (default: a free one)"
+    )
     p.add_argument("--api-key", default=os.environ.get("PLAYMODEL_API_KEY"), help="X-API-Key")
     p.add_argument("--no-menu", action="store_true", help="skip the start screen")
     p.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", help="window WxH")
@@ -110,6 +124,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.session or args.token) and not args.server:
         p.error("--session and --token join a session on --server URL")
+    if (args.lan or args.port is not None) and (args.server or args.watch or args.replay):
+        p.error("--lan and --port are for the local server: not with --server, --watch, --replay")
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))
         args.size = (w, h)
@@ -244,7 +260,7 @@ class App:
         if args.server:
             base = http_base(args.server)
         else:
-            server = LocalServer(checkpoint=args.checkpoint, recordings=args.recordings)
+            server = self._local_server()
             server.start()
             base = server.url
         try:
@@ -267,13 +283,14 @@ class App:
             session = create_session(base, choice.request(args), api_key=args.api_key)
             humans = [p for p in ("1", "2") if p not in choice.policies]
             mine = args.ports.split(",") if args.ports else humans
-            for port in humans:
-                if port not in mine:
-                    print(
-                        f"port {port}: playmodel play --server {base} --session "
-                        f"{session.session_id} --token {session.tokens[port]}"
-                    )
-            print(f"spectators: playmodel play --watch {session.watch_url}")
+            if args.lan and not args.ports:
+                mine = humans[:1]  # the second human port is the friend's
+            if args.lan:
+                print(f"\nThe server listens on {base}. On another machine:", flush=True)
+            for line in lan.invitation(
+                base, session.session_id, session.watch_url, session.tokens, mine
+            ):
+                print(line, flush=True)
             tokens = [session.tokens[p] for p in mine if p in session.tokens]
             if not tokens:
                 raise ValueError("no port to play: every port is a --cpu policy or not in --ports")
@@ -287,6 +304,38 @@ class App:
                 if session is not None and server.process is not None and server.recordings:
                     folder = server.recordings / f"{session.session_id}-0"
                     print(f"recorded: {folder} (a rematch adds -1, -2, ...)")
+
+    def _local_server(self) -> LocalServer:
+        """The local server: on loopback, or with --lan on the LAN address with an API key
+        (a server other machines reach needs one; this window sends it, and the people it
+        invites need none: a port's token admits its player, the session id a spectator)."""
+        args = self.args
+        if not args.lan:
+            return LocalServer(
+                port=args.port, checkpoint=args.checkpoint, recordings=args.recordings
+            )
+        host = args.lan
+        if host == "auto":
+            host = lan.lan_address()
+            if host is None:
+                host = "127.0.0.1"
+                print(
+                    "playmodel play --lan: this machine has no network address besides "
+                    "loopback (no interface up with an address, no default route): the "
+                    "server listens on 127.0.0.1, where only this machine can join. Give "
+                    "the address with --lan ADDRESS.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        args.api_key = args.api_key or secrets.token_urlsafe(24)
+        return LocalServer(
+            port=args.port,
+            reuse_default=False,
+            checkpoint=args.checkpoint,
+            recordings=args.recordings,
+            host=host,
+            api_key=args.api_key,
+        )
 
     def _wait_for(self, server: LocalServer) -> bool:
         """Keep the window alive while the local server loads; False if the user quits."""

@@ -54,6 +54,7 @@ DEFAULT_PORT = 8000
 # relative to the folder the command runs in (server/settings.py).
 RECORDINGS_ENV = "PLAYMODEL_RECORDINGS_DIR"
 DEFAULT_RECORDINGS = Path("runs/recordings")
+API_KEY_ENV = "PLAYMODEL_API_KEY"  # the server's key (server/settings.py)
 
 
 def recordings_folder(value: str | Path | None = None) -> Path | None:
@@ -189,15 +190,25 @@ def ws_url(url: str, tokens: list[str] = ()) -> str:
 
 
 # ------------------------------------------------------------------------------ local server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def url_host(host: str) -> str:
+    """A host as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class LocalServer:
     """`python -m server serve` in a subprocess on a free loopback port, or the server
-    already answering on the default port. Stop it with `stop()` (only if we started it)."""
+    already answering on the default port. Stop it with `stop()` (only if we started it).
+
+    `host`: the address to bind instead of 127.0.0.1 (`play --lan`: the LAN address, so that
+    other machines can join); `api_key`: the key the server is started with
+    (PLAYMODEL_API_KEY), which a server reachable from other machines needs."""
 
     def __init__(
         self,
@@ -205,8 +216,12 @@ class LocalServer:
         reuse_default: bool = True,
         checkpoint: Path | None = None,
         recordings: str | Path | None = None,
+        host: str = "127.0.0.1",
+        api_key: str | None = None,
     ):
         self.process: subprocess.Popen | None = None
+        self.host = host
+        self.api_key = api_key
         # The server runs in the repository's folder: its recordings folder is resolved here,
         # against the folder this command runs in, as `playmodel serve` resolves its own
         # (None: $PLAYMODEL_RECORDINGS_DIR or runs/recordings; "": no recordings).
@@ -227,18 +242,20 @@ class LocalServer:
             log.info("using the server already running at %s", default)
             self.url = default
             return
-        self.port = self.port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = self.port or free_port(self.host)
+        self.url = f"http://{url_host(self.host)}:{self.port}"
         handle, name = tempfile.mkstemp(prefix="playmodel-server-", suffix=".log")
         self.log_path = Path(name)
         command = self.command or [
             *(sys.executable, "-m", "server", "serve"),
-            *("--host", "127.0.0.1", "--port", str(self.port)),
+            *("--host", self.host, "--port", str(self.port)),
             *(("--checkpoint", str(self.checkpoint.resolve())) if self.checkpoint else ()),
         ]
         log.info("starting a local server: %s (log: %s)", " ".join(command), name)
         repo = Path(__file__).resolve().parent.parent
         env = {**os.environ, RECORDINGS_ENV: str(self.recordings or "")}
+        if self.api_key is not None:
+            env[API_KEY_ENV] = self.api_key  # in the environment: never on a command line
         if self.recordings is not None:
             log.info("games are recorded in %s", self.recordings)
         with open(handle, "wb", closefd=True) as out:

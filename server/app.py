@@ -10,6 +10,7 @@ lifespan, never at import.
     WS     /v1/sessions/{id}/play?token=T[&token=T2]
     WS     /v1/sessions/{id}/watch
     GET    /watch/{id}                  the browser spectator page
+    GET    /assets/characters.json      character sizes and hitboxes, for that page
     POST   /v1/matches                  -> 202, runs in the background
     GET    /v1/matches/{id}[?wait=true]
     GET    /v1/matches/{id}/frames[?format=json|parquet]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import io
 import json
@@ -68,6 +70,16 @@ log = logging.getLogger(__name__)
 
 RECORDING_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WATCH_PAGE = Path(__file__).resolve().parent / "static" / "watch.html"
+CHARACTERS_JSON = Path(__file__).resolve().parent.parent / "assets" / "characters.json"
+
+
+@functools.cache
+def character_data() -> bytes:
+    """What the spectator page draws characters with, as the pygame client does
+    (client/figures.py): assets/characters.json's sizes and hitboxes, compact."""
+    table = json.loads(CHARACTERS_JSON.read_text(encoding="utf-8"))
+    subset = {key: table[key] for key in ("source", "characters", "hitboxes")}
+    return json.dumps(subset, separators=(",", ":")).encode()
 
 
 def match_frames_body(result: MatchResult, format: str) -> tuple[bytes, str]:
@@ -339,6 +351,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         """The browser spectator page: static HTML drawing the watch websocket on a canvas."""
         session_or_404(request, session_id)
         return HTMLResponse(WATCH_PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/assets/characters.json")
+    async def characters() -> Response:
+        """Public data (libmelee's tables), like the page itself: no key."""
+        return Response(
+            character_data(),
+            media_type="application/json",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     # ------------------------------------------------------------------ matches
     @app.post("/v1/matches", status_code=202, dependencies=[Depends(require_key)])

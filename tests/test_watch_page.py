@@ -27,12 +27,15 @@ import msgpack
 import pytest
 from websockets.sync.client import connect
 
+from client import figures
+from server.protocol import Player
 from server.serve import ServerThread
 from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "server" / "static" / "watch.html"
 STAGES_JSON = ROOT / "assets" / "stages.json"
+CHARACTERS_JSON = ROOT / "assets" / "characters.json"
 COLOURS = {1: (0xE8, 0x45, 0x3C), 2: (0x3C, 0x7B, 0xE8)}  # the page's PLAYER_COLOURS
 WINDOW = (960, 600)
 
@@ -251,8 +254,12 @@ FREEZE = """(() => {
     if (!s || !s.welcome || s.framesDrawn < 30) return null;
     const frame = s.freeze();  // draws the newest frame once more, then stops drawing
     if (!frame) { s.paused = false; return null; }
+    const centres = frame.players.map((p) => {
+        const figure = s.figures.layout(p, ...s.feet(p, frame.frame), null);
+        return s.worldToScreen(...figure.centre);
+    });
     return {frame, stage: s.welcome.stage, ratio: window.devicePixelRatio, errors: s.errors,
-            points: frame.players.map((p) => s.worldToScreen(p.x, p.y))};
+            points: frame.players.map((p) => s.worldToScreen(p.x, p.y)), centres};
 })()"""
 
 
@@ -286,16 +293,168 @@ def test_the_page_draws_both_characters_where_the_frame_says(server, session, br
     assert pixels.shape[:2] == (round(WINDOW[1] * ratio), round(WINDOW[0] * ratio))
     frame = shown["frame"]
     assert [p["port"] for p in frame["players"]] == [1, 2]
-    for player, (px, py) in zip(frame["players"], shown["points"], strict=True):
-        x, y = px * ratio, (py - 8) * ratio  # the body stands on the position: just above it
-        assert colour_near(pixels, x, y, COLOURS[player["port"]]), (
+    for player, (px, py), (cx, cy) in zip(
+        frame["players"], shown["points"], shown["centres"], strict=True
+    ):
+        # The figure stands on the position (or the stage under it): its torso above.
+        assert cy < py + 1 and abs(cx - px) < 40
+        x, y = cx * ratio, cy * ratio
+        assert colour_near(pixels, x, y, COLOURS[player["port"]], box=3), (
             f"no P{player['port']} colour near ({x:.0f}, {y:.0f}), where frame {frame['frame']} "
             f"puts it at ({player['x']:.1f}, {player['y']:.1f})"
         )
-        ox, oy = shown["points"][2 - player["port"]]
-        if math.dist((px, py), (ox, oy)) > 40:  # apart: the other player's colour is not here
+        ox, oy = shown["centres"][2 - player["port"]]
+        if math.dist((cx, cy), (ox, oy)) > 40:  # apart: the other player's colour is not here
             assert not colour_near(pixels, x, y, COLOURS[3 - player["port"]], box=3)
     assert shown["errors"] == [] and browser.problems == [], (shown["errors"], browser.problems)
+
+
+# ------------------------------------------------------------------------- characters
+def test_character_data_route_serves_sizes_and_hitboxes_without_a_key(server):
+    answer = httpx.get(f"{server.url}/assets/characters.json", timeout=30)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/json")
+    table = json.loads(CHARACTERS_JSON.read_text(encoding="utf-8"))
+    served = answer.json()
+    assert served["characters"] == table["characters"]
+    assert served["hitboxes"] == table["hitboxes"]
+
+
+def wire_player(**fields) -> Player:
+    """A player as the wire carries it: Fox standing at the origin, facing right."""
+    base = dict(
+        port=1, character=1, x=0.0, y=0.0, percent=0.0, shield=60.0, stocks=4, facing=1,
+        action=14, action_name="STANDING", category="idle", state_age=0.0, airborne=False,
+        jumps=2, hitlag=0.0, hitstun=0.0, invulnerable=False, stick_x=0.0, stick_y=0.0,
+        buttons=0,
+    )  # fmt: skip
+    return Player(**{**base, **fields})
+
+
+MARTH, FOX, JIGGLYPUFF, BOWSER, FALCO = 18, 1, 15, 5, 22
+# One of each pose, with actions that have hitboxes on the frame: Marth's jab (44) on its
+# frames 4-7, Fox's neutral air (65) on 4-31, Falco's jab on 2-3.
+FIGURE_CASES = [
+    dict(character=MARTH, action=44, state_age=4.0),  # jab: hitboxes, the arm reaches
+    dict(character=MARTH, action=44, state_age=4.0, facing=-1),
+    dict(character=FALCO, action=44, state_age=1.0),
+    dict(character=FOX, action=65, state_age=10.0, airborne=True),  # neutral air
+    dict(character=FOX, action=179, shield=30.0),  # shield, half health
+    dict(character=MARTH, action=40),  # crouch
+    dict(character=FOX, action=252, x=66.0, y=-20.0, facing=-1),  # hanging from the ledge
+    dict(character=FOX, action=38, state_age=7.0, airborne=True),  # tumbling
+    dict(character=BOWSER, action=184),  # lying
+    dict(character=JIGGLYPUFF, action=75),  # reeling
+    dict(character=FALCO, action=21, facing=-1),  # running
+    dict(character=MARTH, action=212),  # grab
+    dict(character=BOWSER, action=14),
+    dict(character=JIGGLYPUFF, action=25, airborne=True),
+]
+
+
+def open_page(browser, server, session) -> None:
+    if browser.evaluate("typeof window.spectator") != "object":
+        browser.call("Page.navigate", url=f"{server.url}/watch/{session['session_id']}")
+        browser.wait_for("typeof window.spectator === 'object'")
+    browser.wait_for("window.spectator.charactersLoaded === true")
+
+
+def test_page_loads_the_character_data_and_poses_as_the_client_does(browser, server, session):
+    open_page(browser, server, session)
+    ids = list(range(400))
+    got = browser.evaluate(
+        f"""[false, true].map((airborne) => {json.dumps(ids)}.map(
+            (action) => window.spectator.figures.poseOf({{action, airborne}})))"""
+    )
+    for airborne, poses in zip((False, True), got, strict=True):
+        expected = [figures.pose_of(wire_player(action=a, airborne=airborne)) for a in ids]
+        assert poses == expected, airborne
+    sizes = browser.evaluate("[1, 2, 15, 5, 18, 99].map((c) => window.spectator.figures.size(c))")
+    from client import assets
+
+    assert sizes == [assets.character_size(c) for c in (1, 2, 15, 5, 18, 99)]
+
+
+def test_page_lays_figures_and_hitboxes_out_as_the_client_does(browser, server, session):
+    open_page(browser, server, session)
+    players = [wire_player(**case) for case in FIGURE_CASES]
+    ledge = (68.4, 0.0001)
+    got = browser.evaluate(
+        f"""{json.dumps([p.model_dump() for p in players])}.map((p) => {{
+            const f = window.spectator.figures.layout(p, p.x, p.y, {json.dumps(ledge)});
+            return {{parts: f.parts.map((q) => [q.part.kind, q.part.layer, q.a, q.b, q.r]),
+                     centre: f.centre, eye: f.eye, eyeR: f.eyeR, top: f.top, pose: f.pose,
+                     hitboxes: window.spectator.figures.activeHitboxes(p),
+                     shield: window.spectator.figures.shieldRadius(p)}};
+        }})"""
+    )
+    boxes_seen = 0
+    for player, js in zip(players, got, strict=True):
+        py = figures.layout(player, player.x, player.y, ledge)
+        assert js["pose"] == figures.pose_of(player)
+        expected = [[p.kind, p.layer, list(a), list(b), r] for p, a, b, r in py.parts]
+        assert len(js["parts"]) == len(expected), player
+        for mine, theirs in zip(js["parts"], expected, strict=True):
+            assert mine[:2] == theirs[:2]
+            assert [*mine[2], *mine[3]] == pytest.approx([*theirs[2], *theirs[3]], abs=1e-9)
+            assert mine[4] == pytest.approx(theirs[4], abs=1e-9)
+        assert js["centre"] == pytest.approx(list(py.centre), abs=1e-9)
+        assert js["eye"] == pytest.approx(list(py.eye), abs=1e-9)
+        assert js["eyeR"] == pytest.approx(py.eye_r) and js["top"] == pytest.approx(py.top)
+        assert js["shield"] == pytest.approx(figures.shield_radius(player))
+        hitboxes = figures.active_hitboxes(player)
+        flat = [v for h in hitboxes for v in h]
+        assert [v for h in js["hitboxes"] for v in h] == pytest.approx(flat, abs=1e-9)
+        boxes_seen += len(hitboxes)
+    assert boxes_seen >= 8  # the jabs and the aerial have theirs
+
+
+def test_page_draws_figures_a_hitbox_and_a_shield(browser, server, session):
+    """A frame made here (Marth jabbing with his hitboxes out, Fox shielding), shown as if the
+    server had sent it, is drawn with the figures, the hitbox discs and the bubble."""
+    open_page(browser, server, session)
+    marth = wire_player(port=1, character=MARTH, x=-25.0, action=44, state_age=4.0,
+                        action_name="ATTACK_11", category="ground_attack")  # fmt: skip
+    fox = wire_player(port=2, character=FOX, x=25.0, facing=-1, action=179,
+                      action_name="SHIELD", category="shield_dodge")  # fmt: skip
+    message = {
+        "type": "frame", "frame": 500, "players": [marth.model_dump(), fox.model_dump()],
+        "projectiles": [], "events": [], "substituted": [], "corrected": False,
+    }  # fmt: skip
+    shown = browser.evaluate(
+        f"""(() => {{
+            const s = window.spectator;
+            s.paused = false;
+            s.receive({json.dumps(message)});
+            const frame = s.freeze();
+            const at = (p) => {{
+                const f = s.figures.layout(p, ...s.feet(p, frame.frame), null);
+                return {{centre: s.worldToScreen(...f.centre), head: s.worldToScreen(...f.eye)}};
+            }};
+            const scale = s.worldToScreen(1, 0)[0] - s.worldToScreen(0, 0)[0];
+            return {{frame: frame.frame, scale, figures: frame.players.map(at),
+                     hitboxes: s.figures.activeHitboxes(frame.players[0])
+                         .map(([x, y, r]) => [...s.worldToScreen(x, y), r * scale]),
+                     shield: s.figures.shieldRadius(frame.players[1]) * scale}};
+        }})()"""
+    )
+    try:
+        assert shown["frame"] == 500 and len(shown["hitboxes"]) == 4
+        pixels = read_png(base64.b64decode(browser.call("Page.captureScreenshot")["data"]))
+        for port, figure in zip((1, 2), shown["figures"], strict=True):
+            assert colour_near(pixels, *figure["centre"], COLOURS[port], box=2), port
+        # Each hitbox's light edge is drawn where the frame data puts it.
+        for x, y, r in shown["hitboxes"]:
+            radius = max(2.0, r)
+            assert colour_near(pixels, x, y - radius, (255, 225, 225), box=2), (x, y, r)
+        # The bubble: P2's blue over the background, beside the body.
+        cx, cy = shown["figures"][1]["centre"]
+        bx = int(cx + 0.8 * shown["shield"])  # behind Fox (he faces left)
+        r, g, b = (int(v) for v in pixels[int(cy), bx])
+        assert b - r > 50, (r, g, b)
+        assert browser.problems == []
+    finally:
+        browser.evaluate("window.spectator.paused = false")
 
 
 # Values that exercise every msgpack type and width the page's codec handles.
