@@ -1,12 +1,13 @@
-# Two entry points for a fresh Linux machine with Python 3.11 (see README.md):
+# Entry points for a fresh Linux machine with Python 3.11 (see README.md):
 #   make play   set up .venv and run the main job on the bundled defaults
 #   make test   set up .venv and run the test suite
+#   make check-image   build and run the GPU image with podman (docs/DEPLOY.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: play test lint bench clean-venv
+.PHONY: play test lint bench check-image clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/parse.py
+
+# Builds Dockerfile.gpu on a stand-in base and runs it with podman (Debian 12, as root; long:
+# docs/DEPLOY.md, "Checking the image without Docker or a GPU"). Not part of `make test`.
+check-image:
+	deploy/check-image.sh
 
 clean-venv:
 	rm -rf $(VENV)
