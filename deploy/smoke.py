@@ -46,7 +46,9 @@ def wait_healthy(base: str, timeout: float) -> dict:
                 return json.loads(answer.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             if time.monotonic() > deadline:
-                raise SystemExit(f"smoke: {base}/healthz did not answer in {timeout:.0f} s: {e}")
+                raise SystemExit(
+                    f"smoke: {base}/healthz did not answer in {timeout:.0f} s: {e}"
+                ) from e
             time.sleep(1)
 
 
@@ -105,7 +107,9 @@ def main() -> None:
 
     body = {"p1": "approach", "p2": "random", "max_frames": MATCH_FRAMES, "seed": 2}
     _, job = call(base, "POST", "/v1/matches", args.api_key, body)
-    _, done = call(base, "GET", f"/v1/matches/{job['match_id']}?wait=true&timeout=300", args.api_key)
+    _, done = call(
+        base, "GET", f"/v1/matches/{job['match_id']}?wait=true&timeout=300", args.api_key
+    )
     if done["status"] != "done":
         raise SystemExit(f"smoke: match {job['match_id']} ended {done['status']}: {done}")
     print(

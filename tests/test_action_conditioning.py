@@ -22,7 +22,7 @@ from model.simulation import GameSetup, Simulation
 from model.world_model import WorldModel
 from training.losses import compute_losses
 from training.replay_reader import read_replay
-from training.train import init_weights, next_actions, split_window
+from training.train import TrainConfig, init_weights, make_optimizer, next_actions, split_window
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"
 TINY = ModelConfig(
@@ -171,3 +171,18 @@ def test_checkpoint_round_trip_and_int8(model, windows, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert c["p1_action"].shape[-1] == ACTION_COLUMNS.stop - ACTION_COLUMNS.start
     assert torch.isfinite(c["p1_vel_self_y"]).all()
+
+
+def test_the_action_tables_learn_at_their_own_rate_without_decay(model):
+    config = TrainConfig(lr=1e-3, weight_decay=0.1, condition_lr_scale=10.0)
+    groups = make_optimizer(model, config).param_groups
+    tables = groups[-1]
+    conditioner = model.heads.conditioner
+    assert {id(p) for p in tables["params"]} == {
+        id(conditioner.action.weight),
+        id(conditioner.age.weight),
+    }
+    assert (tables["weight_decay"], tables["lr_scale"]) == (0.0, 10.0)
+    # An unconditioned model keeps the two groups its saved optimiser states have.
+    plain = WorldModel(dataclasses.replace(TINY, action_conditioned=False))
+    assert len(make_optimizer(plain, config).param_groups) == 2

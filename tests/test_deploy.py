@@ -291,8 +291,10 @@ def test_check_image_smoke_client_plays_a_session_and_a_match(tmp_path):
     settings = ServerSettings(port=0, api_key="smoke-key", recordings_dir=tmp_path)
     with ServerThread(settings) as server:
         result = subprocess.run(
-            [sys.executable, str(REPO / "deploy" / "smoke.py"), server.url]
-            + ["--api-key", "smoke-key", "--wait", "30"],
+            [
+                *(sys.executable, str(REPO / "deploy" / "smoke.py"), server.url),
+                *("--api-key", "smoke-key", "--wait", "30"),
+            ],
             capture_output=True,
             text=True,
             timeout=300,
