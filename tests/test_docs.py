@@ -123,6 +123,8 @@ NOT_RUN = {
     "tensorboard": "a viewer that keeps running",
     "ssh ": "a tunnel to a remote pod",
     "grep frames_per_s": "reads a training run's metrics (the key is checked below)",
+    "deploy/check-image.sh": "needs root, podman and half an hour (tests/test_deploy.py runs its"
+    " --plan and its smoke client)",
 }
 
 
