@@ -14,11 +14,12 @@ slots, width), which the dict keeps (`Predictions`), so that decoding reads them
 `head_targets` computes, from two consecutive frames, the values the heads are trained towards,
 so that decoding a perfect prediction reproduces the next frame.
 
-With `ModelConfig.action_conditioned`, every player head but the action's is corrected by an
-`ActionConditioner` given the action of the predicted frame and its age: the real next action
-in training (teacher forcing), the heads' own choice when predicting (argmax with the copy
-prior, or a sample drawn by `pick_action`). The action logits then carry that choice alone, so
-that decoding, at any temperature, picks the action the other fields were predicted for.
+With `ModelConfig.action_conditioned`, every player head but the action's and the facing's is
+corrected by an `ActionConditioner` given the action of the predicted frame, its age and the
+facing (the x heads' corrections point where the character faces): the real ones in training
+(teacher forcing), the heads' own choice when predicting (argmax with the copy prior, or an
+action sampled by `pick_action`). The action and facing logits then carry that choice alone,
+so that decoding, at any temperature, picks what the other fields were predicted for.
 """
 
 from __future__ import annotations
@@ -55,16 +56,26 @@ PLAYER_WIDTHS = [head_width(s) for s in fs.PLAYER_HEADS]
 ITEM_WIDTHS = [head_width(s) for s in fs.ITEM_HEADS]
 
 
-def _action_columns() -> slice:
+def _column_of(name: str) -> int:
+    """Where a player head starts in a row of the heads' output."""
     start = 0
     for spec in fs.PLAYER_HEADS:
-        if spec.name == "action":
-            return slice(start, start + spec.vocab)
+        if spec.name == name:
+            return start
         start += head_width(spec)
-    raise AssertionError("no action head")
+    raise AssertionError(f"no player head {name}")
+
+
+def _action_columns() -> slice:
+    start = _column_of("action")
+    return slice(start, start + gs.ACTION_VOCAB)
 
 
 ACTION_COLUMNS = _action_columns()
+FACING_COLUMN = _column_of("facing")
+# The heads whose sign is a direction along x: the position residual and the own speeds.
+X_COLUMNS = torch.tensor([False] * sum(PLAYER_WIDTHS))
+X_COLUMNS[[_column_of(n) for n in ("x", "vel_self_x_air", "vel_self_x_ground")]] = True
 
 # Action logits (*lead, 2, vocab), copy prior added -> the chosen action classes (*lead, 2).
 ActionPicker = Callable[[Tensor], Tensor]
@@ -85,13 +96,23 @@ class ActionConditioner(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         keep = torch.ones(sum(PLAYER_WIDTHS))
-        keep[ACTION_COLUMNS] = 0  # the action's own logits are not conditioned on it
+        keep[ACTION_COLUMNS] = 0  # the action's and facing's own logits are not conditioned
+        keep[FACING_COLUMN] = 0
         self.register_buffer("keep", keep, persistent=False)
 
     def forward(self, h: Tensor, action: Tensor, age: Tensor) -> Tensor:
         """h (*lead, d_model), action and age classes (*lead, 2) -> (*lead, 2, player width)."""
         hidden = self.hidden(h).unflatten(-1, (2, -1)) + self.action(action) + self.age(age)
         return self.out(torch.nn.functional.gelu(hidden)) * self.keep.to(h.dtype)
+
+
+def _with_columns(row: Tensor, pieces: list[tuple[int, Tensor]]) -> Tensor:
+    """`row` (*lead, width) with its columns from each piece's start replaced by the piece."""
+    parts, at = [], 0
+    for start, piece in sorted(pieces, key=lambda p: p[0]):
+        parts += [row[..., at:start], piece]
+        at = start + piece.shape[-1]
+    return torch.cat([*parts, row[..., at:]], -1)
 
 
 class FrameHeads(nn.Module):
@@ -107,18 +128,20 @@ class FrameHeads(nn.Module):
         self,
         h: Tensor,
         prev: dict[str, Tensor] | None = None,
-        next_action: Tensor | None = None,
+        teacher: Tensor | None = None,
         pick_action: ActionPicker | None = None,
     ) -> Predictions:
         """h: (*lead, d_model) -> dict of predictions (see module docstring).
 
-        A conditioned model also reads `prev` (the frame before: its actions and their ages)
-        and conditions on `next_action` (*lead, 2) game ids when given (training), else on
-        its own choice: `pick_action(action logits with the copy prior)`, argmax by default.
+        A conditioned model also reads `prev` (the frame before: its actions, their ages and
+        facings) and conditions on `teacher` (*lead, 2, 2), each player's real action id and
+        facing (+-1) in the predicted frame, when given (training); else on its own choice:
+        `pick_action(action logits with the copy prior)`, argmax by default, and the facing
+        its logit with the copy prior gives.
         """
         players = self.player(h).unflatten(-1, (2, -1))  # (*lead, 2, sum widths)
         if self.conditioner is not None:
-            players = self._conditioned(h, players, prev, next_action, pick_action)
+            players = self._conditioned(h, players, prev, teacher, pick_action)
         slots = self.item_hidden(h).unflatten(-1, (gs.ITEM_SLOTS, -1))  # (*lead, slots, hid)
         items = self.item_out(torch.nn.functional.gelu(slots))  # (*lead, slots, sum widths)
         return split_outputs(players, items)
@@ -128,31 +151,43 @@ class FrameHeads(nn.Module):
         h: Tensor,
         players: Tensor,
         prev: dict[str, Tensor] | None,
-        next_action: Tensor | None,
+        teacher: Tensor | None,
         pick_action: ActionPicker | None,
     ) -> Tensor:
         if prev is None:
             raise ValueError("an action-conditioned model needs the previous frame (prev)")
-        last = fs.to_class("action", torch.stack([prev[f"{p}_action"] for p in gs.PLAYERS], -1))
-        last_age = torch.stack([prev[f"{p}_state_age"] for p in gs.PLAYERS], -1).long()
-        chosen_here = next_action is None
+
+        def both(name: str) -> Tensor:
+            return torch.stack([prev[f"{p}_{name}"] for p in gs.PLAYERS], -1)
+
+        last, last_age = fs.to_class("action", both("action")), both("state_age").long()
+        chosen_here = teacher is None
         if chosen_here:
             logits = players[..., ACTION_COLUMNS]
             bonus = math.log(gs.ACTION_VOCAB) + COPY_PRIOR
             logits = logits + bonus * nn.functional.one_hot(last, gs.ACTION_VOCAB).to(logits.dtype)
             action = logits.argmax(-1) if pick_action is None else pick_action(logits)
+            facing_logit = players[..., FACING_COLUMN].float()
+            facing_logit = facing_logit + COPY_PRIOR * torch.where(both("facing") > 0, 1.0, -1.0)
+            facing = torch.where(facing_logit > 0, 1.0, -1.0)
         else:
-            action = fs.to_class("action", next_action)
+            action = fs.to_class("action", teacher[..., 0])
+            facing = torch.where(teacher[..., 1] > 0, 1.0, -1.0)
         age = torch.where(action == last, last_age + 1, torch.zeros_like(last_age))
         age = age.clamp(0, CONDITION_AGES - 1)
-        players = players + self.conditioner(h, action, age).to(players.dtype)
-        if chosen_here:  # decoding must pick the action the other heads were conditioned on
+        correction = self.conditioner(h, action, age)
+        # A speed an action sets points where the character faces (a roll forward, a dash):
+        # the correction of the x heads is learned facing forward, so that one table row
+        # serves both sides, which mirrored data would otherwise average to nothing.
+        sign = torch.where(X_COLUMNS.to(h.device), facing.unsqueeze(-1), 1.0)
+        players = players + (correction * sign.to(correction.dtype)).to(players.dtype)
+        if chosen_here:  # decoding must pick what the other heads were conditioned on
             chosen = nn.functional.one_hot(action, gs.ACTION_VOCAB).bool()
             unchosen = torch.full_like(players[..., ACTION_COLUMNS], UNCHOSEN_LOGIT)
             logits = torch.where(chosen, torch.zeros_like(unchosen), unchosen)
-            players = torch.cat(
-                [players[..., : ACTION_COLUMNS.start], logits, players[..., ACTION_COLUMNS.stop :]],
-                -1,
+            facing_logit = (facing * -UNCHOSEN_LOGIT).to(players.dtype).unsqueeze(-1)
+            players = _with_columns(
+                players, [(ACTION_COLUMNS.start, logits), (FACING_COLUMN, facing_logit)]
             )
         return players
 

@@ -9,9 +9,9 @@ cache (`WorldModelCache`, one `Mamba2Cache` per layer):
 - `step(prev, controls, cache)`: one frame for a batch of games, updating the cache in place;
 - `heads.decode(preds, prev, controls)`: predictions -> the next frame.
 
-An action-conditioned model (`ModelConfig.action_conditioned`) also takes `next_action`, the
-real actions of the predicted frames (B, T, 2) or (B, 2), in training; without it, it conditions
-on its own choice (`model.heads`).
+An action-conditioned model (`ModelConfig.action_conditioned`) also takes `teacher`, the real
+action id and facing of each player in the predicted frames, (B, T, 2, 2) or (B, 2, 2), in
+training; without it, it conditions on its own choice (`model.heads`).
 
 The residual stream is kept in fp32 even when the weights are bf16 (`model.to(torch.bfloat16)`,
 which halves the bytes a CPU step streams from memory) or the mixers run under autocast.
@@ -111,21 +111,21 @@ class WorldModel(nn.Module):
         prev: dict[str, Tensor],
         controls: dict[str, Tensor],
         cache: WorldModelCache | None = None,
-        next_action: Tensor | None = None,
+        teacher: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Sequences (B, T) -> predictions at every position (B, T, ...). With `cache`, the
         sequence continues from it and the cache ends holding the state after position T-1."""
         x = self.encoder(prev, controls).float()  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i])  # (B, T, d_model)
-        return self._heads(x, prev, next_action)
+        return self._heads(x, prev, teacher)
 
     def step(
         self,
         prev: dict[str, Tensor],
         controls: dict[str, Tensor],
         cache: WorldModelCache,
-        next_action: Tensor | None = None,
+        teacher: Tensor | None = None,
         pick_action: ActionPicker | None = None,
     ) -> dict[str, Tensor]:
         """One frame for a batch of games: (B,) -> predictions (B, ...); updates `cache`.
@@ -133,18 +133,18 @@ class WorldModel(nn.Module):
         x = self.encoder(prev, controls).float()  # (B, d_model)
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
             x = block.step(x, layer_cache)  # (B, d_model)
-        return self._heads(x, prev, next_action, pick_action)
+        return self._heads(x, prev, teacher, pick_action)
 
     def _heads(
         self,
         x: Tensor,
         prev: dict[str, Tensor],
-        next_action: Tensor | None = None,
+        teacher: Tensor | None = None,
         pick_action: ActionPicker | None = None,
     ) -> dict[str, Tensor]:
         # The heads' dtype, read from item_out, which model.quantize leaves as it is.
         h = self.norm_f(x).to(self.heads.item_out.weight.dtype)
-        return self.heads(h, prev, next_action, pick_action)
+        return self.heads(h, prev, teacher, pick_action)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

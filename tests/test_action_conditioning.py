@@ -4,6 +4,7 @@ model's own choice, which decoding then keeps; old checkpoints start such a mode
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from model.simulation import GameSetup, Simulation
 from model.world_model import WorldModel
 from training.losses import compute_losses
 from training.replay_reader import read_replay
-from training.train import TrainConfig, init_weights, make_optimizer, next_actions, split_window
+from training.train import TrainConfig, init_weights, make_optimizer, split_window, teacher_choices
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"
 TINY = ModelConfig(
@@ -67,10 +68,10 @@ def test_an_unconditioned_checkpoint_starts_a_conditioned_run_unchanged(windows)
     prev, controls, target = windows
     with torch.no_grad():
         before = base(prev, controls)
-        taught = conditioned(prev, controls, next_action=next_actions(target))
+        taught = conditioned(prev, controls, teacher=teacher_choices(target))
         free = conditioned(prev, controls)
     for key in before:
-        if key.endswith("_action"):
+        if key.endswith(("_action", "_facing")):  # masked to the choice (test below)
             continue
         assert torch.allclose(before[key], taught[key], atol=1e-5), key
         assert torch.allclose(before[key], free[key], atol=1e-5), key
@@ -87,15 +88,35 @@ def test_init_from_a_checkpoint_of_another_model_names_the_field(model, tmp_path
 
 def test_the_speeds_follow_the_action_they_are_predicted_for(model, windows):
     prev, controls, target = windows
-    real = next_actions(target)
-    other = torch.full_like(real, 233)  # ROLL_FORWARD, wherever the real action is not
+    real = teacher_choices(target)
+    other = real.clone()
+    other[..., 0] = 233  # ROLL_FORWARD, wherever the real action is not
     with torch.no_grad():
-        taught = model(prev, controls, next_action=real)
-        rolled = model(prev, controls, next_action=other)
+        taught = model(prev, controls, teacher=real)
+        rolled = model(prev, controls, teacher=other)
     for key in VELOCITIES:
         assert not torch.allclose(taught[key], rolled[key]), key
     # The action's own logits do not depend on the action they choose.
     assert torch.equal(taught["p1_action"], rolled["p1_action"])
+
+
+def test_an_actions_x_speeds_point_where_the_character_faces(model, windows):
+    prev, controls, target = windows
+    right, left = teacher_choices(target), teacher_choices(target)
+    right[..., 1], left[..., 1] = 1, -1
+    uncorrected = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in uncorrected.heads.conditioner.out.parameters():
+            parameter.zero_()
+        base = uncorrected(prev, controls, teacher=right)
+        faces_right = model(prev, controls, teacher=right)
+        faces_left = model(prev, controls, teacher=left)
+    for key in ("p1_vel_self_x_ground", "p1_vel_self_x_air", "p1_x"):
+        towards_right = faces_right[key] - base[key]
+        assert towards_right.abs().max() > 0, key
+        assert torch.allclose(faces_left[key] - base[key], -towards_right, atol=1e-5), key
+    for key in ("p1_vel_self_y", "p1_vel_knockback_x"):  # not a direction along x
+        assert torch.allclose(faces_right[key], faces_left[key]), key
 
 
 def test_prediction_conditions_on_its_own_choice_and_decoding_keeps_it(model, windows):
@@ -103,29 +124,33 @@ def test_prediction_conditions_on_its_own_choice_and_decoding_keeps_it(model, wi
     with torch.no_grad():
         free = model(prev, controls)
         chosen = free["p1_action"].argmax(-1), free["p2_action"].argmax(-1)
-        taught = model(prev, controls, next_action=torch.stack(chosen, -1))
+        facing = (
+            torch.where(free["p1_facing"] > 0, 1, -1),
+            torch.where(free["p2_facing"] > 0, 1, -1),
+        )
+        own = torch.stack([torch.stack(chosen, -1), torch.stack(facing, -1)], -1)
+        taught = model(prev, controls, teacher=own)
     for key in VELOCITIES:
         assert torch.allclose(free[key], taught[key], atol=1e-6), key
-    for seed in (1, 2):  # a sample at any temperature picks the conditioned-on action
+    for seed in (1, 2):  # a sample at any temperature picks the conditioned-on choice
         generator = torch.Generator().manual_seed(seed)
         frame = decode(free, prev, controls, temperature=1.5, generator=generator)
         assert torch.equal(frame["p1_action"], chosen[0])
         assert torch.equal(frame["p2_action"], chosen[1])
+        assert torch.equal(frame["p1_facing"], facing[0])
 
 
 def test_training_teaches_the_conditioner_from_the_real_next_action(model, windows):
     prev, controls, target = windows
     trained = WorldModel(TINY)
     trained.load_state_dict(model.state_dict())
-    loss, _ = compute_losses(
-        trained(prev, controls, next_action=next_actions(target)), prev, target
-    )
+    loss, _ = compute_losses(trained(prev, controls, teacher=teacher_choices(target)), prev, target)
     loss.backward()
     conditioner = trained.heads.conditioner
     assert conditioner.action.weight.grad.abs().sum() > 0
     assert conditioner.out.weight.grad.abs().sum() > 0
     # Only the actions that occur are embedded, so only their rows learn.
-    used = torch.unique(next_actions(target).clamp(max=gs.ACTION_VOCAB - 1))
+    used = torch.unique(teacher_choices(target)[..., 0].clamp(max=gs.ACTION_VOCAB - 1))
     learned = conditioner.action.weight.grad.abs().sum(-1).nonzero().squeeze(-1)
     assert set(learned.tolist()) <= set(used.tolist())
 

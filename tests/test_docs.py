@@ -288,7 +288,14 @@ def ids(server):
     )
     assert created.status_code == 201, created.text
     session = created.json()
-    time.sleep(2.0)
+    # Two seconds of play, or until a frame is played where a busy machine is slower: a
+    # session with no frame has no recording to download.
+    started, deadline = time.monotonic(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        described = httpx.get(f"{server.url}/v1/sessions/{session['session_id']}", timeout=60)
+        if described.json().get("frame", 0) > 0 and time.monotonic() - started >= 2.0:
+            break
+        time.sleep(0.2)
     deleted = httpx.delete(
         f"{server.url}/v1/sessions/{session['session_id']}",
         headers={"X-Session-Token": session["session_token"]},

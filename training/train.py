@@ -229,7 +229,8 @@ def unroll(
     the given ones, then the model's own. The decoded frames are inputs, not part of the graph
     (argmax has no gradient, and the continuous fields are cut too, as in scheduled sampling);
     the gradient does flow through the recurrent state across the unrolled steps.
-    `actions` (B, L, 2), the real next actions, condition an action-conditioned model's heads.
+    `actions` (B, L, 2, 2), `teacher_choices` of the targets, condition an action-conditioned
+    model's heads.
     """
     batch, length = prev["frame"].shape
     split = length - steps
@@ -240,7 +241,7 @@ def unroll(
         head,
         {k: v[:, :split] for k, v in controls.items()},
         cache=cache,
-        next_action=None if actions is None else actions[:, :split],
+        teacher=None if actions is None else actions[:, :split],
     )
     pred = {k: v[:, -1] for k, v in first.items()}  # (B, ...): predicts frame `split`
     frame = {k: v[:, split - 1] for k, v in prev.items()}
@@ -299,9 +300,11 @@ class WindowLoss(nn.Module):
         """-> total loss, per-head means, and the loss of the unrolled positions alone (for
         logging; None without an unroll)."""
         if self.unroll_steps == 0:
-            preds = self.model(prev, controls, next_action=next_actions(target))
+            preds = self.model(prev, controls, teacher=teacher_choices(target))
             return (*compute_losses(preds, prev, target, masks, self.weights, denominator), None)
-        preds, inputs = unroll(self.model, prev, controls, self.unroll_steps, next_actions(target))
+        preds, inputs = unroll(
+            self.model, prev, controls, self.unroll_steps, teacher_choices(target)
+        )
         loss, per_head = compute_losses(preds, inputs, target, masks, self.weights, denominator)
         with torch.no_grad():
             tail = slice(-self.unroll_steps, None)
@@ -363,10 +366,16 @@ def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def next_actions(target: Frames) -> Tensor:
-    """Both players' actions in the predicted frames, (B, T, 2) or (B, 2): what an
-    action-conditioned model's heads are conditioned on in training (model.heads)."""
-    return torch.stack([target[f"{p}_action"] for p in gs.PLAYERS], -1)
+def teacher_choices(target: Frames) -> Tensor:
+    """Both players' action ids and facings in the predicted frames, (B, T, 2, 2) or (B, 2, 2):
+    what an action-conditioned model's heads are conditioned on in training (model.heads)."""
+    return torch.stack(
+        [
+            torch.stack([target[f"{p}_action"], target[f"{p}_facing"].long()], -1)
+            for p in gs.PLAYERS
+        ],
+        -2,
+    )
 
 
 def split_window(frames: dict[str, torch.Tensor]):
@@ -659,7 +668,7 @@ class Trainer:
             masks = {k: v.to(self.device) for k, v in masks.items()}
             prev, controls, target = split_window(frames)
             with self._autocast():
-                preds = self.model(prev, controls, next_action=next_actions(target))
+                preds = self.model(prev, controls, teacher=teacher_choices(target))
                 loss, _ = compute_losses(preds, prev, target, masks, self.config.loss_weights)
             total, count = total + float(loss), count + 1
         if self.ranks.world_size > 1:
