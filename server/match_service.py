@@ -206,7 +206,7 @@ class MatchService:
             else:
                 budget = IDLE_CHUNK_S
             try:
-                finished = await engine.on_device(self._advance, budget)
+                finished = await engine.on_device(self._advance, budget, budget == IDLE_CHUNK_S)
             except Exception as e:
                 log.exception("matches failed")
                 for job in self.jobs.values():
@@ -223,9 +223,10 @@ class MatchService:
             await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ device thread
-    def _advance(self, budget_s: float) -> list[MatchJob]:
+    def _advance(self, budget_s: float, idle: bool = False) -> list[MatchJob]:
         """Work for `budget_s` seconds at most: queued matches join the batch a slice at a
         time while there is room, then the batch is stepped while a step's time is left.
+        `idle`: no live session runs, so at least one step is made whatever it takes.
         Returns the matches that finished."""
         start = time.perf_counter()
         deadline = start + budget_s
@@ -245,7 +246,8 @@ class MatchService:
         stepped = False
         while running:
             now = time.perf_counter()
-            if now + self.step_s > deadline and (stepped or self._skipped < MAX_SKIPPED_CHUNKS):
+            must = not stepped and (idle or self._skipped >= MAX_SKIPPED_CHUNKS)
+            if now + self.step_s > deadline and not must:
                 break
             done = self._step(running)
             self.step_s = _smoothed(self.step_s, time.perf_counter() - now)
