@@ -226,36 +226,40 @@ class MatchService:
     def _advance(self, budget_s: float, idle: bool = False) -> list[MatchJob]:
         """Work for `budget_s` seconds at most: queued matches join the batch a slice at a
         time while there is room, then the batch is stepped while a step's time is left.
-        `idle`: no live session runs, so at least one step is made whatever it takes.
-        Returns the matches that finished."""
-        start = time.perf_counter()
-        deadline = start + budget_s
+        One slice and one step are made whatever their estimates when `idle` (no live
+        session runs) or after `MAX_SKIPPED_CHUNKS` chunks without any work, so that an
+        estimate over every budget (one slow join or step on a loaded machine) cannot stop
+        the matches for good. Returns the matches that finished."""
+        deadline = time.perf_counter() + budget_s
+        forced = idle or self._skipped >= MAX_SKIPPED_CHUNKS
         jobs = list(self.jobs.values())  # `jobs` changes on the event loop only
         running = [j for j in jobs if j.status == "running"]
         queued = [j for j in jobs if j.status == "queued"]
+        admitted = False
         while queued and len(running) < self.batch:
-            if time.perf_counter() + self.admit_s > deadline:
+            began = time.perf_counter()
+            if began + self.admit_s > deadline and not (forced and not running):
                 break
             room = min(ADMIT_SLICE, self.batch - len(running))
             joining, queued = queued[:room], queued[room:]
-            began = time.perf_counter()
             self._admit(joining)
             self.admit_s = _smoothed(self.admit_s, time.perf_counter() - began)
             running += joining
+            admitted = True
         finished: list[MatchJob] = []
         stepped = False
         while running:
-            now = time.perf_counter()
-            must = not stepped and (idle or self._skipped >= MAX_SKIPPED_CHUNKS)
-            if now + self.step_s > deadline and not must:
+            began = time.perf_counter()
+            if began + self.step_s > deadline and not (forced and not stepped):
                 break
             done = self._step(running)
-            self.step_s = _smoothed(self.step_s, time.perf_counter() - now)
+            self.step_s = _smoothed(self.step_s, time.perf_counter() - began)
             stepped = True
             if done:
                 finished += done
                 running = [j for j in running if j.status == "running"]
-        self._skipped = 0 if stepped or not running else self._skipped + 1
+        waiting = bool(running or queued)
+        self._skipped = self._skipped + 1 if waiting and not (admitted or stepped) else 0
         return finished
 
     def _admit(self, jobs: list[MatchJob]) -> None:
