@@ -33,7 +33,14 @@ from model.rules import Event
 from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
 from server.metrics import ServerMetrics
-from server.policy_modules import policy_failure
+from server.policy_modules import (
+    POLICY_WAIT_S,
+    ask_policies,
+    frozen,
+    has_module_policy,
+    policy_columns,
+    policy_failure,
+)
 from server.recorder import BatchCopy, GameRecorder, GroupedRow, Layout
 from server.sessions import Session, TooManyResets
 from server.settings import ServerSettings
@@ -528,6 +535,18 @@ class Engine:
             ]
         )
         batch = sim.batch_frame
+        # Module policies answer from threads of their own, reading a copy of the batch: all
+        # are asked first, then answered by one deadline (server/policy_modules.py), so a
+        # slow one costs the tick POLICY_WAIT_S at most and ends only its own session.
+        rows = {game_id: row for row, game_id in enumerate(sim.game_ids)}
+        views: dict[str, FrameView] = {}
+        for session, *_ in plan:
+            if session.policies and session.id not in self._failures:
+                if has_module_policy(session.policies.values()) and batch is sim.batch_frame:
+                    batch = frozen(sim.batch_frame)
+                views[session.id] = view = FrameView(batch, rows[session.game_id])
+                ask_policies(_players(session), view)
+        policies_due = time.perf_counter() + POLICY_WAIT_S
         step_controls = {}
         needs_before: list[tuple[int, object]] = []
         for session, _, human, missing, record, _ in plan:
@@ -536,9 +555,7 @@ class Engine:
             columns = dict(human)
             try:
                 if session.policies:
-                    view = FrameView(batch, sim.game_ids.index(session.game_id))
-                    for port, policy in session.policies.items():
-                        columns |= policy(view, port - 1).columns(port - 1)
+                    columns |= policy_columns(_players(session), views[session.id], policies_due)
             except Exception as e:  # noqa: BLE001 - ends only this session
                 self._failed(session, "policy", e)
                 continue
@@ -676,6 +693,11 @@ class Engine:
                 self._failed(job[0], "rollback", e)
         self.scratch = self.new_simulation()
         return corrections
+
+
+def _players(session: Session) -> list[tuple[Policy, int]]:
+    """A session's policies as (policy, player index)."""
+    return [(policy, port - 1) for port, policy in session.policies.items()]
 
 
 def _lower_this_threads_priority() -> None:

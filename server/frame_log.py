@@ -6,6 +6,10 @@ Kept as they came, a chunk of frames is a dict of one tensor per field, and a te
 about 550 bytes of its own besides its numbers. Between live ticks a match advances a frame or
 two at a time, so its chunks were a frame or two long: 41 KB a frame, 40 times the frame's
 1,051 bytes (64 short matches took the server to 1.9 GB).
+
+A match appends each frame as it is made, as a row of the step's `recorder.BatchCopy` (one
+copy per column group, no tensor per field), and keeps its log, trimmed to what it holds, once
+it has finished.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import Tensor
 
 from model.frames import Frames
-from server.recorder import Layout
+from server.recorder import GroupedRow, Layout
 
 FIRST_CAPACITY = 256  # frames; the arrays double from there up to the game's limit
 
@@ -47,6 +51,21 @@ class FrameLog:
             torch.stack([frames[name] for name in names], 1).cpu().numpy()  # (n, fields, ...)
             for _, names in self.layout.groups
         ]
+        self._put(groups)
+
+    def append(self, row: GroupedRow) -> None:
+        """One frame: a row of a `recorder.BatchCopy` (one assignment per column group)."""
+        if self.layout is None:
+            self.layout = row.layout
+        assert row.layout.signature == self.layout.signature, "a frame of other columns"
+        self._put([group[None] for group in row.groups])  # (1, fields, ...)
+
+    def trim(self) -> None:
+        """Give back the room reserved for frames that will not come (a finished game)."""
+        if self.arrays and len(self.arrays[0]) > self.count:
+            self.arrays = [array[: self.count].copy() for array in self.arrays]
+
+    def _put(self, groups: list[np.ndarray]) -> None:
         n = len(groups[0])
         assert self.count + n <= self.limit, f"{self.count + n} frames, limit {self.limit}"
         if not self.arrays:

@@ -2,9 +2,17 @@
 allows, batched together in their own simulation.
 
 The device thread is shared with the live sessions, which come first: between two ticks the
-service steps its batch only for the time left before the next tick is due (minus what a tick
-has been taking), so matches never make a live session late. With no live sessions they run
-flat out.
+service works only for the time left before the next tick is due (minus what a tick has been
+taking), in slices that each fit it, so matches never make a live session late. At most
+`ADMIT_SLICE` queued matches join the batch at a time (64 joining one by one took a second),
+at most `match_batch` play at once (a step of 64 games of the demo model takes 49 ms on a
+2-core CPU, three times a tick's period), and a step starts only if the time a step has been
+taking is left. With no live sessions they run flat out.
+
+Each frame a match plays is copied out of the batch as it is made, one row of the step's
+`recorder.BatchCopy`, into the match's `FrameLog` (about 1 KB a frame); a finished match keeps
+only that log (trimmed), its events and its summary, not its start state (230 KB) nor its
+policies.
 """
 
 from __future__ import annotations
@@ -17,24 +25,33 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from model.frames import Frames
-from model.policies import Policy, controls_for
+from model.policies import FrameView, Policy
 from model.rules import Event
 from model.simulation import Snapshot
 from server.engine import logged_write
 from server.frame_log import FrameLog
 from server.match import MatchResult
-from server.policy_modules import policy_failure
-from server.recorder import _write_info, write_complete_game
+from server.policy_modules import (
+    POLICY_WAIT_S,
+    ask_policies,
+    frozen,
+    has_module_policy,
+    policy_columns,
+    policy_failure,
+)
+from server.recorder import BatchCopy, _write_info, write_complete_game
 from server.sessions import new_id
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY = 256  # frames buffered per batch before they are copied out per match
 IDLE_CHUNK_S = 0.05  # device time per chunk when no live session is running
 MIN_CHUNK_S = 0.002
+ADMIT_SLICE = 4  # queued matches joining the batch in one join (~1-2 ms on a 2-core CPU)
+# Matches wait this many chunks at most without a step: a step whose time estimate is over
+# every budget the ticks leave (after one slow step, say) then runs anyway, so that matches
+# cannot starve for good while live sessions play and its estimate is measured again.
+MAX_SKIPPED_CHUNKS = 30
 
 
 class MatchesFull(RuntimeError):
@@ -46,7 +63,7 @@ class MatchJob:
     id: str
     policies: tuple[Policy, Policy]
     max_frames: int
-    start: Snapshot
+    start: Snapshot | None  # until it joins the batch
     request: dict
     status: str = "queued"  # queued, running, done, failed
     game_id: int | None = None
@@ -57,7 +74,7 @@ class MatchJob:
     started: float = 0.0
     error: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    result: MatchResult | None = None
+    result: FinishedMatch | None = None
 
     def describe(self) -> dict:
         info = {
@@ -74,6 +91,25 @@ class MatchJob:
         return info
 
 
+@dataclass
+class FinishedMatch:
+    """A finished match as it is held: its frames compact (`FrameLog`, trimmed), its events
+    and its summary (worked out once, when it finished)."""
+
+    log: FrameLog
+    events: list[Event]
+    seconds: float
+    summary: dict
+
+    @property
+    def frames(self) -> Frames:
+        """Every frame, one (T, ...) tensor per field, made when asked (downloads)."""
+        return self.log.frames()
+
+    def __len__(self) -> int:
+        return len(self.log)
+
+
 class MatchService:
     def __init__(self, engine):
         self.engine = engine
@@ -81,8 +117,12 @@ class MatchService:
         self.jobs: OrderedDict[str, MatchJob] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._buffer: list[Frames] = []  # whole-batch frames since the last flush
-        self._buffer_rows: dict[str, int] = {}  # match id -> row in those frames
+        self.batch = engine.settings.resolved_match_batch(engine.device)
+        # Device time of one join of a slice and of one step (with the policies, the copy of
+        # the frames): what must be left of a chunk's budget to start one. Smoothed.
+        self.admit_s = 0.0
+        self.step_s = 0.0
+        self._skipped = 0  # chunks in a row that had matches running and made no step
         engine.active_matches = self.active
 
     def active(self) -> int:
@@ -117,9 +157,7 @@ class MatchService:
         )
 
     def frames_held_finished(self) -> int:
-        return sum(
-            len(j.result.frames["frame"]) for j in self.jobs.values() if j.result is not None
-        )
+        return sum(len(j.result) for j in self.jobs.values() if j.result is not None)
 
     def make_room(self, max_frames: int) -> None:
         """Raise `MatchesFull` if a match of `max_frames` would take the matches over the
@@ -146,7 +184,7 @@ class MatchService:
                 break
             del self.jobs[job.id]
             extra -= 1
-            held -= 0 if job.result is None else len(job.result.frames["frame"])
+            held -= 0 if job.result is None else len(job.result)
 
     def stop(self) -> None:
         self._stopping = True
@@ -168,16 +206,15 @@ class MatchService:
             else:
                 budget = IDLE_CHUNK_S
             try:
-                finished = await engine.on_device(self._advance, budget)
+                finished = await engine.on_device(self._advance, budget, budget == IDLE_CHUNK_S)
             except Exception as e:
                 log.exception("matches failed")
                 for job in self.jobs.values():
                     if job.status in ("queued", "running"):
                         job.status, job.error = "failed", f"{type(e).__name__}: {e}"
-                        job.log = None
+                        job.log, job.start, job.game_id = None, None, None
                         job.done.set()
                 self.sim = engine.new_simulation(cuda_graphs=engine.settings.cuda_graphs)
-                self._buffer, self._buffer_rows = [], {}
                 continue
             for job in finished:
                 job.done.set()
@@ -186,75 +223,101 @@ class MatchService:
             await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ device thread
-    def _advance(self, budget_s: float) -> list[MatchJob]:
-        """Step every running match until `budget_s` seconds have passed; returns the
-        matches that finished."""
+    def _advance(self, budget_s: float, idle: bool = False) -> list[MatchJob]:
+        """Work for `budget_s` seconds at most: queued matches join the batch a slice at a
+        time while there is room, then the batch is stepped while a step's time is left.
+        One slice and one step are made whatever their estimates when `idle` (no live
+        session runs) or after `MAX_SKIPPED_CHUNKS` chunks without any work, so that an
+        estimate over every budget (one slow join or step on a loaded machine) cannot stop
+        the matches for good. Returns the matches that finished."""
         deadline = time.perf_counter() + budget_s
-        queued = [j for j in self.jobs.values() if j.status == "queued"]
-        if queued:
-            self._flush()
-            for job in queued:
-                job.game_id = self.sim.add_from_snapshot(job.start)
-                job.status, job.started = "running", time.perf_counter()
-                job.log = FrameLog(job.max_frames + 1)
-                job.log.extend({k: v.unsqueeze(0) for k, v in self.sim.frame(job.game_id).items()})
-            self._buffer_rows = {}
-        running = [j for j in self.jobs.values() if j.status == "running"]
+        forced = idle or self._skipped >= MAX_SKIPPED_CHUNKS
+        jobs = list(self.jobs.values())  # `jobs` changes on the event loop only
+        running = [j for j in jobs if j.status == "running"]
+        queued = [j for j in jobs if j.status == "queued"]
+        admitted = False
+        while queued and len(running) < self.batch:
+            began = time.perf_counter()
+            if began + self.admit_s > deadline and not (forced and not running):
+                break
+            room = min(ADMIT_SLICE, self.batch - len(running))
+            joining, queued = queued[:room], queued[room:]
+            self._admit(joining)
+            self.admit_s = _smoothed(self.admit_s, time.perf_counter() - began)
+            running += joining
+            admitted = True
         finished: list[MatchJob] = []
-        while running and time.perf_counter() < deadline:
-            if not self._buffer_rows:
-                self._buffer_rows = {j.id: self.sim.game_ids.index(j.game_id) for j in running}
-            batch = self.sim.batch_frame
-            controls = {
-                j.game_id: controls_for(j.policies, batch, self._buffer_rows[j.id]) for j in running
-            }
-            results = self.sim.step(controls)
-            self._buffer.append(self.sim.batch_frame)
-            self.engine.metrics.match_frames.inc(len(running))
-            done_now, failed_now = [], []
-            for job in running:
-                result = results[job.game_id]
-                job.frames_played += 1
-                job.events += result.events
-                if (failure := policy_failure(job.policies)) is not None:
-                    failed_now.append((job, failure))  # only this match ends
-                elif result.over or job.frames_played >= job.max_frames:
-                    done_now.append(job)
-            if done_now or failed_now or len(self._buffer) >= FLUSH_EVERY:
-                self._flush()
-            for job in done_now:
-                self._finish(job)
-                finished.append(job)
-            for job, failure in failed_now:
-                self._fail(job, failure)
-                finished.append(job)
-                done_now.append(job)
-            if done_now:
-                running = [j for j in running if j not in done_now]
-        if time.perf_counter() >= deadline:
-            self._flush()
+        stepped = False
+        while running:
+            began = time.perf_counter()
+            if began + self.step_s > deadline and not (forced and not stepped):
+                break
+            done = self._step(running)
+            self.step_s = _smoothed(self.step_s, time.perf_counter() - began)
+            stepped = True
+            if done:
+                finished += done
+                running = [j for j in running if j.status == "running"]
+        waiting = bool(running or queued)
+        self._skipped = self._skipped + 1 if waiting and not (admitted or stepped) else 0
         return finished
 
-    def _flush(self) -> None:
-        """Copy the buffered batch frames out into each match's own chunks."""
-        if self._buffer:
-            stacked = {k: torch.stack([b[k] for b in self._buffer]) for k in self._buffer[0]}
-            for match_id, row in self._buffer_rows.items():
-                job = self.jobs.get(match_id)
-                if job is not None and job.log is not None:
-                    job.log.extend({k: v[:, row] for k, v in stacked.items()})
-        self._buffer = []
-        self._buffer_rows = {}
+    def _admit(self, jobs: list[MatchJob]) -> None:
+        """Queued matches into the batch, in one join; each match's log gets its first frame."""
+        game_ids = self.sim.add_from_snapshots([job.start for job in jobs])
+        copy = BatchCopy(self.sim.batch_frame)
+        for job, game_id in zip(jobs, game_ids, strict=True):
+            job.game_id, job.start = game_id, None  # its start state is not needed again
+            job.status, job.started = "running", time.perf_counter()
+            job.log = FrameLog(job.max_frames + 1)
+            job.log.append(copy.row(self.sim.game_ids.index(game_id)))
+
+    def _step(self, running: list[MatchJob]) -> list[MatchJob]:
+        """One frame of every running match; returns the ones that ended with it."""
+        batch = self.sim.batch_frame
+        if any(has_module_policy(job.policies) for job in running):
+            batch = frozen(batch)  # read by the module policies' threads
+        rows = {game_id: row for row, game_id in enumerate(self.sim.game_ids)}
+        views = {job.id: FrameView(batch, rows[job.game_id]) for job in running}
+        for job in running:  # module policies: every call started, then answered by one time
+            ask_policies(_players(job), views[job.id])
+        due = time.perf_counter() + POLICY_WAIT_S
+        controls = {j.game_id: policy_columns(_players(j), views[j.id], due) for j in running}
+        results = self.sim.step(controls)
+        self.engine.metrics.match_frames.inc(len(running))
+        copy = BatchCopy(self.sim.batch_frame)  # the frame made, one copy for every match
+        ended: list[tuple[MatchJob, str | None]] = []
+        for job in running:
+            result = results[job.game_id]
+            job.frames_played += 1
+            job.events += result.events
+            job.log.append(copy.row(result.row))
+            if (failure := policy_failure(job.policies)) is not None:
+                ended.append((job, failure))  # only this match ends
+            elif result.over or job.frames_played >= job.max_frames:
+                ended.append((job, None))
+        if not ended:
+            return []
+        # They leave the batch in one selection of the rows that stay (each removal copies it).
+        self.sim.remove_games([job.game_id for job, _ in ended])
+        for job, failure in ended:
+            job.game_id = None
+            if failure is None:
+                self._finish(job)
+            else:
+                self._fail(job, failure)
+        return [job for job, _ in ended]
 
     def _finish(self, job: MatchJob) -> None:
-        self.sim.remove_game(job.game_id)
-        job.game_id = None
-        frames = job.log.frames()
-        job.log = None
+        """A match that has played to its end (its game already out of the batch)."""
+        frames = job.log.frames()  # for its recording; the log is what is kept
+        job.log.trim()
         job.seconds = time.perf_counter() - job.started
-        job.result = MatchResult(frames, job.events, job.seconds)
+        summary = MatchResult(frames, job.events, job.seconds).summary
+        job.result = FinishedMatch(job.log, job.events, job.seconds, summary)
+        job.log, job.policies = None, ()
         job.status = "done"
-        log.info("match %s: done %s", job.id, job.result.summary)
+        log.info("match %s: done %s", job.id, summary)
         folder = self.engine.settings.recordings_dir
         if folder and str(folder) != ".":
             info = {
@@ -263,7 +326,7 @@ class MatchService:
                 "created": time.time(),
                 **self.engine.recording_info,
                 "request": job.request,
-                "summary": job.result.summary,
+                "summary": summary,
                 "events": [e.to_dict() for e in job.events],
                 "inputs": "the controller columns (p1_*, p2_*) are the policies' inputs",
             }
@@ -272,9 +335,9 @@ class MatchService:
             )
 
     def _fail(self, job: MatchJob, error: str) -> None:
-        """End one match that cannot go on (its policy failed); the others play on."""
-        self.sim.remove_game(job.game_id)
-        job.game_id, job.log = None, None
+        """End one match that cannot go on (its policy failed; its game already out of the
+        batch); the others play on."""
+        job.log, job.policies = None, ()
         job.status, job.error = "failed", error
         log.warning("match %s: failed: %s", job.id, error)
         folder = self.engine.settings.recordings_dir
@@ -285,3 +348,13 @@ class MatchService:
                     partial(_write_info, Path(folder) / job.id, info | {"status": "failed"})
                 )
             )
+
+
+def _players(job: MatchJob) -> list[tuple[Policy, int]]:
+    return list(zip(job.policies, (0, 1), strict=False))
+
+
+def _smoothed(average: float, sample: float) -> float:
+    """An exponential average of durations that follows a slower sample faster than a
+    quicker one: a step that got slower must not be started on an old estimate."""
+    return 0.5 * (average + sample) if sample > average else 0.8 * average + 0.2 * sample

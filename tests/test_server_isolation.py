@@ -216,11 +216,13 @@ def test_match_frames_are_encoded_off_the_event_loop(server, monkeypatch):
     import server.app as app_module
 
     threads: set[str] = set()
-    for name in ("frame_message", "table_from_frames"):
+    calls = {"frame_message": 0, "table_from_frames": 0}
+    for name in calls:
         original = getattr(app_module, name)
 
-        def noting(*args, _original=original, **kwargs):
+        def noting(*args, _original=original, _name=name, **kwargs):
             threads.add(threading.current_thread().name)
+            calls[_name] += 1
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(app_module, name, noting)
@@ -240,6 +242,8 @@ def test_match_frames_are_encoded_off_the_event_loop(server, monkeypatch):
         frames = response.json()
         assert len(frames) == done.json()["summary"]["frames"] + 1
         assert threads and server.thread.name not in threads  # never on the event loop's thread
+        # Made once per format: the second JSON download is the first one's bytes.
+        assert calls == {"frame_message": len(frames), "table_from_frames": 1}
         assert healthy.longest_gap_since(start) < LONGEST_GAP_S
     finally:
         healthy.close(server.url)
