@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from core import game_state as gs
 from model import frame_spec as fs
-from model import game_state as gs
 from model.frame_spec import Head, HeadSpec
 from model.frames import player_columns
 from model.heads import COPY_PRIOR, head_outputs, head_width, split_outputs

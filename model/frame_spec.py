@@ -1,4 +1,4 @@
-"""How the world model reads and predicts each field of `model.game_state`.
+"""How the world model reads and predicts each field of `core.game_state`.
 
 A frame, for the model, is a dict of tensors keyed by dataset column names (`p1_x`,
 `p2_action`, `stage`, ...) holding game units, shape (B,) or (B, T); item fields are dense,
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model import game_state as gs
+from core import game_state as gs
 
 
 class Head(enum.Enum):

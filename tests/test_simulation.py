@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import game_state as gs
-from model.actions import ON_HALO_WAIT
+from core import game_state as gs
+from core.actions import ON_HALO_WAIT
+from core.replay_reader import read_replay
+from core.stages import get_stage, legal_stage_ids
 from model.config import ModelConfig
 from model.decoding import decode
 from model.frames import cast_to, controls_of, frames_from_table, index, stack
@@ -28,9 +30,7 @@ from model.simulation import (
     graph_buckets,
     standard_start,
 )
-from model.stages import get_stage, legal_stage_ids
 from model.world_model import WorldModel
-from training.replay_reader import read_replay
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
 
