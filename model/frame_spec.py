@@ -14,8 +14,9 @@ Every field the encoder reads has exactly one of these roles (a test checks it):
 Timing convention (Slippi): the pre-frame event of frame t carries the controller state the
 game reads for frame t, and the post-frame event carries the state after frame t's update. So
 the model's input at position t is the post-frame state of t-1 plus both controllers of t, and
-its target is the post-frame state of t. `tests/test_frame_spec.py` checks this on real
-replays: a jump pressed while standing shows up as the jump-squat action in the same frame.
+its target is the post-frame state of t. `tests/test_world_model.py` checks this on real
+replays (`test_jump_input_acts_in_the_same_frame`): a jump pressed while standing shows up as
+the jump-squat action in the same frame.
 """
 
 from __future__ import annotations

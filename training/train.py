@@ -490,8 +490,8 @@ class Trainer:
             return
         # The weights go into the state file too: it is the one unit --resume reads, replaced
         # by a single rename. With the weights only in last.safetensors, a kill -9 between the
-        # two writes left step-M weights beside step-N optimiser state, and --resume trained on
-        # from the mismatched pair without a word (issue 21).
+        # two writes would leave step-M weights beside step-N optimiser state, and --resume
+        # would train on from the mismatched pair without a word.
         state = {
             "step": self.step,
             "best_val": self.best_val,
