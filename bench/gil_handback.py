@@ -11,7 +11,7 @@ turns, and prints the median switches per step of each with the machine.
 
 This is a measurement, not a test: it needs the spinner to keep a core of its own, which a
 busy machine does not give it (then unpinned steps show no contention either, and the script
-says so). tests/test_simulation.py checks what the pin does (one more reference to every
+says so). tests/test_traced_step.py checks what the pin does (one more reference to every
 input, held for the call), which holds on any machine.
 """
 
