@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import describe_machine
 
-from model import game_state as gs
+from core import game_state as gs
+from core.replay_reader import read_replay
 from model.config import load_config
 from model.decoding import decode
 from model.frames import Frames, controls_of, frames_from_table, index
 from model.quantize import quantize_int8
 from model.traced_step import traced_step
 from model.world_model import WorldModel, WorldModelCache
-from training.replay_reader import read_replay
 
 DEFAULT_REPLAY = (
     Path(__file__).resolve().parents[2]

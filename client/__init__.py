@@ -9,7 +9,8 @@
 - `assets`: stage geometry, action and character names, character sizes and hitboxes, read
   from `assets/*.json`.
 
-May import `server.protocol` (torch-free) and nothing else of ours: never torch, never `model`.
+May import `core` and `server.protocol` (both torch-free) and nothing else of ours: never
+torch, `model` or `training`.
 """
 
 import os

@@ -1,18 +1,35 @@
-"""Stage geometry, action names and character names, read from `assets/*.json`.
-
-The client reads the same JSON files as `model/` (which it must not import, since `model`
-is the torch side of the project): `stages.json` for blast zones and platforms,
-`actions.json` for action names and categories, `melee_ids.json` for stage and character ids.
+"""What the client draws by: stage geometry, action and character names (from `core`, which
+reads `assets/*.json` for every package), and the characters' sizes and hitboxes, which only
+the client uses (`assets/characters.json`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from core import melee_ids, stages
+from core.actions import action_category, action_name
+from core.melee_ids import playable_characters
+from core.stages import Stage
+
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+__all__ = [
+    "Stage",
+    "action_category",
+    "action_name",
+    "character_name",
+    "character_size",
+    "hitboxes",
+    "legal_stages",
+    "playable_characters",
+    "resolve_character",
+    "resolve_stage",
+    "stage",
+    "stage_name",
+]
 
 
 @functools.cache
@@ -25,127 +42,29 @@ def _load(name: str) -> dict:
         raise RuntimeError(f"cannot read {path}: {e}") from e
 
 
-@dataclass(frozen=True)
-class Platform:
-    left: float
-    right: float
-    y: float
-
-
-@dataclass(frozen=True)
-class StageGeometry:
-    id: int  # Slippi's external stage id
-    name: str  # e.g. BATTLEFIELD
-    display_name: str  # e.g. Battlefield
-    blast_left: float
-    blast_right: float
-    blast_top: float
-    blast_bottom: float
-    main: Platform
-    platforms: tuple[Platform, ...]  # side and top platforms (moving ones are not listed)
-
-
-@functools.cache
-def stage(stage_id: int) -> StageGeometry:
+def stage(stage_id: int) -> Stage:
     """One legal stage's geometry; KeyError (with the legal ids) for any other stage."""
-    stages = _load("stages.json")["stages"]
-    entry = stages.get(str(stage_id))
-    if entry is None:
-        raise KeyError(f"no geometry for stage {stage_id}; the legal stages are {legal_stages()}")
-    blast, main = entry["blast_zones"], entry["main_platform"]
-    return StageGeometry(
-        id=stage_id,
-        name=entry["name"],
-        display_name=entry.get("display_name", entry["name"].title()),
-        blast_left=blast["left"],
-        blast_right=blast["right"],
-        blast_top=blast["top"],
-        blast_bottom=blast["bottom"],
-        main=Platform(main["left_x"], main["right_x"], main["y"]),
-        platforms=tuple(Platform(p["left_x"], p["right_x"], p["y"]) for p in entry["platforms"]),
-    )
+    return stages.get_stage(stage_id)
 
 
 def legal_stages() -> list[int]:
-    return list(_load("melee_ids.json")["legal_stages"])
+    """The legal stages in menu order (FD, Battlefield, ...)."""
+    return melee_ids.legal_stage_menu()
 
 
-def stage_name(stage_id: int) -> str:
-    return _load("melee_ids.json")["stages"].get(str(stage_id), f"STAGE_{stage_id}")
-
-
-def character_name(internal_id: int) -> str:
-    """Name of an internal (in-game) character id, as in the replays' post-frames."""
-    names = _load("melee_ids.json")["characters_internal"]
-    return names.get(str(internal_id), f"CHARACTER_{internal_id}")
-
-
-def playable_characters() -> list[tuple[int, str]]:
-    """(internal id, name) of the 26 characters one can pick, in internal id order."""
-    names = _load("melee_ids.json")["characters_internal"]
-    excluded = {"NANA", "MASTER_HAND", "CRAZY_HAND", "WIREFRAME_MALE", "WIREFRAME_FEMALE"}
-    excluded |= {"GIGA_BOWSER", "SANDBAG"}
-    return [(int(k), v) for k, v in names.items() if v not in excluded]
-
-
-# Short names players use for the legal stages.
-STAGE_ALIASES = {
-    "fd": "FINAL_DESTINATION",
-    "bf": "BATTLEFIELD",
-    "dl": "DREAM_LAND_N64",
-    "dreamland": "DREAM_LAND_N64",
-    "ys": "YOSHIS_STORY",
-    "yoshis": "YOSHIS_STORY",
-    "fod": "FOUNTAIN_OF_DREAMS",
-    "ps": "POKEMON_STADIUM",
-    "stadium": "POKEMON_STADIUM",
-}
+stage_name = melee_ids.stage_name
+character_name = melee_ids.character_name_internal  # internal (in-game) ids, as in post-frames
 
 
 def resolve_stage(value: str | int) -> int:
-    """A stage id from an id, a name ('battlefield', 'final destination') or a short name
-    ('fd', 'bf', 'dl', 'ys', 'fod', 'ps')."""
-    if isinstance(value, int) or str(value).isdigit():
-        return int(value)
-    text = str(value).strip()
-    key = STAGE_ALIASES.get(text.lower(), text.upper().replace(" ", "_").replace("'", ""))
-    for sid, name in _load("melee_ids.json")["stages"].items():
-        if name == key:
-            return int(sid)
-    names = [stage_name(s).lower() for s in legal_stages()]
-    raise ValueError(f"unknown stage {value!r}; the legal stages are {', '.join(names)}")
+    """A legal stage's id from an id, a name ('battlefield', 'final destination') or a short
+    name ('fd', 'bf', 'dl', 'ys', 'fod', 'ps')."""
+    return stages.parse_stage(value)
 
 
 def resolve_character(value: str | int) -> int:
     """An internal character id from an id or a name ('fox', 'captain falcon')."""
-    if isinstance(value, int) or str(value).isdigit():
-        return int(value)
-    key = str(value).strip().upper().replace(" ", "_").replace("&", "AND")
-    for cid, name in playable_characters():
-        if name == key:
-            return cid
-    raise ValueError(f"unknown character {value!r}")
-
-
-@functools.cache
-def _actions() -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
-    data = _load("actions.json")
-    common = {int(k): (v["name"], v["category"]) for k, v in data["common"].items()}
-    specific = {int(k): v for k, v in data["character_specific_names"].items()}
-    return common, specific
-
-
-def action_name(action_id: int) -> str:
-    """As model/actions.py names it: libmelee's name, or SPECIAL_<id> for unnamed ids."""
-    common, specific = _actions()
-    if action_id in common:
-        return common[action_id][0]
-    return specific.get(action_id, f"SPECIAL_{action_id}")
-
-
-def action_category(action_id: int) -> str:
-    entry = _actions()[0].get(action_id)
-    return entry[1] if entry else "special"
+    return melee_ids.parse_character(value)
 
 
 # Characters' sizes and hitboxes: assets/characters.json, made from libmelee's tables by

@@ -90,7 +90,7 @@ class Camera:
         40.0,
     )  # never closer to the edge (the HUD covers the bottom)
 
-    def __init__(self, stage: assets.StageGeometry, size: tuple[int, int]):
+    def __init__(self, stage: assets.Stage, size: tuple[int, int]):
         self.stage = stage
         self.size = size
         self.cx, self.cy, self.width = 0.0, 30.0, 220.0
@@ -296,8 +296,8 @@ class Renderer:
         right, bottom = cam.to_screen(s.blast_right, s.blast_bottom)
         pygame.draw.rect(surface, BLAST_COLOUR, (left, top, right - left, bottom - top), 2)
         # The main platform: its surface, and a body below it narrowing towards the bottom.
-        l_edge, surface_y = cam.to_screen(s.main.left, s.main.y)
-        r_edge, _ = cam.to_screen(s.main.right, s.main.y)
+        l_edge, surface_y = cam.to_screen(s.main.left_x, s.main.y)
+        r_edge, _ = cam.to_screen(s.main.right_x, s.main.y)
         depth = cam.length(14.0)
         inset = cam.length(8.0)
         body = [
@@ -309,8 +309,8 @@ class Renderer:
         pygame.draw.polygon(surface, STAGE_COLOUR, body)
         pygame.draw.line(surface, STAGE_EDGE, body[0], body[1], max(2, cam.length(1.2)))
         for platform in s.platforms:
-            a = cam.to_screen(platform.left, platform.y)
-            b = cam.to_screen(platform.right, platform.y)
+            a = cam.to_screen(platform.left_x, platform.y)
+            b = cam.to_screen(platform.right_x, platform.y)
             thickness = max(3, cam.length(2.0))
             pygame.draw.rect(surface, PLATFORM_COLOUR, (a[0], a[1], b[0] - a[0], thickness))
 
@@ -326,10 +326,13 @@ class Renderer:
             x += HITLAG_SHAKE if frame % 2 else -HITLAG_SHAKE
         if not player.airborne:
             s = self.stage
-            if s.main.left <= player.x <= s.main.right and s.main.y - SINK_LIMIT <= y < s.main.y:
+            if (
+                s.main.left_x <= player.x <= s.main.right_x
+                and s.main.y - SINK_LIMIT <= y < s.main.y
+            ):
                 y = s.main.y
             for platform in s.platforms:
-                over = platform.left <= player.x <= platform.right
+                over = platform.left_x <= player.x <= platform.right_x
                 if over and platform.y - PLATFORM_SINK_LIMIT <= y < platform.y:
                     y = platform.y
         return x, y
@@ -338,7 +341,7 @@ class Renderer:
         """The player's figure as drawn on `frame` (world units)."""
         x, y = self.feet(player, frame)
         main = self.stage.main
-        ledge = (main.right if player.x > 0 else main.left, main.y)
+        ledge = (main.right_x if player.x > 0 else main.left_x, main.y)
         return figures.layout(player, x, y, ledge)
 
     def _draw_player(self, surface: pygame.Surface, player: Player, frame: int) -> None:

@@ -1,6 +1,6 @@
-"""The world model and everything it defines: the game state schema, Melee's ids and rules.
+"""The world model: the Mamba-2 network, how it reads and predicts a frame, the rules and the
+simulation that steps it, checkpoints and scripted policies.
 
-`model` imports none of the other packages (`training`, `server`, `client`); they import it.
-Heavy dependencies (torch) are imported only by the modules that need them, so that
-`model.game_state` stays usable without torch.
+`model` imports `core` (the game-state schema, Melee's ids and stages) and none of the other
+packages (`training`, `server`, `client`); they import it.
 """

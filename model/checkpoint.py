@@ -1,7 +1,7 @@
 """Checkpoints: one `.safetensors` file holding the weights and, in its header, JSON metadata.
 
 The metadata (`playmodel` key of the safetensors header) records the model config, the
-state-schema version of `model.game_state`, the checkpoint format version, and free-form
+state-schema version of `core.game_state`, the checkpoint format version, and free-form
 training provenance (data, steps, command). Loading never unpickles: safetensors reads raw
 tensors and the metadata is plain JSON. Writes are atomic (temporary file + rename).
 """
@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model import game_state as gs
-from model.atomic_file import atomic_path
+from core import game_state as gs
+from core.atomic_file import atomic_path
 from model.config import ModelConfig
 from model.world_model import WorldModel
 

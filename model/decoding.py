@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from core import game_state as gs
 from model import frame_spec as fs
-from model import game_state as gs
 from model.frame_spec import Head, HeadSpec
 from model.frames import player_columns
 from model.heads import COPY_PRIOR, head_outputs, head_width, split_outputs
@@ -226,7 +226,9 @@ def decode(
     positions = positions.unbind(-1)
     frame: dict[str, Tensor] = {}
     for index, p in enumerate(gs.PLAYERS):
-        for spec in fs.PLAYER_HEADS:  # the order of the per-field decoding this replaced
+        # Keys in PLAYER_HEADS order, as every frame has them: a frame's key order is its
+        # packed layout (model/packed_frame.py `layout_of`), which a traced step fixes.
+        for spec in fs.PLAYER_HEADS:
             if spec.name in predicted:
                 frame[f"{p}_{spec.name}"] = predicted[spec.name][..., index]
         frame[f"{p}_facing"] = facing[..., index]

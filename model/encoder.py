@@ -1,7 +1,7 @@
 """FrameEncoder: (previous frame, this frame's controllers) -> one d_model vector per position.
 
 Reads only the fields listed in `model.frame_spec` (a test holds it to that). Floats are
-normalised with the field's scale from `model.game_state`; categoricals go through one shared
+normalised with the field's scale from `core.game_state`; categoricals go through one shared
 embedding table (each field owns a block of rows) so that a frame costs one lookup per group
 rather than one per field, which matters for the 60 Hz single-frame step.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from core import game_state as gs
 from model import frame_spec as fs
-from model import game_state as gs
 from model.config import ModelConfig
 from model.frames import player_columns, stacked_columns
 

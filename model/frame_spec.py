@@ -1,4 +1,4 @@
-"""How the world model reads and predicts each field of `model.game_state`.
+"""How the world model reads and predicts each field of `core.game_state`.
 
 A frame, for the model, is a dict of tensors keyed by dataset column names (`p1_x`,
 `p2_action`, `stage`, ...) holding game units, shape (B,) or (B, T); item fields are dense,
@@ -14,8 +14,9 @@ Every field the encoder reads has exactly one of these roles (a test checks it):
 Timing convention (Slippi): the pre-frame event of frame t carries the controller state the
 game reads for frame t, and the post-frame event carries the state after frame t's update. So
 the model's input at position t is the post-frame state of t-1 plus both controllers of t, and
-its target is the post-frame state of t. `tests/test_frame_spec.py` checks this on real
-replays: a jump pressed while standing shows up as the jump-squat action in the same frame.
+its target is the post-frame state of t. `tests/test_world_model.py` checks this on real
+replays (`test_jump_input_acts_in_the_same_frame`): a jump pressed while standing shows up as
+the jump-squat action in the same frame.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model import game_state as gs
+from core import game_state as gs
 
 
 class Head(enum.Enum):

@@ -15,8 +15,8 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from core import game_state as gs
 from model import frame_spec as fs
-from model import game_state as gs
 from model.packed_frame import PackedFrame
 
 Frames = dict[str, Tensor]

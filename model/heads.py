@@ -30,8 +30,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from core import game_state as gs
 from model import frame_spec as fs
-from model import game_state as gs
 from model.config import ModelConfig
 from model.frame_spec import Head
 

@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from model import game_state as gs
+from core import game_state as gs
 from model.frame_spec import BUTTON_BITS
 from model.frames import Frames
 

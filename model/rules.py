@@ -30,14 +30,15 @@ Each KO, respawn and game end is reported as an `Event`.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from model import game_state as gs
-from model.actions import ON_HALO_WAIT
-from model.stages import Stage
+from core import game_state as gs
+from core.actions import ON_HALO_DESCENT, ON_HALO_WAIT
+from core.events import Event, winner
+from core.stages import Stage
 
 # Legal ranges, in game units. Percent and shield from the game's own limits (999%, 60 HP
 # shields); speeds are capped well above anything in the real replays (knockback reaches
@@ -77,7 +78,6 @@ HALO_MAX_FRAMES = 240
 DEAD_FRAMES = 60
 DESCENT_FRAMES = 60
 DEAD_ACTIONS = {"bottom": 0, "left": 1, "right": 2, "top": 4}  # DEAD_DOWN, _LEFT, _RIGHT, _FLY_STAR
-ON_HALO_DESCENT = 12
 FALL_ACTION = 29
 # The entry animation, by frame id (the last frame of each action), as the corpus's games
 # play it: ENTRY to -119, ENTRY_START to -90, ENTRY_END to -60 (274 of 300 games; the rest
@@ -92,17 +92,6 @@ KIRBY, JIGGLYPUFF = 4, 15  # internal ids: six jumps (one from the ground, five 
 STICK_DEADZONE = 0.2875  # Melee reads smaller stick values as neutral
 DEFAULT_TIMER_FRAMES = 8 * 60 * 60  # 8:00, the default versus timer, at 60 frames per second
 FIRST_TIMER_FRAME = 0  # the match clock starts at frame 0 (Slippi: -39 is the first playable)
-
-
-@dataclass
-class Event:
-    type: str  # "ko", "respawn" or "game_end"
-    frame: int
-    player: int | None = None  # 0 = p1, 1 = p2
-    detail: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"type": self.type, "frame": self.frame, "player": self.player, **self.detail}
 
 
 @dataclass
@@ -588,12 +577,8 @@ def events_from_codes(
         if row[END_CODE]:
             stocks = rules.stocks[b].tolist()
             percents = [float(frame[f"{p}_percent"][b]) for p in gs.PLAYERS]
-            if stocks[0] != stocks[1]:
-                winner = 0 if stocks[0] > stocks[1] else 1
-            elif percents[0] != percents[1]:
-                winner = 0 if percents[0] < percents[1] else 1
-            else:
-                winner = None
             method = "stocks" if row[END_CODE] == END_BY_STOCKS else "time"
-            game.append(Event("game_end", frame_ids[b], winner, {"method": method}))
+            game.append(
+                Event("game_end", frame_ids[b], winner(stocks, percents), {"method": method})
+            )
     return events

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model import game_state as gs
+from core import game_state as gs
+from core.stages import get_stage, spawn_points_for
 from model.cuda_graph import GraphedLiveStep
 from model.decoding import decode, pick_class
 from model.frames import Frames, cast_to, controls_of, index
@@ -41,7 +42,6 @@ from model.rules import (
     apply_rules,
     events_from_codes,
 )
-from model.stages import get_stage, spawn_points_for
 from model.traced_step import TracedStep, copy_of_state, live_layouts, traced_step
 from model.world_model import WorldModel, WorldModelCache
 

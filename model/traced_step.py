@@ -148,7 +148,7 @@ def _pin_for_the_call(inputs: list[list[Tensor]], rules: dict[str, Tensor] | Non
     thread held it; in the server that is the event loop. Against a thread spinning in Python
     (5 ms switch interval), a step of 16 games of the demo model took 208 ms instead of 57.
     With this reference held, the counts stay at 2 or more during the call and the trace takes
-    the GIL back once, to return (tests/test_simulation.py). A C++ list of the tensors is such
+    the GIL back once, to return (bench/gil_handback.py). A C++ list of the tensors is such
     a reference; None where torch has no ScriptList."""
     tensors = [t for group in inputs for t in group]
     if rules is not None:

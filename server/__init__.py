@@ -1,6 +1,7 @@
-"""The game server side: headless policy-vs-policy matches (`match`); live sessions at 60 Hz
-over websockets and the REST endpoint come next.
+"""The game server: live sessions at 60 Hz over websockets (`serve`), matches and recordings
+over REST, and headless policy-vs-policy matches (`match`).
 
-May import `model` (and `training.replay_reader` to read `.slp` starts); never `client`.
+May import `core` and `model`; never `training` or `client`. `protocol` (the wire messages)
+imports neither torch nor FastAPI, since the client imports it.
 Run as `python -m server <command>` or `playmodel <command>`.
 """

@@ -40,7 +40,8 @@ import torch
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from model import game_state as gs
+from core import game_state as gs
+from core.host_memory import keep_freed_host_memory
 from model.frames import table_from_frames
 from model.quantize import maybe_quantize
 from server.engine import Engine, ServerFull
@@ -66,7 +67,6 @@ from server.security import (
 from server.sessions import TooManyResets
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
-from training.host_memory import keep_freed_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A tick allocates and frees blocks of megabytes (snapshots kept for a rollback, a
         # large model's step): the allocator keeps them for reuse instead of returning them to
-        # the OS and faulting them in again (training.host_memory).
+        # the OS and faulting them in again (core.host_memory).
         keep_freed_host_memory()
         device = settings.resolved_device()
         threads = settings.resolved_threads(device)

@@ -16,7 +16,7 @@ import time
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from model import melee_ids
+from core import melee_ids
 from server import protocol
 from server.engine import Engine
 from server.sessions import (

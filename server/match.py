@@ -24,15 +24,15 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from model import game_state as gs
-from model.atomic_file import atomic_path
+from core import game_state as gs
+from core.atomic_file import atomic_path
+from core.melee_ids import character_name_internal, parse_character
+from core.stages import parse_stage
 from model.frame_spec import count_state_age
 from model.frames import Frames, frames_from_table, stack, table_from_frames
-from model.melee_ids import character_name_internal, parse_character
 from model.policies import Policy, ReplayFollower, controls_for, make_policy
 from model.rules import Event
 from model.simulation import GameSetup, Simulation
-from model.stages import parse_stage
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def read_replay_frames(path: Path) -> Frames:
         gs.check_table(table)  # a column of another dtype would change the frames' dtypes
         frames = frames_from_table(table)
     else:
-        from training.replay_reader import read_replay
+        from core.replay_reader import read_replay
 
         frames = frames_from_table(read_replay(path).table)
     count_state_age(frames)

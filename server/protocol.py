@@ -26,7 +26,7 @@ MAX_CLIENT_MESSAGE_BYTES = 4096  # the largest client message is an input with 8
 REDUNDANT_INPUTS = 8
 # An error answering a bad message names at most this many of its problems, and quotes at most
 # QUOTE_CHARS of any key or type it names: the answer to a 4 KB message stays a few hundred
-# bytes instead of echoing it (an 11 KB answer to a 4 KB message before, issue 21).
+# bytes instead of echoing it (echoing made an 11 KB answer to a 4 KB message, issue 21).
 MAX_ERROR_PROBLEMS = 3
 QUOTE_CHARS = 40
 PORTS = (1, 2)

@@ -32,11 +32,11 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from model import game_state as gs
-from model.atomic_file import atomic_path
+from core import game_state as gs
+from core.atomic_file import atomic_path
+from core.manifest import ManifestAppender
 from model.frames import Frames, frames_from_table, table_from_frames
 from model.packed_frame import PackedFrame
-from training.manifest import ManifestAppender
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from model.atomic_file import TMP_SUFFIX
+from core.atomic_file import TMP_SUFFIX
+from core.manifest import load_manifest
 from server.recorder import GAME_FILE, INFO_FILE, _add_to_manifest, _Finish, _write_info
-from training.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 

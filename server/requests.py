@@ -11,15 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model import game_state as gs
+from core import game_state as gs
+from core.replay_reader import ReplayUnreadable
+from core.stages import get_stage
 from model.frames import Frames
 from model.policies import Policy, make_policy
 from model.simulation import GameSetup
-from model.stages import get_stage
 from server.match import parse_character, parse_stage, read_replay_frames
 from server.policy_modules import load_module_policy
 from server.settings import ServerSettings
-from training.replay_reader import ReplayUnreadable
 
 StageSpec = str | int
 CharacterSpec = str | int

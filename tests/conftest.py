@@ -56,3 +56,39 @@ def read_tsv_manifest(path: Path) -> dict[str, dict]:
     """shared/replays/*/MANIFEST.tsv rows by file name."""
     with open(path, newline="", encoding="utf-8") as f:
         return {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+# The simulation's tests (test_rules.py, test_simulation.py, test_traced_step.py) share these;
+# a module that defines a fixture of the same name uses its own.
+@pytest.fixture(scope="module")
+def model():
+    """A tiny untrained world model, the same weights in every module."""
+    import torch
+    from simulation_setup import TINY
+
+    from model.world_model import WorldModel
+
+    torch.manual_seed(0)
+    return WorldModel(TINY).eval()
+
+
+@pytest.fixture(scope="module", params=["untrained", "demo checkpoint"])
+def any_model(request, model):
+    """The tiny untrained model, then the trained demo checkpoint."""
+    if request.param == "untrained":
+        return model
+    from simulation_setup import DEMO_CHECKPOINT
+
+    from model.checkpoint import load_checkpoint
+
+    assert DEMO_CHECKPOINT.exists(), "the demo checkpoint is part of the repository"
+    return load_checkpoint(DEMO_CHECKPOINT)[0]
+
+
+@pytest.fixture(scope="module")
+def replay_frames(replays):
+    """The frames of a real replay (techTester), as tensors."""
+    from core.replay_reader import read_replay
+    from model.frames import frames_from_table
+
+    return frames_from_table(read_replay(replays / "dev" / "slippi-js__slp__techTester.slp").table)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import game_state as gs
+from core import game_state as gs
+from core.replay_reader import read_replay
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ModelConfig, load_config
 from model.decoding import decode
@@ -22,7 +23,6 @@ from model.quantize import quantize_int8
 from model.simulation import GameSetup, Simulation
 from model.world_model import WorldModel
 from training.losses import compute_losses
-from training.replay_reader import read_replay
 from training.train import TrainConfig, init_weights, make_optimizer, split_window, teacher_choices
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"

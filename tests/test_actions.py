@@ -1,4 +1,4 @@
-"""Action-state names and categories (`model.actions`), checked against libmelee and replays."""
+"""Action-state names and categories (`core.actions`), checked against libmelee and replays."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from model import actions
-from model.game_state import ACTION_VOCAB
-from training.replay_reader import read_replay
+from core import actions
+from core.game_state import ACTION_VOCAB
+from core.replay_reader import read_replay
 
 
 def test_every_id_has_one_category():

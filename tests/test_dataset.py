@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import read_tsv_manifest
 
-from model import game_state as gs
+from core import game_state as gs
+from core.manifest import load_manifest
 from model.frame_spec import count_state_age, implied_velocity, impute_missing_velocities
 from model.frames import Frames, frames_from_table
 from training.dataset import GameDataset, in_val
-from training.manifest import load_manifest
 
 SEQ_LEN = 60
 FD, CAPTAIN_FALCON = 32, 2  # external stage id, internal character id

@@ -1,4 +1,4 @@
-"""training.host_memory: freed host memory stays with the process for reuse."""
+"""core.host_memory: freed host memory stays with the process for reuse."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.host_memory import keep_freed_host_memory
+from core.host_memory import keep_freed_host_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GIVEN_BACK = textwrap.dedent(
     """
     import os, sys, torch
-    from training.host_memory import keep_freed_host_memory
+    from core.host_memory import keep_freed_host_memory
     if sys.argv[1] == "keep":
         assert keep_freed_host_memory()
     def resident_mb():

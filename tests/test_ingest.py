@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, read_tsv_manifest
 
-from model import game_state as gs
+from core import game_state as gs
+from core.manifest import MANIFEST_NAME, load_manifest
+from core.replay_reader import ReplayUnreadable, read_replay
 from training.ingest import ingest, main
-from training.manifest import MANIFEST_NAME, load_manifest
-from training.replay_reader import ReplayUnreadable, read_replay
 
 
 def rows_by_name(out: Path) -> dict[str, dict]:
@@ -163,7 +163,7 @@ def test_slot_assignment_never_shares_or_moves_a_slot(replays):
     import pyarrow.compute as pc
     from peppi_py._peppi import read_slippi
 
-    from training.replay_reader import _assign_slots
+    from core.replay_reader import _assign_slots
 
     game = read_slippi(str(replays / "dev" / "peppi__tests__data__duplicate_game_end.slp"), False)
     items = game.frames.field("item")

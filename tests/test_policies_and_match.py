@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from model import game_state as gs
+from core import game_state as gs
+from core.replay_reader import read_replay
 from model.frame_spec import BUTTON_BITS
 from model.frames import frames_from_table, index
 from model.policies import (
@@ -32,7 +33,6 @@ from server.match import (
     run_match,
     summary_lines,
 )
-from training.replay_reader import read_replay
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
+from core.stages import get_stage
 from model.config import load_config
 from model.frame_spec import count_state_age
 from model.frames import frames_from_table
 from model.policies import Controller
-from model.stages import get_stage
 from model.world_model import WorldModel
 from training import probe_expectations as pe
 from training import probes as pr

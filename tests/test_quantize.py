@@ -9,13 +9,13 @@ import httpx
 import pytest
 import torch
 
+from core.replay_reader import read_replay
 from model.checkpoint import load_checkpoint
 from model.frames import controls_of, frames_from_table, index
 from model.quantize import maybe_quantize, quantize_int8
 from model.simulation import Simulation
 from server.serve import ServerThread
 from server.settings import ServerSettings
-from training.replay_reader import read_replay
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "demo.safetensors"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from server_client import create_session, delete_session, open_play, receive, receive_until
 
-from model import game_state as gs
+from core import game_state as gs
 from model.frames import frames_from_table
 from server import protocol as P
 from server.recorder import PART_FRAMES

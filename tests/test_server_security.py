@@ -20,6 +20,7 @@ from server_client import create_session, delete_session, open_play, open_watch,
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from core.manifest import load_manifest
 from model.config import load_config
 from model.simulation import GameSetup, Simulation
 from model.world_model import WorldModel
@@ -30,7 +31,6 @@ from server.frame_log import FrameLog
 from server.security import is_loopback, with_api_key
 from server.serve import ServerThread
 from server.settings import ServerSettings
-from training.manifest import load_manifest
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,4 +1,4 @@
-"""Stage geometry (`model.stages`) against libmelee's figures and the real replays."""
+"""Stage geometry (`core.stages`) against libmelee's figures and the real replays."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import read_tsv_manifest
 
-from model import melee_ids, stages
-from model.actions import DEAD_IDS, ON_HALO_DESCENT, ON_HALO_WAIT
-from training.replay_reader import ReplaySkipped, read_replay
+from core import melee_ids, stages
+from core.actions import DEAD_IDS, ON_HALO_DESCENT, ON_HALO_WAIT
+from core.replay_reader import ReplaySkipped, read_replay
 
 STANDING = 14  # libmelee Action.STANDING
 POPO = 10  # internal character id: Ice Climbers' leader stands 5 units off spawn points
@@ -19,7 +19,7 @@ SPAWN_FRAME = -123  # the first frame of every replay (slippi-js Frames.FIRST)
 
 # The one stretch of frames in the dev replays where a live player is past a blast zone: this
 # Jigglypuff is launched above Yoshi's Story's top zone (168) in hitstun, peaks at y = 177.3
-# and comes back (see model/stages.py).
+# and comes back (see core/stages.py).
 SURVIVED_ABOVE_TOP = {("peppi__tests__data__v2.0.slp", "p1"): range(8451, 8486)}
 # Respawns pushed to x = 16.0 because the other player had just used the revival platform.
 SHIFTED_RESPAWNS = {("peppi__tests__data__v0.1.slp", "p2", 4344)}

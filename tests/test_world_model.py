@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from core import game_state as gs
+from core.replay_reader import read_replay
 from model import frame_spec as fs
-from model import game_state as gs
 from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from model.config import ModelConfig, load_config
 from model.decoding import REST_RESIDUAL, REST_SPEED, decode
@@ -16,7 +17,6 @@ from model.encoder import FrameEncoder
 from model.frames import controls_of, frames_from_table, index, model_inputs, stack
 from model.heads import head_targets
 from model.world_model import WorldModel
-from training.replay_reader import read_replay
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
 

@@ -2,5 +2,5 @@
 
 - `ingest` (`playmodel parse`): replays -> per-game parquet files + manifest (docs/DATA.md).
 
-May import `model`; never `server` or `client`. Run as `python -m training <command>`.
+May import `core` and `model`; never `server` or `client`. Run as `python -m training <command>`.
 """

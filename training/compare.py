@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model.atomic_file import atomic_path
+from core.atomic_file import atomic_path
 
 log = logging.getLogger(__name__)
 KS = (5, 10, 20)

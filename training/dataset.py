@@ -22,7 +22,7 @@ Conventions:
 - Velocities, recorded from Slippi 3.5, are filled in for older games as each frame's own move
   (`model.frame_spec.impute_missing_velocities`): positions are decoded from them.
 
-May import `model` and `training.manifest`; reads files, never writes them.
+May import `core` and `model`; reads files, never writes them.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from model import game_state as gs
+from core import game_state as gs
+from core.manifest import MANIFEST_NAME, load_manifest
 from model.frame_spec import count_state_age, impute_missing_velocities
 from model.frames import Frames, frames_from_table
-from training.manifest import MANIFEST_NAME, load_manifest
 
 log = logging.getLogger(__name__)
 

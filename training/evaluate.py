@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core import game_state as gs
+from core.actions import CATEGORIES, action_name, category_table
+from core.atomic_file import atomic_path
 from model import frame_spec as fs
-from model import game_state as gs
-from model.actions import CATEGORIES, action_name, category_table
-from model.atomic_file import atomic_path
 from model.checkpoint import load_checkpoint
 from model.decoding import decode
 from model.frames import controls_of, index

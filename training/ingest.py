@@ -29,9 +29,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from model.atomic_file import atomic_path, remove_stale_temporaries
-from training.manifest import ManifestAppender, load_manifest, write_manifest
-from training.replay_reader import ReplaySkipped, ReplayUnreadable, read_replay
+from core.atomic_file import atomic_path, remove_stale_temporaries
+from core.manifest import ManifestAppender, load_manifest, write_manifest
+from core.replay_reader import ReplaySkipped, ReplayUnreadable, read_replay
 
 log = logging.getLogger(__name__)
 

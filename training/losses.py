@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core import game_state as gs
 from model import frame_spec as fs
-from model import game_state as gs
 from model.decoding import with_copy_prior
 from model.frame_spec import Head
 from model.heads import head_outputs, head_targets, item_outputs

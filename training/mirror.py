@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model import game_state as gs
+from core import game_state as gs
 from model.frames import Frames
 
 # Columns whose sign flips in a mirror (player columns without their p1_/p2_ prefix).

@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from model import game_state as gs
-from model.atomic_file import atomic_path
-from model.stages import get_stage, legal_stage_ids
+from core import game_state as gs
+from core.atomic_file import atomic_path
+from core.manifest import MANIFEST_NAME, load_manifest
+from core.stages import get_stage, legal_stage_ids
 from training import probes as pr
-from training.manifest import MANIFEST_NAME, load_manifest
 
 log = logging.getLogger(__name__)
 

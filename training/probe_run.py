@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.atomic_file import atomic_path
+from core.atomic_file import atomic_path
+from core.melee_ids import character_name_internal, parse_character, stage_name
+from core.stages import get_stage, legal_stage_ids, parse_stage
 from model.checkpoint import load_checkpoint
-from model.melee_ids import character_name_internal, parse_character, stage_name
 from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
 from model.simulation import GameSetup, Simulation
-from model.stages import get_stage, legal_stage_ids, parse_stage
 from model.world_model import WorldModel
 from training import probes as pr
 from training.probe_expectations import DEFAULT_EXPECTATIONS

@@ -47,7 +47,7 @@ SHIELD_ACTIONS = (178, 179, 180, 181, 182)
 SHIELD_HELD = (179, 182)
 ROLL_FORWARD, ROLL_BACKWARD, SPOTDODGE = 233, 234, 235
 GRAB = 212
-FIRST_SPECIAL = 341  # character-specific action ids (model/actions.py)
+FIRST_SPECIAL = 341  # character-specific action ids (core/actions.py)
 
 
 @dataclass(frozen=True)

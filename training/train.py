@@ -47,8 +47,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import game_state as gs
-from model.atomic_file import atomic_path, remove_stale_temporaries
+from core import game_state as gs
+from core.atomic_file import atomic_path, remove_stale_temporaries
+from core.host_memory import keep_freed_host_memory
 from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from model.config import ModelConfig, load_config
 from model.decoding import decode
@@ -56,7 +57,6 @@ from model.frames import Frames, controls_of
 from model.mamba2 import Mamba2Cache
 from model.world_model import WorldModel, WorldModelCache
 from training.dataset import GameDataset
-from training.host_memory import keep_freed_host_memory
 from training.losses import LossWeights, compute_losses
 from training.mirror import ground_mirror_table, mirror_windows
 
@@ -499,8 +499,8 @@ class Trainer:
             return
         # The weights go into the state file too: it is the one unit --resume reads, replaced
         # by a single rename. With the weights only in last.safetensors, a kill -9 between the
-        # two writes left step-M weights beside step-N optimiser state, and --resume trained on
-        # from the mismatched pair without a word (issue 21).
+        # two writes would leave step-M weights beside step-N optimiser state, and --resume
+        # would train on from the mismatched pair without a word.
         state = {
             "step": self.step,
             "best_val": self.best_val,

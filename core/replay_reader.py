@@ -1,4 +1,4 @@
-"""Read one Slippi replay into a columnar table in the dataset schema (`model.game_state`).
+"""Read one Slippi replay into a columnar table in the dataset schema (`core.game_state`).
 
 peppi-py's low-level reader (`peppi_py._peppi.read_slippi`) returns the whole game as one Arrow
 struct array, items included (its public `read_slippi` drops them). Everything here is
@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model import game_state as gs
-from model import melee_ids
+from core import game_state as gs
+from core import melee_ids
 
 VERSUS_SCENES = {2: "versus", 8: "online"}  # start.scene.major (recorded since Slippi 3.7)
 # Other major scenes, named from the slippi-js game-mode test replays in shared/replays.
@@ -57,11 +57,14 @@ class ReplayUnreadable(ValueError):
 class ParsedReplay:
     table: pa.Table  # one row per unique frame, in `gs.arrow_schema()`
     info: dict  # manifest fields: version, stage, characters, ports, frames, ...
+    timer_seconds: int | None = None  # the game's clock (start block), where it has one
 
 
-def read_replay(path: str | Path) -> ParsedReplay:
-    """Parse `path`. Raises ReplaySkipped for games outside the dataset's scope, and for
-    unreadable files what peppi raises (OSError, ValueError) or ReplayUnreadable."""
+def read_replay(path: str | Path, *, dataset_only: bool = True) -> ParsedReplay:
+    """Parse `path`. Raises ReplaySkipped for games outside the dataset's scope (with
+    `dataset_only=False`, as a viewer reads replays, only for games of other than two
+    players), and for unreadable files what peppi raises (OSError, ValueError) or
+    ReplayUnreadable."""
     from peppi_py._peppi import read_slippi  # imported here so workers load it lazily
 
     try:
@@ -77,7 +80,7 @@ def read_replay(path: str | Path) -> ParsedReplay:
         raise ReplayUnreadable(f"the parser (peppi-py) panicked: {e}") from e
     start = game.start
     info = _game_info(start, game.end)
-    _check_scope(start, info)
+    _check_scope(start, info, dataset_only)
 
     frames = game.frames
     if frames is None or len(frames) == 0:
@@ -123,7 +126,8 @@ def read_replay(path: str | Path) -> ParsedReplay:
         }
     )
     arrays = [_to_arrow(columns[field.name], field.type) for field in schema]
-    return ParsedReplay(table=pa.Table.from_arrays(arrays, schema=schema), info=info)
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return ParsedReplay(table=table, info=info, timer_seconds=start.get("timer") or None)
 
 
 def last_row_per_frame(frame_ids: np.ndarray) -> np.ndarray:
@@ -167,10 +171,12 @@ def _end_method_name(end: dict | None) -> str | None:
     return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(name)).upper()
 
 
-def _check_scope(start: dict, info: dict) -> None:
+def _check_scope(start: dict, info: dict, dataset_only: bool) -> None:
     n_players = len(info["ports"])
     if n_players != 2:
         raise ReplaySkipped(f"not a two-player game ({n_players} players)")
+    if not dataset_only:
+        return
     scene = info["scene"]
     # Replays before Slippi 3.7 do not record the scene; they are kept (special modes in
     # them still fail the stage check, since those modes use their own stages).

@@ -40,11 +40,6 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-
-
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete temporary files left by killed writers in `folder`; returns how many."""
     removed = 0

@@ -71,7 +71,7 @@ import functools
 import json
 from pathlib import Path
 
-from model.game_state import ACTION_VOCAB
+from core.game_state import ACTION_VOCAB
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import IO
 
-from model.atomic_file import atomic_path
+from core.atomic_file import atomic_path
 
 MANIFEST_NAME = "manifest.jsonl"
 STATUSES = ("ok", "skipped", "failed")

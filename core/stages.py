@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import melee_ids
+from core import melee_ids
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 PORTS = ("P1", "P2", "P3", "P4")
@@ -43,7 +43,8 @@ class Platform:
 @dataclass(frozen=True)
 class Stage:
     id: int  # Slippi's external stage id (game start block)
-    name: str
+    name: str  # e.g. BATTLEFIELD
+    display_name: str  # e.g. Battlefield, as a menu shows it
     blast_left: float
     blast_right: float
     blast_top: float
@@ -89,6 +90,7 @@ def _stage(stage_id: int, raw: dict, path: Path) -> Stage:
     return Stage(
         id=stage_id,
         name=raw["name"],
+        display_name=raw.get("display_name", raw["name"].replace("_", " ").title()),
         blast_left=float(zones["left"]),
         blast_right=float(zones["right"]),
         blast_top=float(zones["top"]),
@@ -114,9 +116,10 @@ STAGE_ALIASES = {
 }
 
 
-def parse_stage(text: str) -> int:
-    """A legal stage's id from its id, its name (BATTLEFIELD, dream land) or an alias (fd)."""
-    key = text.strip().lower().replace("-", "_").replace(" ", "_")
+def parse_stage(text: str | int) -> int:
+    """A legal stage's id from its id, its name (BATTLEFIELD, dream land, yoshi's story) or an
+    alias (fd)."""
+    key = str(text).strip().lower().replace("-", "_").replace(" ", "_").replace("'", "")
     if key in STAGE_ALIASES:
         return STAGE_ALIASES[key]
     for stage_id in legal_stage_ids():
@@ -124,7 +127,9 @@ def parse_stage(text: str) -> int:
         if key in (str(stage_id), name, name.replace("_n64", "")):
             return stage_id
     names = ", ".join(melee_ids.stage_name(s) for s in legal_stage_ids())
-    raise ValueError(f"unknown stage {text!r}: use an id or one of {names} (or fd, bf, ...)")
+    raise ValueError(
+        f"unknown stage {text!r}: the legal stages are {names} (or their ids, or fd, bf, ...)"
+    )
 
 
 def legal_stage_ids() -> tuple[int, ...]:

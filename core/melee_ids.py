@@ -29,6 +29,12 @@ def legal_stages() -> frozenset[int]:
     return frozenset(_ids()["legal_stages"])
 
 
+def legal_stage_menu() -> list[int]:
+    """The legal stages in the order a stage menu lists them (the JSON's: FD, Battlefield,
+    Dream Land, FoD, Stadium, Yoshi's)."""
+    return list(_ids()["legal_stages"])
+
+
 def character_name_external(character_id: int) -> str:
     return _ids()["characters_external"].get(str(character_id), f"UNKNOWN_{character_id}")
 
@@ -37,12 +43,26 @@ def character_name_internal(character_id: int) -> str:
     return _ids()["characters_internal"].get(str(character_id), f"UNKNOWN_{character_id}")
 
 
-CHARACTER_VOCAB = 33  # internal ids 0..32 (model.game_state.CHARACTER_VOCAB)
+CHARACTER_VOCAB = 33  # internal ids 0..32 (core.game_state.CHARACTER_VOCAB)
 
 
-def parse_character(text: str) -> int:
-    """A character name (FOX, captain falcon) or in-game id -> the in-game (internal) id."""
-    key = text.strip().upper().replace(" ", "_").replace("-", "_")
+# Internal ids no player can pick at the character select screen.
+UNPICKABLE = frozenset(
+    {"NANA", "MASTER_HAND", "CRAZY_HAND", "WIREFRAME_MALE", "WIREFRAME_FEMALE"}
+    | {"GIGA_BOWSER", "SANDBAG"}
+)
+
+
+def playable_characters() -> list[tuple[int, str]]:
+    """(internal id, name) of the 26 characters one can pick, in internal id order."""
+    names = _ids()["characters_internal"]
+    return [(int(k), v) for k, v in names.items() if v not in UNPICKABLE]
+
+
+def parse_character(text: str | int) -> int:
+    """A character name (FOX, captain falcon, game & watch) or in-game id -> the in-game
+    (internal) id."""
+    key = str(text).strip().upper().replace(" ", "_").replace("-", "_").replace("&", "AND")
     if key.isdigit() and int(key) < CHARACTER_VOCAB:
         return int(key)
     for internal_id in range(CHARACTER_VOCAB):

@@ -1,0 +1,304 @@
+"""The game rules (`model.rules`): KOs through each blast zone, the death descent and the
+revival platform, the entry and GO, stocks and the game's end, clamping, and the stage's
+solid surface."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from simulation_setup import (
+    after_frames,
+    batch_frame,
+    beyond,
+)
+
+from core.actions import ON_HALO_WAIT
+from core.stages import get_stage, legal_stage_ids
+from model.frames import frames_from_table
+from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, RuleState, apply_rules
+from model.simulation import (
+    FIRST_FRAME,
+    GameSetup,
+    Simulation,
+)
+
+
+@pytest.mark.parametrize("stage_id", legal_stage_ids())
+@pytest.mark.parametrize("zone", ["left", "right", "bottom", "top"])
+def test_ko_through_each_blast_zone_then_death_descent_and_platform(stage_id, zone):
+    from model.rules import DEAD_ACTIONS, DEAD_FRAMES, DESCENT_FRAMES, ON_HALO_DESCENT
+
+    stage = get_stage(stage_id)
+    frame, rules = batch_frame(stage_id)
+    crossing = beyond(stage, zone)
+    frame["p1_x"][0], frame["p1_y"][0] = crossing
+    frame["p1_percent"][0] = 140.0
+    frame["p1_vel_knockback_x"][0] = 9.0
+    events = apply_rules(frame, rules)[0]
+    assert [e.type for e in events] == ["ko"]
+    assert events[0].player == 0 and events[0].detail["zone"] == zone
+    assert rules.stocks[0].tolist() == [3, 4] and int(frame["p1_stocks"][0]) == 3
+    # Held where they crossed, in the KO animation, for DEAD_FRAMES, whatever the model says.
+    events = after_frames(frame, rules, DEAD_FRAMES - 1)
+    assert events == []
+    assert (float(frame["p1_x"][0]), float(frame["p1_y"][0])) == pytest.approx(crossing)
+    assert int(frame["p1_action"][0]) == DEAD_ACTIONS[zone]
+    assert float(frame["p1_vel_knockback_x"][0]) == 0.0
+    assert int(frame["p1_hurtbox_state"][0]) == 1
+    # Then back on the revival platform, at its top, 0%, descending linearly.
+    events = after_frames(frame, rules, 1)
+    assert [e.type for e in events] == ["respawn"]
+    x_rest, y_rest = stage.respawns[0]
+    assert (float(frame["p1_x"][0]), float(frame["p1_y"][0])) == pytest.approx(
+        (x_rest, stage.respawn_top_y)
+    )
+    assert float(frame["p1_percent"][0]) == 0.0
+    assert int(frame["p1_action"][0]) == ON_HALO_DESCENT
+    after_frames(frame, rules, DESCENT_FRAMES // 2)
+    assert float(frame["p1_y"][0]) == pytest.approx((y_rest + stage.respawn_top_y) / 2, abs=0.01)
+    after_frames(frame, rules, DESCENT_FRAMES // 2)
+    assert (float(frame["p1_x"][0]), float(frame["p1_y"][0])) == pytest.approx((x_rest, y_rest))
+    assert int(frame["p1_action"][0]) == ON_HALO_WAIT
+    assert int(frame["p1_hurtbox_state"][0]) == 1  # invulnerable
+    assert int(frame["p2_stocks"][0]) == 4  # the other player is untouched
+
+
+def test_respawned_player_waits_on_the_platform_then_is_invulnerable_for_its_period():
+    from model.rules import DEAD_FRAMES, DESCENT_FRAMES, HALO_MAX_FRAMES
+
+    frame, rules = batch_frame(31)
+    frame["p1_y"][0] = get_stage(31).blast_bottom - 1
+    apply_rules(frame, rules)
+    after_frames(frame, rules, DEAD_FRAMES + DESCENT_FRAMES)
+    on_platform, protected = 0, 0
+    x_rest, y_rest = get_stage(31).respawns[0]
+    for _ in range(HALO_MAX_FRAMES + RESPAWN_INVULNERABLE_FRAMES + 10):
+        after_frames(frame, rules, 1)  # the model keeps predicting a drift and no hurtbox
+        if int(frame["p1_action"][0]) == ON_HALO_WAIT:
+            on_platform += 1
+            assert (float(frame["p1_x"][0]), float(frame["p1_y"][0])) == pytest.approx(
+                (x_rest, y_rest)
+            )
+        protected += int(frame["p1_hurtbox_state"][0]) == 1
+    assert HALO_MAX_FRAMES - 3 <= on_platform <= HALO_MAX_FRAMES
+    assert on_platform + RESPAWN_INVULNERABLE_FRAMES <= protected <= on_platform + 125
+
+
+def test_touching_the_controller_leaves_the_platform_falling():
+    from model.rules import DEAD_FRAMES, DESCENT_FRAMES, FALL_ACTION
+
+    frame, rules = batch_frame(31)
+    frame["p1_y"][0] = get_stage(31).blast_bottom - 1
+    apply_rules(frame, rules)
+    idle = {f"p1_{k}": torch.zeros(1) for k in ("joystick_x", "joystick_y")}
+    idle["p1_buttons"] = torch.zeros(1, dtype=torch.long)
+    after_frames(frame, rules, DEAD_FRAMES + DESCENT_FRAMES + 10, controls=idle, drift=False)
+    assert int(frame["p1_action"][0]) == ON_HALO_WAIT
+    tilt = dict(idle, p1_joystick_x=torch.tensor([0.2]))  # inside Melee's deadzone
+    apply_rules(frame, rules, controls=tilt)
+    assert int(frame["p1_action"][0]) == ON_HALO_WAIT
+    push = dict(idle, p1_joystick_x=torch.tensor([0.8]))
+    apply_rules(frame, rules, controls=push)
+    assert int(frame["p1_action"][0]) == FALL_ACTION
+    assert int(rules.halo[0, 0]) == 0
+    frame["p1_x"][0] = 50.0
+    apply_rules(frame, rules, controls=idle)  # gone: the model moves the player again
+    assert float(frame["p1_x"][0]) == 50.0
+
+
+def test_the_entry_plays_as_in_real_games(dev_dataset_dir):
+    """The rules' entry animation has the real games' actions on nearly all of its frames
+    (some real entries run 5 or 10 frames late), and leaves the players where real ones
+    stand at GO."""
+    import pyarrow.parquet as pq
+
+    from model.rules import ENTRY_PHASES, GO_FRAME, hold_entry
+
+    matched = []
+    for path in sorted(dev_dataset_dir.glob("*.parquet")):
+        real = frames_from_table(pq.read_table(path))
+        stage = int(real["stage"][0])
+        if stage not in legal_stage_ids() or int(real["frame"][0]) != -123:
+            continue
+        rules = RuleState.new(get_stage(stage), (4, 4))
+        frame = {k: v[:1].clone() for k, v in real.items()}
+        same, animation = 0, range(1, ENTRY_PHASES[-1][0] + 124)  # frames -122 .. -60
+        for row in range(1, GO_FRAME + 124):
+            prev, frame = frame, {k: v[row : row + 1].clone() for k, v in real.items()}
+            frame["p1_action"][0] = 0  # whatever the model says
+            hold_entry(frame, prev, rules)
+            same += row in animation and int(frame["p1_action"][0] == real["p1_action"][row])
+        matched.append(same / len(animation))
+        for slot, p in enumerate(("p1", "p2")):
+            start = get_stage(stage).starts[slot]
+            spawn_x = float(real[f"{p}_x"][animation[-1]])  # the entry falls straight down
+            assert float(frame[f"{p}_x"][0]) == pytest.approx(spawn_x, abs=1)
+            assert float(frame[f"{p}_y"][0]) == pytest.approx(start[1], abs=0.01)
+    assert len(matched) >= 3 and min(matched) > 0.6, matched
+    assert sorted(matched)[len(matched) // 2] > 0.95, matched
+
+
+def test_at_go_players_stand_at_the_start_points_whatever_the_model_says():
+    from model.rules import GO_FRAME, STANDING_ACTION, hold_entry
+
+    prev, rules = batch_frame(31)
+    prev["frame"] = torch.tensor([GO_FRAME - 1])
+    frame = {k: v.clone() for k, v in prev.items()}  # both players still in ENTRY
+    frame["frame"] = torch.tensor([GO_FRAME])
+    frame["p2_action"][0] = 29  # the model has p2 falling
+    frame["p2_y"][0] = 90.0
+    hold_entry(frame, prev, rules)
+    for slot, p in enumerate(("p1", "p2")):
+        x, y, ground = get_stage(31).starts[slot]
+        assert int(frame[f"{p}_action"][0]) == STANDING_ACTION
+        assert int(frame[f"{p}_airborne"][0]) == 0 and int(frame[f"{p}_ground"][0]) == ground
+        assert float(frame[f"{p}_x"][0]) == pytest.approx(x, abs=1e-4)  # the spawn's x
+        assert float(frame[f"{p}_y"][0]) == pytest.approx(y, abs=1e-4)
+    frame["frame"] = torch.tensor([GO_FRAME + 1])  # after GO the model moves them
+    frame["p1_action"][0] = 20
+    hold_entry(frame, prev, rules)
+    assert int(frame["p1_action"][0]) == 20
+
+
+def test_a_game_set_up_on_the_main_stage_starts_there_on_every_legal_stage(model):
+    """The probes' start: at GO both players stand on the main stage's flat part (its height
+    and ground id), not on the side platforms where Melee puts them."""
+    from model.rules import GO_FRAME
+
+    sim = Simulation(model)
+    stages = legal_stage_ids()
+    ids = [sim.new_game(GameSetup(stage=s, on_main_stage=True)) for s in stages]
+    for _ in range(GO_FRAME - FIRST_FRAME):
+        sim.step({})
+    frame = sim.batch_frame
+    assert int(frame["frame"][0]) == GO_FRAME
+    for row, stage_id in enumerate(stages):
+        stage = get_stage(stage_id)
+        for p in ("p1", "p2"):
+            assert float(frame[f"{p}_y"][row]) == pytest.approx(stage.main.y, abs=1e-4)
+            assert int(frame[f"{p}_ground"][row]) == stage.main_ground
+            assert int(frame[f"{p}_airborne"][row]) == 0
+            assert abs(float(frame[f"{p}_x"][row])) <= stage.main_flat_x
+    assert len(ids) == len(stages)
+
+
+def test_the_entry_hold_stops_a_drifting_model():
+    from model.rules import hold_entry
+
+    prev, rules = batch_frame(31)
+    prev["frame"] = torch.tensor([-100])
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = torch.tensor([-99])
+    frame["p1_x"][0] += 3.0
+    frame["p1_y"][0] -= 2.0
+    hold_entry(frame, prev, rules)
+    assert float(frame["p1_x"][0]) == float(prev["p1_x"][0])
+    assert float(frame["p1_y"][0]) == float(prev["p1_y"][0])
+
+
+def test_stocks_change_only_by_kos():
+    frame, rules = batch_frame(32)
+    frame["p1_stocks"][0] = 0  # the model predicting a lost stock decides nothing
+    frame["p2_stocks"][0] = 7
+    assert apply_rules(frame, rules) == [[]]
+    assert int(frame["p1_stocks"][0]) == 4 and int(frame["p2_stocks"][0]) == 4
+
+
+def test_last_stock_ends_the_game():
+    frame, rules = batch_frame(8, stocks=(1, 2))
+    frame["p1_x"][0] = get_stage(8).blast_right + 1
+    events = apply_rules(frame, rules)[0]
+    assert [e.type for e in events] == ["ko", "game_end"]
+    assert events[-1].player == 1 and events[-1].detail["method"] == "stocks"
+    assert bool(rules.over[0])
+
+
+def test_timer_ends_the_game(model):
+    sim = Simulation(model)
+    game = sim.new_game(GameSetup(stage=31, timer_frames=-100))
+    ends = []
+    for _ in range(30):
+        ends += [e for e in sim.step({})[game].events if e.type == "game_end"]
+    assert len(ends) == 1 and ends[0].detail["method"] == "time" and ends[0].frame == -100
+    assert sim.is_over(game)
+    assert int(sim.frame(game)["frame"]) == -100  # a finished game stays on its last frame
+
+
+def test_clamping_keeps_every_field_legal():
+    frame, rules = batch_frame(2)
+    frame["p1_percent"][0] = 1e6
+    frame["p1_shield"][0] = -5
+    frame["p1_vel_self_y"][0] = -1e4
+    frame["p2_x"][0] = 1e9
+    frame["item_vel_x"][0, 3] = 1e5
+    apply_rules(frame, rules)
+    assert float(frame["p1_percent"][0]) == 999.0 and float(frame["p1_shield"][0]) == 0.0
+    assert float(frame["p1_vel_self_y"][0]) == LIMITS["vel_self_y"][0]
+    assert math.isfinite(float(frame["p2_x"][0]))
+    assert float(frame["item_vel_x"][0, 3]) == 30.0
+
+
+@pytest.mark.parametrize("stage_id", legal_stage_ids())
+def test_nobody_falls_through_the_main_stage_from_above(stage_id):
+    from model.rules import FLOOR_TOLERANCE
+
+    stage = get_stage(stage_id)
+    prev, rules = batch_frame(stage_id)
+    prev["p1_x"][0], prev["p1_y"][0] = 10.0, stage.main.y + 2.0
+    prev["p2_x"][0], prev["p2_y"][0] = stage.main.right_x + 20.0, stage.main.y - 30.0  # recovering
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["p1_y"][0] = stage.main.y - FLOOR_TOLERANCE - 5.0  # sinks through
+    frame["p1_vel_self_y"][0] = -3.0
+    frame["p2_y"][0] = stage.main.y - 31.0  # below the stage, off to the side: untouched
+    apply_rules(frame, rules, prev)
+    assert float(frame["p1_y"][0]) == pytest.approx(stage.main.y)
+    assert float(frame["p1_vel_self_y"][0]) == 0.0
+    assert float(frame["p2_y"][0]) == pytest.approx(stage.main.y - 31.0)
+
+
+def test_the_solid_stage_rule_never_moves_a_real_player(dev_dataset_dir):
+    """On real games the rules of the solid stage must be invisible: apply them to every frame
+    given the one before."""
+    import pyarrow.parquet as pq
+
+    from model.rules import keep_above_main_stage
+
+    paths = sorted(dev_dataset_dir.glob("*.parquet"))
+    assert len(paths) == 8
+    for path in paths:
+        frames = frames_from_table(pq.read_table(path))
+        stage = get_stage(int(frames["stage"][0]))
+        n = len(frames["frame"]) - 1
+        rules = RuleState.new(stage, (4, 4))
+        rules = RuleState.from_tensors(
+            {k: v.expand(n, *v.shape[1:]).clone() for k, v in rules.tensors().items()}
+        )
+        prev = {k: v[:-1] for k, v in frames.items()}
+        new = {k: v[1:].clone() for k, v in frames.items()}
+        before = {k: new[k].clone() for k in ("p1_y", "p2_y")}
+        keep_above_main_stage(new, prev, rules)
+        for key, value in before.items():
+            # Standing players are put at the surface's height as assets/stages.json has
+            # it, which may differ from a replay's by a few thousandths of a unit.
+            moved = (new[key] - value).abs().max()
+            assert moved < 0.01, f"{path.name}: the rule moved {key} by {moved}"
+
+
+@pytest.mark.parametrize("falling, landed", [(25, 42), (65, 70), (35, 43)])
+def test_a_player_falling_through_the_stage_lands_on_it(falling, landed):
+    """Melee's collision: a jump, an aerial or a helpless fall that the model carries through
+    the stage's surface lands there, in the landing that action lands in."""
+    prev, rules = batch_frame(32)
+    stage = get_stage(32)
+    for frame_ in (prev,):
+        frame_["p1_action"][0], frame_["p1_airborne"][0], frame_["p1_y"][0] = falling, 1, 3.0
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    frame["p1_y"][0] = stage.main.y - 9.0  # through the surface, still in the air
+    frame["p1_vel_self_y"][0] = -3.0
+    apply_rules(frame, rules, prev)
+    assert int(frame["p1_action"][0]) == landed and int(frame["p1_airborne"][0]) == 0
+    assert float(frame["p1_y"][0]) == pytest.approx(stage.main.y)
+    assert float(frame["p1_vel_self_y"][0]) == 0.0
