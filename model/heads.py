@@ -77,14 +77,30 @@ FACING_COLUMN = _column_of("facing")
 X_COLUMNS = torch.tensor([False] * sum(PLAYER_WIDTHS))
 X_COLUMNS[[_column_of(n) for n in ("x", "vel_self_x_air", "vel_self_x_ground")]] = True
 
+# The first frames of an action have a row of their own in the onset table (ONSET_AGES per
+# action), which corrects the motion heads directly.
+ONSET_AGES = 4
+MOTION_COLUMNS = torch.tensor(
+    [_column_of(s.name) for s in fs.PLAYER_HEADS if s.kind is Head.DISPLACEMENT]
+    + [_column_of(s.name) for s in fs.PLAYER_HEADS if s.name.startswith("vel_")]
+)
+
 # Action logits (*lead, 2, vocab), copy prior added -> the chosen action classes (*lead, 2).
 ActionPicker = Callable[[Tensor], Tensor]
 
 
 class ActionConditioner(nn.Module):
     """A correction of every player head but the action's, given the frame's action and its
-    age (frames since it began, capped): gelu(W h + E[action] + E[age]) -> all head columns.
-    The output layer starts at zero, so that a model trained without it is unchanged at first."""
+    age (frames since it began, capped): gelu(W h + E[action] + E[age]) -> all head columns,
+    plus, on an action's first ONSET_AGES frames, a row of the onset table for that action and
+    age added to the motion heads.
+
+    Why the onset table: an action's first frame sets its speed (a roll's 3.41 units), but a
+    roll begins on 1 frame in 7,000, and through the shared layers the roll's row learned the
+    corrections of its twenty later frames, not the first one's (the smooth L1 loss counts
+    each frame's error by its sign). A row of its own, read by nothing else, learns the first
+    frame alone. Both output layers start at zero, so that a model trained without them is
+    unchanged at first."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -95,6 +111,8 @@ class ActionConditioner(nn.Module):
         self.out = nn.Linear(width, sum(PLAYER_WIDTHS))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.onset = nn.Embedding(gs.ACTION_VOCAB * ONSET_AGES, len(MOTION_COLUMNS))
+        nn.init.zeros_(self.onset.weight)
         keep = torch.ones(sum(PLAYER_WIDTHS))
         keep[ACTION_COLUMNS] = 0  # the action's and facing's own logits are not conditioned
         keep[FACING_COLUMN] = 0
@@ -103,7 +121,10 @@ class ActionConditioner(nn.Module):
     def forward(self, h: Tensor, action: Tensor, age: Tensor) -> Tensor:
         """h (*lead, d_model), action and age classes (*lead, 2) -> (*lead, 2, player width)."""
         hidden = self.hidden(h).unflatten(-1, (2, -1)) + self.action(action) + self.age(age)
-        return self.out(torch.nn.functional.gelu(hidden)) * self.keep.to(h.dtype)
+        out = self.out(torch.nn.functional.gelu(hidden)) * self.keep.to(h.dtype)
+        early = (age < ONSET_AGES).to(out.dtype).unsqueeze(-1)
+        onset = self.onset(action + gs.ACTION_VOCAB * age.clamp(max=ONSET_AGES - 1)) * early
+        return out.index_add(-1, MOTION_COLUMNS.to(out.device), onset.to(out.dtype))
 
 
 def _with_columns(row: Tensor, pieces: list[tuple[int, Tensor]]) -> Tensor:

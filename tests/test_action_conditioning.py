@@ -47,6 +47,7 @@ def model():
     with torch.no_grad():
         for parameter in model.heads.conditioner.out.parameters():
             parameter.normal_(0, 0.5)
+        model.heads.conditioner.onset.weight.normal_(0, 0.5)
     return model
 
 
@@ -108,6 +109,7 @@ def test_an_actions_x_speeds_point_where_the_character_faces(model, windows):
     with torch.no_grad():
         for parameter in uncorrected.heads.conditioner.out.parameters():
             parameter.zero_()
+        uncorrected.heads.conditioner.onset.weight.zero_()
         base = uncorrected(prev, controls, teacher=right)
         faces_right = model(prev, controls, teacher=right)
         faces_left = model(prev, controls, teacher=left)
@@ -206,8 +208,37 @@ def test_the_action_tables_learn_at_their_own_rate_without_decay(model):
     assert {id(p) for p in tables["params"]} == {
         id(conditioner.action.weight),
         id(conditioner.age.weight),
+        id(conditioner.onset.weight),
     }
     assert (tables["weight_decay"], tables["lr_scale"]) == (0.0, 10.0)
     # An unconditioned model keeps the two groups its saved optimiser states have.
     plain = WorldModel(dataclasses.replace(TINY, action_conditioned=False))
     assert len(make_optimizer(plain, config).param_groups) == 2
+
+
+def test_an_actions_first_frames_read_their_own_onset_rows(model, windows):
+    """The onset table's row of (action, age) corrects the motion heads on the action's first
+    frames only: a row changed moves those frames' speeds and nothing on later frames."""
+    prev, controls, target = windows
+    teacher = teacher_choices(target)
+    changed = copy.deepcopy(model)
+    action = 233  # ROLL_FORWARD, given as every frame's action
+    teacher[..., 0] = action
+    # The first two windows are rolling already (for 6 frames), the others begin rolling.
+    prev = dict(prev)
+    prev["p1_action"], prev["p1_state_age"] = (
+        prev["p1_action"].clone(),
+        prev["p1_state_age"].clone(),
+    )
+    prev["p1_action"][:2], prev["p1_state_age"][:2] = action, 5
+    ages = torch.where(prev["p1_action"] == action, prev["p1_state_age"] + 1, 0)
+    with torch.no_grad():
+        changed.heads.conditioner.onset.weight[action] += 1.0  # (ROLL_FORWARD, age 0)
+        before = model(prev, controls, teacher=teacher)
+        after = changed(prev, controls, teacher=teacher)
+    first = ages == 0
+    assert first.any() and (~first).any()
+    for key in ("p1_vel_self_x_ground", "p1_vel_self_y", "p1_y"):
+        moved = (after[key] - before[key]).abs() > 0.5
+        assert torch.equal(moved, first), key
+    assert torch.equal(after["p1_percent"], before["p1_percent"])

@@ -346,7 +346,11 @@ def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over two groups (three with action tables); each group's `lr_scale` multiplies
     the scheduled rate."""
     conditioner = model.heads.conditioner
-    tables = [] if conditioner is None else [conditioner.action.weight, conditioner.age.weight]
+    tables = (
+        []
+        if conditioner is None
+        else [conditioner.action.weight, conditioner.age.weight, conditioner.onset.weight]
+    )
     decay, no_decay = [], []
     for parameter in model.parameters():
         if any(parameter is table for table in tables):
