@@ -167,7 +167,6 @@ podman run -d --name "$NAME" -p "$PORT:8000" -v "$NAME-data:/data" \
 wait_healthz "$PORT" || { podman logs "$NAME" | tail -n 30; die "healthz"; }
 podman exec -i "$NAME" python - http://127.0.0.1:8000 --api-key "$KEY" < deploy/smoke.py \
     || { podman logs "$NAME" | tail -n 30; die "smoke test in the container"; }
-podman healthcheck run "$NAME" && say "the image's HEALTHCHECK: healthy"
 stop_cleanly "$NAME"
 check_recordings "$NAME-data"
 podman rm "$NAME" > /dev/null
@@ -200,11 +199,11 @@ compose run --rm train playmodel train --config demo-small --data /data/dataset 
     --out /data/runs/check --max-steps 2 2>&1 | grep -v -E '^(podman|\[|using|\*\*)' | tail -n 5
 [ -f "$mount/runs/check/last.safetensors" ] || die "the train service wrote no checkpoint"
 say "service train with its own command (torchrun over every GPU), on this CPU:"
-if compose run --rm train > "$STATE/train.log" 2>&1; then
-    die "train's torchrun --nproc-per-node=gpu ran on a machine without a GPU?"
-fi
-grep -E 'Cuda is not available|ValueError' "$STATE/train.log" | tail -n 1 \
-    || { tail -n 20 "$STATE/train.log"; die "train failed for another reason than no GPU"; }
+# podman-compose 1.0.3 answers 0 whatever the container's exit code (it prints "exit code: 1"),
+# so the log says how it ended.
+compose run --rm train > "$STATE/train.log" 2>&1 || true
+grep -E 'Cuda is not available' "$STATE/train.log" | tail -n 1 \
+    || { tail -n 20 "$STATE/train.log"; die "train did not stop for want of a GPU"; }
 compose down -v > /dev/null 2>&1
 podman ps -a --filter "name=$PROJECT" --format '{{.Names}}' | grep . && die "containers left"
 

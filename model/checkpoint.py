@@ -58,6 +58,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(header[METADATA_KEY])
 
 
+def read_weights(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's model config, raw tensors and metadata, without building its model;
+    a checkpoint of another state-schema version is refused."""
+    meta = read_metadata(path)
+    if meta.get("schema_version") != gs.SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: schema_version is {meta.get('schema_version')}, this code reads "
+            f"{gs.SCHEMA_VERSION} (the game-state fields differ; retrain or convert it)"
+        )
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model_config in metadata ({e})") from e
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    return config, tensors, meta
+
+
 def load_checkpoint(
     path: str | Path,
     expect_config: ModelConfig | None = None,
@@ -69,16 +89,7 @@ def load_checkpoint(
     differ. A checkpoint of another state-schema version is always refused.
     """
     path = Path(path)
-    meta = read_metadata(path)
-    if meta.get("schema_version") != gs.SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{path}: schema_version is {meta.get('schema_version')}, this code reads "
-            f"{gs.SCHEMA_VERSION} (the game-state fields differ; retrain or convert it)"
-        )
-    try:
-        config = ModelConfig.from_dict(meta["model_config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad model_config in metadata ({e})") from e
+    config, tensors, meta = read_weights(path, device)
     if expect_config is not None and config != expect_config:
         ours, theirs = expect_config.to_dict(), config.to_dict()
         diff = ", ".join(
@@ -87,8 +98,6 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: model config differs: {diff}")
 
     model = WorldModel(config)
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

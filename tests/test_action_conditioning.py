@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from core import game_state as gs
 from core.replay_reader import read_replay
@@ -242,3 +244,22 @@ def test_an_actions_first_frames_read_their_own_onset_rows(model, windows):
         moved = (after[key] - before[key]).abs() > 0.5
         assert torch.equal(moved, first), key
     assert torch.equal(after["p1_percent"], before["p1_percent"])
+
+
+def test_a_checkpoint_from_before_the_onset_table_starts_a_run(model, tmp_path):
+    """A conditioned checkpoint saved without the onset table initialises today's model, the
+    table at zero; one missing more than added modules is refused."""
+    path, broken = tmp_path / "old.safetensors", tmp_path / "broken.safetensors"
+    state = {k: v for k, v in model.state_dict().items() if "onset" not in k}
+    meta = {"model_config": TINY.to_dict(), "schema_version": gs.SCHEMA_VERSION}
+    save_file(state, str(path), metadata={"playmodel": json.dumps(meta)})
+    fresh = WorldModel(TINY)
+    init_weights(fresh, path)
+    assert torch.equal(
+        fresh.heads.conditioner.onset.weight, torch.zeros_like(fresh.heads.conditioner.onset.weight)
+    )
+    assert torch.equal(fresh.heads.player.weight, model.heads.player.weight)
+    del state["heads.player.weight"]
+    save_file(state, str(broken), metadata={"playmodel": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=r"heads\.player\.weight"):
+        init_weights(WorldModel(TINY), broken)

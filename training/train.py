@@ -50,7 +50,13 @@ from tqdm import tqdm
 from core import game_state as gs
 from core.atomic_file import atomic_path, remove_stale_temporaries
 from core.host_memory import keep_freed_host_memory
-from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from model.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_metadata,
+    read_weights,
+    save_checkpoint,
+)
 from model.config import ModelConfig, load_config
 from model.decoding import decode
 from model.frames import Frames, controls_of
@@ -327,14 +333,14 @@ def init_weights(model: WorldModel, path: str | Path) -> None:
     """Load the weights of checkpoint `path` into `model`, which must have its config, but for
     modules it adds (`ADDED_BY_CONFIG`: an unconditioned checkpoint may start a conditioned
     run, whose conditioner starts at zero and so leaves the predictions as they were)."""
-    initial, _ = load_checkpoint(path)
-    ours, theirs = model.config.to_dict(), initial.config.to_dict()
+    config, tensors, _ = read_weights(path)
+    ours, theirs = model.config.to_dict(), config.to_dict()
     differ = [k for k in ours if ours[k] != theirs[k] and k not in ADDED_BY_CONFIG]
     if differ:
         diff = ", ".join(f"{k}: {theirs[k]} (the run's model: {ours[k]})" for k in differ)
         raise CheckpointError(f"{path}: init_from's model config differs: {diff}")
     added = tuple(prefix for prefix in ADDED_BY_CONFIG.values() if prefix)
-    missing, unexpected = model.load_state_dict(initial.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or any(not k.startswith(added) for k in missing):
         raise CheckpointError(
             f"{path}: init_from's weights do not fit the run's model "
