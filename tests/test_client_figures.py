@@ -113,8 +113,8 @@ def test_hitboxes_follow_melees_frame_data():
 def test_replay_state_age_counts_from_zero_at_each_action(throw_grab):
     """The client counts `state_age` as the server's rules do (the wire's meaning), so a
     replay's hitboxes come from the same frame of the table as a live game's."""
-    action = throw_grab.players[1]["action"]
-    age = throw_grab.players[1]["state_age"]
+    action = throw_grab.columns["p2_action"]
+    age = throw_grab.columns["p2_state_age"]
     starts = np.nonzero(action[1:] != action[:-1])[0] + 1
     assert (age[starts] == 0).all()
     going_on = starts[:-1][action[starts[:-1] + 1] == action[starts[:-1]]]
@@ -175,7 +175,7 @@ def test_a_hanging_figure_holds_the_ledge(throw_grab):
     player = throw_grab.frame(row).players[1]
     figure = renderer.figure(player, row)
     main = renderer.stage.main
-    corner = (main.right if player.x > 0 else main.left, main.y)
+    corner = (main.right_x if player.x > 0 else main.left_x, main.y)
     hands = [b for part, a, b, r in figure.parts if part.kind == "limb" and b[1] > player.y]
     assert hands and min(np.hypot(h[0] - corner[0], h[1] - corner[1]) for h in hands) < 1.0
     assert figure.centre[1] < main.y  # the body hangs below the stage's surface
