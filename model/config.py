@@ -40,6 +40,9 @@ class ModelConfig:
     # heads"). False: the heads read the features alone, as every checkpoint before did.
     action_conditioned: bool = False
     condition_dim: int = 128  # hidden width of the action-conditioned correction
+    # With action_conditioned: the speed heads add the motion prior (model/motion_prior.py),
+    # each character's per-action speed changes mined from the training games.
+    motion_prior: bool = False
     norm_eps: float = 1e-5
 
     def to_dict(self) -> dict:

@@ -34,6 +34,7 @@ from core import game_state as gs
 from model import frame_spec as fs
 from model.config import ModelConfig
 from model.frame_spec import Head
+from model.motion_prior import PRIOR_FIELDS, MotionPrior
 
 # Copy prior, in logits: categorical and binary fields mostly keep last frame's value (on the
 # replays the action is unchanged on 95% of frames, the jumps, ground, hurtbox and last attack
@@ -85,6 +86,19 @@ MOTION_COLUMNS = torch.tensor(
     + [_column_of(s.name) for s in fs.PLAYER_HEADS if s.name.startswith("vel_")]
 )
 
+# Where the motion prior's speeds sit in a row of the heads' output, and their scales.
+PRIOR_COLUMNS = torch.tensor([_column_of(name) for name in PRIOR_FIELDS])
+PRIOR_SCALES = torch.tensor(
+    [next(s.scale for s in fs.PLAYER_HEADS if s.name == n) for n in PRIOR_FIELDS]
+)
+
+# A motion prior cell whose frames turned the character this often turns it when predicting,
+# whatever the facing head says: there the turn is the action's script (a forward roll's
+# 20th frame, a TURN's), which the head, trained on frames that keep the facing 99.9% of the
+# time, learns too slowly. Input-dependent turns (a dash's first frame turns on 40-70% of
+# them, as the stick says) stay the head's.
+SCRIPTED_TURN = 0.95
+
 # Action logits (*lead, 2, vocab), copy prior added -> the chosen action classes (*lead, 2).
 ActionPicker = Callable[[Tensor], Tensor]
 
@@ -117,6 +131,7 @@ class ActionConditioner(nn.Module):
         keep[ACTION_COLUMNS] = 0  # the action's and facing's own logits are not conditioned
         keep[FACING_COLUMN] = 0
         self.register_buffer("keep", keep, persistent=False)
+        self.prior = MotionPrior() if config.motion_prior else None
 
     def forward(self, h: Tensor, action: Tensor, age: Tensor) -> Tensor:
         """h (*lead, d_model), action and age classes (*lead, 2) -> (*lead, 2, player width)."""
@@ -182,26 +197,45 @@ class FrameHeads(nn.Module):
             return torch.stack([prev[f"{p}_{name}"] for p in gs.PLAYERS], -1)
 
         last, last_age = fs.to_class("action", both("action")), both("state_age").long()
+        last_facing = torch.where(both("facing") > 0, 1.0, -1.0)
         chosen_here = teacher is None
         if chosen_here:
             logits = players[..., ACTION_COLUMNS]
             bonus = math.log(gs.ACTION_VOCAB) + COPY_PRIOR
             logits = logits + bonus * nn.functional.one_hot(last, gs.ACTION_VOCAB).to(logits.dtype)
             action = logits.argmax(-1) if pick_action is None else pick_action(logits)
-            facing_logit = players[..., FACING_COLUMN].float()
-            facing_logit = facing_logit + COPY_PRIOR * torch.where(both("facing") > 0, 1.0, -1.0)
-            facing = torch.where(facing_logit > 0, 1.0, -1.0)
         else:
             action = fs.to_class("action", teacher[..., 0])
-            facing = torch.where(teacher[..., 1] > 0, 1.0, -1.0)
         age = torch.where(action == last, last_age + 1, torch.zeros_like(last_age))
-        age = age.clamp(0, CONDITION_AGES - 1)
-        correction = self.conditioner(h, action, age)
+        prior = self.conditioner.prior
+        cell = None if prior is None else prior(both("character").long(), action, age)
+        if cell is not None:
+            # Where the action's script turns the character, the turn takes the place of the
+            # facing's copy prior: +COPY_PRIOR (keep) where no frame turned, -COPY_PRIOR
+            # (turn) where all did; the loss adds the copy prior as decoding does.
+            turn = -2 * COPY_PRIOR * prior.turn_share(cell) * last_facing
+            players = players.index_add(
+                -1,
+                torch.tensor([FACING_COLUMN], device=h.device),
+                turn.unsqueeze(-1).to(players.dtype),
+            )
+        if chosen_here:
+            facing_logit = players[..., FACING_COLUMN].float() + COPY_PRIOR * last_facing
+            facing = torch.where(facing_logit > 0, 1.0, -1.0)
+            if cell is not None:  # a turn every real frame of the cell made is the script's
+                scripted = prior.turn_share(cell) >= SCRIPTED_TURN
+                facing = torch.where(scripted, -last_facing, facing)
+        else:
+            facing = torch.where(teacher[..., 1] > 0, 1.0, -1.0)
+        correction = self.conditioner(h, action, age.clamp(0, CONDITION_AGES - 1))
         # A speed an action sets points where the character faces (a roll forward, a dash):
         # the correction of the x heads is learned facing forward, so that one table row
         # serves both sides, which mirrored data would otherwise average to nothing.
         sign = torch.where(X_COLUMNS.to(h.device), facing.unsqueeze(-1), 1.0)
         players = players + (correction * sign.to(correction.dtype)).to(players.dtype)
+        if cell is not None:  # the speed heads predict the change relative to the prior's
+            scaled = prior.speed_changes(cell, facing) / PRIOR_SCALES.to(cell.device)
+            players = players.index_add(-1, PRIOR_COLUMNS.to(h.device), scaled.to(players.dtype))
         if chosen_here:  # decoding must pick what the other heads were conditioned on
             chosen = nn.functional.one_hot(action, gs.ACTION_VOCAB).bool()
             unchosen = torch.full_like(players[..., ACTION_COLUMNS], UNCHOSEN_LOGIT)

@@ -326,7 +326,12 @@ class WindowLoss(nn.Module):
 # ---------------------------------------------------------------------- optimiser and data
 # Config fields a run may add to the model it starts from (`init_from`): they add modules,
 # which start as their own initialisation makes them.
-ADDED_BY_CONFIG = {"action_conditioned": "heads.conditioner.", "condition_dim": ""}
+ADDED_BY_CONFIG = {
+    "action_conditioned": "heads.conditioner.",
+    "condition_dim": "",
+    "motion_prior": "heads.conditioner.prior.",
+}
+PRIOR_PREFIX = ADDED_BY_CONFIG["motion_prior"]
 
 
 def init_weights(model: WorldModel, path: str | Path) -> None:
@@ -340,6 +345,8 @@ def init_weights(model: WorldModel, path: str | Path) -> None:
         diff = ", ".join(f"{k}: {theirs[k]} (the run's model: {ours[k]})" for k in differ)
         raise CheckpointError(f"{path}: init_from's model config differs: {diff}")
     added = tuple(prefix for prefix in ADDED_BY_CONFIG.values() if prefix)
+    # The motion prior is data the run mines again from its own training games.
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(PRIOR_PREFIX)}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or any(not k.startswith(added) for k in missing):
         raise CheckpointError(
@@ -477,6 +484,13 @@ class Trainer:
         if config.init_from:
             init_weights(self.model, config.init_from)
             log.info("initial weights from %s", config.init_from)
+        prior = self.model.heads.conditioner and self.model.heads.conditioner.prior
+        if prior is not None:  # data, not weights: mined from this run's training games
+            cells = prior.fill(self.train_data.columns, self.train_data.starts)
+            log.info(
+                "motion prior: %s (character, action, age) cells from the training games",
+                f"{cells:,}",
+            )
         self.optimizer = make_optimizer(self.model, config)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         # The scaler only acts under fp16 (bf16 has fp32's range); disabled, it is a no-op.
