@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import msgpack
+import numpy as np
 import pytest
 from chromium import Browser
 
@@ -401,3 +402,60 @@ def test_the_page_msgpack_codec_agrees_with_python_msgpack(browser, server, sess
 
 if __name__ == "__main__":
     print(json.dumps(page_geometry()))
+
+
+# ------------------------------------------------------------------------- the docs' figures
+def docs_script():
+    import importlib.util
+
+    path = ROOT / "docs" / "make_spectator_screenshots.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(300)  # 8 pages, each played 40 frames and let settle: ~50 s on 2 cores
+def test_the_docs_figures_of_the_page_are_made_from_real_frames(replays, tmp_path):
+    """docs/make_spectator_screenshots.py shows the page drawing make_screenshots.py's real
+    frames: a jab's and an aerial's hitbox discs, a shield's bubble, a crouch, for Marth and
+    Falco; each panel shows its own situation and not the others'."""
+    script = docs_script()
+    found = script.panels(replays)
+    assert list(found) == [
+        f"{name}-{situation}"
+        for name in ("marth", "falco")
+        for situation in ("jab", "shield", "crouch", "aerial")
+    ]
+    for key, (recording, row, port) in found.items():
+        player = recording.frame(row).players[port - 1]
+        assert script.shots.SITUATIONS[key.split("-")[1]](player, recording), key
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not on PATH (Debian: apt-get install chromium)")
+    path, drawn = script.make(replays, tmp_path)
+    grid = read_png(path.read_bytes()).astype(int)  # (H, W, 3)
+    width, height = script.PANEL
+    assert grid.shape == (4 * height, 2 * width, 3)
+    page = read_png((tmp_path / "spectator-page.png").read_bytes())
+    assert page.shape[:2] == script.WINDOW[::-1]  # the whole viewport, (H, W)
+    for i, (key, (_, _, port)) in enumerate(found.items()):
+        situation = key.split("-")[1]
+        column, line = divmod(i, 4)
+        panel = grid[
+            line * height + 25 : (line + 1) * height, column * width : (column + 1) * width
+        ]
+        r, g, b = panel[..., 0], panel[..., 1], panel[..., 2]
+        # The page's hitbox fill, rgba(255, 40, 40, 0.55), over the dark sky: no body is
+        # this colour (P1's limbs are darker and have less blue than green).
+        discs = int(((r - g > 90) & (b > g) & (r < 200)).sum())
+        # The bubble: the port's colour at 110/255 over the sky (watch.html's drawPlayer).
+        tint = 110 / 255 * np.array(COLOURS[port]) + (1 - 110 / 255) * np.array((20, 25, 37))
+        bubble = int((abs(panel - tint) <= 18).all(axis=-1).sum())
+        body = int((abs(panel - COLOURS[port]) <= 10).all(axis=-1).sum())
+        assert len(np.unique(panel.reshape(-1, 3), axis=0)) > 300 and body > 30, key  # drawn
+        has_hitboxes = situation in ("jab", "aerial")
+        assert (discs > 1000) if has_hitboxes else (discs < 100), (key, discs)
+        assert (bubble > 1500) if situation == "shield" else (bubble < 200), (key, bubble)
+        assert (drawn[key]["hitboxes"] > 0) == has_hitboxes, key
+        pose = {"shield": "shield", "crouch": "crouch", "aerial": "airborne"}.get(situation)
+        assert pose is None or drawn[key]["pose"] == pose, (key, drawn[key]["pose"])
