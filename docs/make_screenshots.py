@@ -45,7 +45,9 @@ NEUTRAL_ATTACK_1, SHIELD, CROUCHING, NAIR, DAIR = 44, 179, 40, 65, 69
 def _on_main_stage(player: Player, recording: replay.Recording) -> bool:
     main = assets.stage(recording.stage).main
     return (
-        not player.airborne and abs(player.y - main.y) < 0.5 and main.left_x < player.x < main.right_x
+        not player.airborne
+        and abs(player.y - main.y) < 0.5
+        and main.left_x < player.x < main.right_x
     )
 
 

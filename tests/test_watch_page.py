@@ -1,7 +1,7 @@
 """The browser spectator page (server/static/watch.html) in a real headless Chromium.
 
 Chromium (Debian's `chromium` package; .ci/run installs it) is driven over the DevTools
-protocol with the `websockets` library. The server is the real one on loopback with the
+protocol (tests/chromium.py). The server is the real one on loopback with the
 untrained small model; port 1 is played by the `approach` policy and port 2 by a thread
 here. The browser tests skip when chromium is not on PATH.
 
@@ -12,20 +12,18 @@ assets/stages.json), for pasting into its `stage-geometry` block when the file c
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import math
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import msgpack
+import numpy as np
 import pytest
-from websockets.sync.client import connect
+from chromium import Browser
 
 from client import figures
 from server.protocol import Player
@@ -101,118 +99,6 @@ def test_page_route_serves_the_page_for_a_session_and_404_otherwise(server, sess
 
 
 # ------------------------------------------------------------------------- Chromium over CDP
-class Browser:
-    """One headless Chromium page, driven over the DevTools protocol."""
-
-    def __init__(self, size: tuple[int, int]):
-        self.ws = None
-        self.profile = tempfile.TemporaryDirectory(prefix="chromium-")
-        self.process = subprocess.Popen(
-            [
-                shutil.which("chromium"),
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-                "--hide-scrollbars",
-                "--mute-audio",
-                "--force-device-scale-factor=1",
-                "--remote-debugging-port=0",  # Chromium picks one and writes it to the profile
-                f"--user-data-dir={self.profile.name}",
-                f"--window-size={size[0]},{size[1]}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            self._attach(size)
-        except BaseException:
-            self.close()  # never leave a Chromium behind
-            raise
-
-    def _attach(self, size: tuple[int, int]) -> None:
-        port = self._devtools_port()
-        targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json()
-        page = next(t for t in targets if t["type"] == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10).__enter__()
-        self.ids = itertools.count(1)
-        self.problems: list[str] = []  # JS exceptions and console errors
-        for domain in ("Page", "Runtime", "Log"):
-            self.call(f"{domain}.enable")
-        # The page's viewport is exactly `size` (--window-size also counts the window's frame).
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=size[0],
-            height=size[1],
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-
-    def _devtools_port(self) -> int:
-        marker = Path(self.profile.name) / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"chromium exited with code {self.process.returncode}")
-            if marker.exists() and marker.read_text().strip():
-                return int(marker.read_text().split()[0])
-            time.sleep(0.1)
-        raise RuntimeError("chromium did not open its DevTools port within 30 s")
-
-    def call(self, method: str, **params) -> dict:
-        call_id = next(self.ids)
-        self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("id") == call_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-            self._event(message)
-
-    def _event(self, message: dict) -> None:
-        method, params = message.get("method"), message.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            details = params["exceptionDetails"]
-            text = details.get("exception", {}).get("description") or details.get("text")
-            self.problems.append(f"exception: {text}")
-        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-            args = " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
-            self.problems.append(f"console.error: {args}")
-        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-            self.problems.append(f"log: {params['entry'].get('text')}")
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression!r} threw: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"{expression!r} still false after {timeout} s")
-
-    def close(self) -> None:
-        if self.ws is not None:
-            self.ws.close()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.profile.cleanup()
-
-
 @pytest.fixture(scope="module")
 def browser():
     if shutil.which("chromium") is None:
@@ -516,3 +402,60 @@ def test_the_page_msgpack_codec_agrees_with_python_msgpack(browser, server, sess
 
 if __name__ == "__main__":
     print(json.dumps(page_geometry()))
+
+
+# ------------------------------------------------------------------------- the docs' figures
+def docs_script():
+    import importlib.util
+
+    path = ROOT / "docs" / "make_spectator_screenshots.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(300)  # 8 pages, each played 40 frames and let settle: ~50 s on 2 cores
+def test_the_docs_figures_of_the_page_are_made_from_real_frames(replays, tmp_path):
+    """docs/make_spectator_screenshots.py shows the page drawing make_screenshots.py's real
+    frames: a jab's and an aerial's hitbox discs, a shield's bubble, a crouch, for Marth and
+    Falco; each panel shows its own situation and not the others'."""
+    script = docs_script()
+    found = script.panels(replays)
+    assert list(found) == [
+        f"{name}-{situation}"
+        for name in ("marth", "falco")
+        for situation in ("jab", "shield", "crouch", "aerial")
+    ]
+    for key, (recording, row, port) in found.items():
+        player = recording.frame(row).players[port - 1]
+        assert script.shots.SITUATIONS[key.split("-")[1]](player, recording), key
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not on PATH (Debian: apt-get install chromium)")
+    path, drawn = script.make(replays, tmp_path)
+    grid = read_png(path.read_bytes()).astype(int)  # (H, W, 3)
+    width, height = script.PANEL
+    assert grid.shape == (4 * height, 2 * width, 3)
+    page = read_png((tmp_path / "spectator-page.png").read_bytes())
+    assert page.shape[:2] == script.WINDOW[::-1]  # the whole viewport, (H, W)
+    for i, (key, (_, _, port)) in enumerate(found.items()):
+        situation = key.split("-")[1]
+        column, line = divmod(i, 4)
+        panel = grid[
+            line * height + 25 : (line + 1) * height, column * width : (column + 1) * width
+        ]
+        r, g, b = panel[..., 0], panel[..., 1], panel[..., 2]
+        # The page's hitbox fill, rgba(255, 40, 40, 0.55), over the dark sky: no body is
+        # this colour (P1's limbs are darker and have less blue than green).
+        discs = int(((r - g > 90) & (b > g) & (r < 200)).sum())
+        # The bubble: the port's colour at 110/255 over the sky (watch.html's drawPlayer).
+        tint = 110 / 255 * np.array(COLOURS[port]) + (1 - 110 / 255) * np.array((20, 25, 37))
+        bubble = int((abs(panel - tint) <= 18).all(axis=-1).sum())
+        body = int((abs(panel - COLOURS[port]) <= 10).all(axis=-1).sum())
+        assert len(np.unique(panel.reshape(-1, 3), axis=0)) > 300 and body > 30, key  # drawn
+        has_hitboxes = situation in ("jab", "aerial")
+        assert (discs > 1000) if has_hitboxes else (discs < 100), (key, discs)
+        assert (bubble > 1500) if situation == "shield" else (bubble < 200), (key, bubble)
+        assert (drawn[key]["hitboxes"] > 0) == has_hitboxes, key
+        pose = {"shield": "shield", "crouch": "crouch", "aerial": "airborne"}.get(situation)
+        assert pose is None or drawn[key]["pose"] == pose, (key, drawn[key]["pose"])
