@@ -184,3 +184,34 @@ def test_the_checkpoint_keeps_the_prior_and_an_older_one_starts_a_run(mined, tmp
     fresh = WorldModel(TINY)
     init_weights(fresh, old)
     assert not fresh.heads.conditioner.prior.table.any()
+
+
+def test_a_run_that_adds_the_prior_starts_its_speeds_from_it(dev, mined, tmp_path):
+    """From a checkpoint without the prior, the speed heads start at zero, so that the first
+    predicted speed changes are the prior's cells exactly; the other heads keep their weights."""
+    prior, _ = mined
+    torch.manual_seed(0)
+    older = dataclasses.replace(TINY, motion_prior=False)
+    trained = WorldModel(older)
+    with torch.no_grad():  # as if trained: every output layer has weights
+        for parameter in trained.heads.parameters():
+            parameter.normal_(0, 0.1)
+    old = tmp_path / "old.safetensors"
+    meta = {"model_config": older.to_dict(), "schema_version": gs.SCHEMA_VERSION}
+    save_file(trained.state_dict(), str(old), metadata={"playmodel": json.dumps(meta)})
+    model = WorldModel(TINY).eval()
+    init_weights(model, old)
+    model.heads.conditioner.prior.table.copy_(prior.table)
+    prev, controls, target = split_window(next(iter(dev.windows(40, 4)))[0])
+    teacher = teacher_choices(target)
+    with torch.no_grad():
+        out = model(prev, controls, teacher=teacher)
+        before = trained.eval()(prev, controls, teacher=teacher)
+    action = teacher[..., 0, 0].long()
+    age = torch.where(prev["p1_action"] == action, prev["p1_state_age"].long() + 1, 0)
+    cell = prior(prev["p1_character"].long(), action, age)
+    facing = torch.where(teacher[..., 0, 1] > 0, 1.0, -1.0)
+    expected = prior.speed_changes(cell, facing)
+    for i, name in enumerate(PRIOR_FIELDS):
+        assert torch.allclose(out[f"p1_{name}"] * 0.5, expected[..., i], atol=1e-5), name
+    assert torch.allclose(out["p1_percent"], before["p1_percent"])

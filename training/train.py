@@ -60,6 +60,7 @@ from model.checkpoint import (
 from model.config import ModelConfig, load_config
 from model.decoding import decode
 from model.frames import Frames, controls_of
+from model.heads import MOTION_COLUMNS, PLAYER_WIDTHS, PRIOR_COLUMNS
 from model.mamba2 import Mamba2Cache
 from model.world_model import WorldModel, WorldModelCache
 from training.dataset import GameDataset
@@ -353,6 +354,27 @@ def init_weights(model: WorldModel, path: str | Path) -> None:
             f"{path}: init_from's weights do not fit the run's model "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
         )
+    if model.config.motion_prior and not config.motion_prior:
+        start_speeds_from_prior(model)
+
+
+def start_speeds_from_prior(model: WorldModel) -> None:
+    """Zero what writes the prior's speed columns, so that a model whose speed heads learned
+    the speeds themselves starts predicting the prior alone: left as they were, they would add
+    what they learned on top of the prior (Marth's dash then ends at 2.4 units a frame, the
+    prior's 1.6 and the head's 0.8), and unlearn it only slowly on the rare frames it shows."""
+    heads = model.heads
+    width = sum(PLAYER_WIDTHS)
+    columns = PRIOR_COLUMNS.tolist()
+    with torch.no_grad():
+        for player in range(2):
+            rows = [player * width + c for c in columns]
+            heads.player.weight[rows] = 0.0
+            heads.player.bias[rows] = 0.0
+        heads.conditioner.out.weight[columns] = 0.0
+        heads.conditioner.out.bias[columns] = 0.0
+        motion = MOTION_COLUMNS.tolist()
+        heads.conditioner.onset.weight[:, [motion.index(c) for c in columns]] = 0.0
 
 
 def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
