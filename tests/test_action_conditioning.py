@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +26,6 @@ from model.world_model import WorldModel
 from training.losses import compute_losses
 from training.train import TrainConfig, init_weights, make_optimizer, split_window, teacher_choices
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"
 TINY = ModelConfig(
     d_model=32,
     n_layers=2,
@@ -64,10 +62,16 @@ def windows(replays):
     return split_window(batch)
 
 
-def test_an_unconditioned_checkpoint_starts_a_conditioned_run_unchanged(windows):
-    base, _ = load_checkpoint(DEMO_CHECKPOINT)
+def test_an_unconditioned_checkpoint_starts_a_conditioned_run_unchanged(windows, tmp_path):
+    torch.manual_seed(0)
+    base = WorldModel(load_config("mamba2-small")).eval()
+    with torch.no_grad():  # as if trained: the heads' output layers are not at their start
+        for parameter in base.heads.parameters():
+            parameter.normal_(0, 0.05)
+    path = tmp_path / "unconditioned.safetensors"
+    save_checkpoint(path, base)
     conditioned = WorldModel(load_config("mamba2-small-conditioned"))
-    init_weights(conditioned, DEMO_CHECKPOINT)
+    init_weights(conditioned, path)
     prev, controls, target = windows
     with torch.no_grad():
         before = base(prev, controls)
