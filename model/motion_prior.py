@@ -72,12 +72,18 @@ class MotionPrior(nn.Module):
         return cell[..., TURN]
 
     @torch.no_grad()
-    def fill(self, columns: dict[str, Tensor], starts: Tensor) -> int:
+    def fill(
+        self, columns: dict[str, Tensor], starts: Tensor, recorded: Tensor | None = None
+    ) -> int:
         """Set the table from games' frames: `columns` holds every game's frames one after
         another ((frames,) per column: the players' character, action, state_age as the rules
         count it, facing and PRIOR_FIELDS speeds), `starts` (games + 1,) where each game
-        begins. Returns the number of cells set."""
-        table = mine_motion_prior({k: columns[k].numpy() for k in _needed()}, starts.numpy())
+        begins; `recorded` (games,) bool: the games whose replays recorded the speeds (the
+        others' are imputed from positions; they are left out). Returns the number of cells
+        set."""
+        numpy_columns = {k: columns[k].numpy() for k in _needed()}
+        keep = None if recorded is None else recorded.numpy()
+        table = mine_motion_prior(numpy_columns, starts.numpy(), keep)
         self.table.copy_(torch.from_numpy(table))
         return int(np.count_nonzero(np.abs(table.astype(np.float32)).sum(-1)))
 
@@ -87,17 +93,21 @@ def _needed() -> list[str]:
     return [f"{p}_{name}" for p in gs.PLAYERS for name in per_player]
 
 
-def mine_motion_prior(columns: dict[str, np.ndarray], starts: np.ndarray) -> np.ndarray:
+def mine_motion_prior(
+    columns: dict[str, np.ndarray], starts: np.ndarray, games: np.ndarray | None = None
+) -> np.ndarray:
     """The table `MotionPrior.fill` sets, from numpy columns (see there): per (character,
     action, min(age, PRIOR_AGES - 1)), the median of each speed's change from the frame
     before (x changes times the frame's facing) and the share of frames whose facing differs
-    from the frame before's, over frames that have a frame before in the same game. float16,
-    (characters, actions, PRIOR_AGES, TURN + 1)."""
+    from the frame before's, over frames that have a frame before in the same game, in the
+    games `games` (bool per game) keeps. float16, (characters, actions, PRIOR_AGES, TURN + 1)."""
     shape = (gs.CHARACTER_VOCAB, gs.ACTION_VOCAB, PRIOR_AGES, TURN + 1)
     table = np.zeros(shape, dtype=np.float32)
     total = int(starts[-1])
     has_before = np.ones(total, dtype=bool)
     has_before[starts[:-1]] = False  # a game's first frame
+    if games is not None:
+        has_before &= np.repeat(games, np.diff(starts))
     keys, changes = [], []
     for p in gs.PLAYERS:
         character = columns[f"{p}_character"].astype(np.int64)

@@ -62,3 +62,33 @@ def test_action_onsets_weigh_more_in_the_motion_heads_only(dev_dataset_dir):
         assert torch.isclose(weighted[key], expected, rtol=1e-3), key
     for key in ("p1_action", "p1_percent", "p1_jumps"):
         assert torch.equal(plain[key], weighted[key]), key
+
+
+def test_imputed_speeds_can_be_left_out_of_the_speed_heads(dev_dataset_dir):
+    """`imputed_speeds=0`: the speed heads learn from games that recorded speeds only, the
+    position residual and the other heads from every game."""
+    picked = {}  # recorded or not -> one window of such a game
+    for frames, masks in GameDataset(dev_dataset_dir, "all").windows(60):
+        picked.setdefault(bool(masks["p1_vel_self_x_air"][0]), (frames, masks))
+    assert set(picked) == {True, False}  # the dev games have both kinds
+    frames, masks = (
+        {k: torch.cat([picked[True][i][k], picked[False][i][k]]) for k in picked[True][i]}
+        for i in (0, 1)
+    )
+    prev, controls, target = split_window(frames)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        preds = WorldModel(TINY)(prev, controls)
+    _, both = compute_losses(preds, prev, target, masks)
+    _, recorded_only = compute_losses(preds, prev, target, masks, LossWeights(imputed_speeds=0.0))
+    first = {k: v[:1] for k, v in frames.items()}
+    prev1, _, target1 = split_window(first)
+    _, alone = compute_losses(
+        {k: v[:1] for k, v in preds.items()}, prev1, target1, {k: v[:1] for k, v in masks.items()}
+    )
+    for name in ("vel_self_x_ground", "vel_self_y"):
+        key = f"p1_{name}"
+        assert torch.isclose(recorded_only[key], alone[key], rtol=1e-4), key
+        assert not torch.isclose(recorded_only[key], both[key]), key
+    for key in ("p1_x", "p1_action"):
+        assert torch.equal(recorded_only[key], both[key]), key

@@ -55,6 +55,12 @@ class LossWeights:
     # whole action in play; those frames are 5% of the data (a roll's first frame 1 in
     # 7,000), and at weight 1 the action-conditioned heads did not learn them in 500 steps.
     onset: float = 1.0
+    # A multiplier of the speed heads' loss in games whose replays did not record the speeds
+    # (Slippi < 3.5, 31% of the corpus's games), whose speeds are imputed from positions
+    # (`frame_spec.impute_missing_velocities`): there a dash's or a roll's speed appears a
+    # frame late, which taught the heads a mixture of two onsets. 0: learn speeds from
+    # recorded games only (the position residual still learns every game).
+    imputed_speeds: float = 1.0
 
 
 MOTION_HEADS = frozenset(
@@ -154,6 +160,10 @@ def compute_losses(
         weight = torch.ones_like(loss)
         if motion and weights.onset != 1.0:
             weight = weight + (weights.onset - 1.0) * onsets[key.split("_", 1)[0]]
+        speed_recorded = masks.get(source_column(key)) if spec.kind is Head.DELTA else None
+        if motion and speed_recorded is not None and weights.imputed_speeds != 1.0:
+            per_game = torch.where(speed_recorded, 1.0, weights.imputed_speeds)  # (B,)
+            weight = weight * per_game.view(-1, *([1] * (loss.dim() - 1)))
         # Positions are decoded as the previous position plus the predicted velocities plus
         # the displacement residual, so they are never masked: in a game without velocities
         # (Slippi < 3.5, a fifth of the demo data) the velocity heads learn to keep them at

@@ -333,6 +333,7 @@ ADDED_BY_CONFIG = {
     "motion_prior": "heads.conditioner.prior.",
 }
 PRIOR_PREFIX = ADDED_BY_CONFIG["motion_prior"]
+SPEED_COLUMN = "p1_vel_self_x_air"  # missing in a game whose replay recorded no speeds
 
 
 def init_weights(model: WorldModel, path: str | Path) -> None:
@@ -508,7 +509,10 @@ class Trainer:
             log.info("initial weights from %s", config.init_from)
         prior = self.model.heads.conditioner and self.model.heads.conditioner.prior
         if prior is not None:  # data, not weights: mined from this run's training games
-            cells = prior.fill(self.train_data.columns, self.train_data.starts)
+            recorded = torch.tensor(
+                [SPEED_COLUMN not in game.missing for game in self.train_data.games]
+            )
+            cells = prior.fill(self.train_data.columns, self.train_data.starts, recorded)
             log.info(
                 "motion prior: %s (character, action, age) cells from the training games",
                 f"{cells:,}",
