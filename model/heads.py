@@ -34,7 +34,7 @@ from core import game_state as gs
 from model import frame_spec as fs
 from model.config import ModelConfig
 from model.frame_spec import Head
-from model.motion_prior import PRIOR_FIELDS, MotionPrior
+from model.motion_prior import PRIOR_FIELDS, MotionPrior, jump_held
 
 # Copy prior, in logits: categorical and binary fields mostly keep last frame's value (on the
 # replays the action is unchanged on 95% of frames, the jumps, ground, hurtbox and last attack
@@ -208,7 +208,11 @@ class FrameHeads(nn.Module):
             action = fs.to_class("action", teacher[..., 0])
         age = torch.where(action == last, last_age + 1, torch.zeros_like(last_age))
         prior = self.conditioner.prior
-        cell = None if prior is None else prior(both("character").long(), action, age)
+        if prior is not None:
+            held = jump_held(both("buttons"), both("joystick_y"))
+            cell = prior(both("character").long(), action, age, held)
+        else:
+            cell = None
         if cell is not None:
             # Where the action's script turns the character, the turn takes the place of the
             # facing's copy prior: +COPY_PRIOR (keep) where no frame turned, -COPY_PRIOR

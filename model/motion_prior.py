@@ -33,31 +33,41 @@ from core import game_state as gs
 # The own speeds the prior covers (the knockback speeds follow a hit, not the action's script).
 PRIOR_FIELDS = ("vel_self_x_air", "vel_self_y", "vel_self_x_ground")
 X_FIELDS = (True, False, True)  # whose sign is a direction along x
-PRIOR_AGES = 40  # a roll, a spot dodge, a jump's rise: the scripted parts end within it
+PRIOR_AGES = 32  # a roll, a spot dodge, a jump's rise: the scripted parts end within it
+# Internal ids 0-26, the playable characters with Popo and Nana; the rest (Master Hand, the
+# wireframes, Giga Bowser, Sandbag) share the last row, which no replay of a real game fills.
+PRIOR_CHARACTERS = 27
 MIN_SAMPLES = 8
 TURN = len(PRIOR_FIELDS)  # the cell's last entry: the share of its frames that turned
+# A jump's speed is the full hop's if the jump input was still held on the last frame of the
+# jump squat, else the short hop's (Fox 3.68 or 2.10, in every one of 9,477 real jumps): the
+# cells are split by whether X, Y or the stick up (tap jump) was held on the frame before.
+JUMP_BUTTONS = 0x400 | 0x800  # X, Y in the processed button mask (core.game_state)
+TAP_JUMP_Y = 0.6
 
 
 class MotionPrior(nn.Module):
-    """A (character, action, age) table of the median change of each PRIOR_FIELDS speed and of
-    the share of frames that turned the character. It is data, not weights: `fill` sets it
-    from a dataset's frames (training does, at the start of a run), the checkpoint keeps it,
-    and the optimizer never sees it (a buffer)."""
+    """A (character, action, age, jump held) table of the median change of each PRIOR_FIELDS
+    speed and of the share of frames that turned the character. It is data, not weights:
+    `fill` sets it from a dataset's frames (training does, at the start of a run), the
+    checkpoint keeps it, and the optimizer never sees it (a buffer)."""
 
     def __init__(self):
         super().__init__()
-        shape = (gs.CHARACTER_VOCAB, gs.ACTION_VOCAB, PRIOR_AGES, TURN + 1)
-        # fp16 keeps the checkpoint small (4.9 MB); the changes are within +-20 units.
+        shape = (PRIOR_CHARACTERS, gs.ACTION_VOCAB, PRIOR_AGES, 2, TURN + 1)
+        # fp16 keeps the checkpoint small (8 MB); the changes are within +-20 units.
         self.register_buffer("table", torch.zeros(shape, dtype=torch.float16))
         self.register_buffer("x_fields", torch.tensor(X_FIELDS), persistent=False)
 
-    def forward(self, character: Tensor, action: Tensor, age: Tensor) -> Tensor:
-        """Character and action ids and action ages, each (*lead, 2) -> their cells
-        (*lead, 2, TURN + 1), float32: read them with `speed_changes` and `turn_share`."""
+    def forward(self, character: Tensor, action: Tensor, age: Tensor, held: Tensor) -> Tensor:
+        """Character and action ids, action ages and whether a jump input was held on the
+        frame before (`jump_held`), each (*lead, 2) -> their cells (*lead, 2, TURN + 1),
+        float32: read them with `speed_changes` and `turn_share`."""
         return self.table[
-            character.clamp(0, gs.CHARACTER_VOCAB - 1),
+            character.clamp(0, PRIOR_CHARACTERS - 1),
             action.clamp(0, gs.ACTION_VOCAB - 1),
             age.clamp(0, PRIOR_AGES - 1),
+            held.long(),
         ].float()
 
     def speed_changes(self, cell: Tensor, facing: Tensor) -> Tensor:
@@ -77,10 +87,10 @@ class MotionPrior(nn.Module):
     ) -> int:
         """Set the table from games' frames: `columns` holds every game's frames one after
         another ((frames,) per column: the players' character, action, state_age as the rules
-        count it, facing and PRIOR_FIELDS speeds), `starts` (games + 1,) where each game
-        begins; `recorded` (games,) bool: the games whose replays recorded the speeds (the
-        others' are imputed from positions; they are left out). Returns the number of cells
-        set."""
+        count it, facing, buttons, joystick_y and PRIOR_FIELDS speeds), `starts` (games + 1,)
+        where each game begins; `recorded` (games,) bool: the games whose replays recorded
+        the speeds (the others' are imputed from positions; they are left out). Returns the
+        number of cells set."""
         numpy_columns = {k: columns[k].numpy() for k in _needed()}
         keep = None if recorded is None else recorded.numpy()
         table = mine_motion_prior(numpy_columns, starts.numpy(), keep)
@@ -88,8 +98,21 @@ class MotionPrior(nn.Module):
         return int(np.count_nonzero(np.abs(table.astype(np.float32)).sum(-1)))
 
 
+def jump_held(buttons: Tensor, joystick_y: Tensor) -> Tensor:
+    """Whether X, Y or the stick up (tap jump) is held, from a frame's controller columns."""
+    return ((buttons.long() & JUMP_BUTTONS) != 0) | (joystick_y > TAP_JUMP_Y)
+
+
 def _needed() -> list[str]:
-    per_player = ("character", "action", "state_age", "facing", *PRIOR_FIELDS)
+    per_player = (
+        "character",
+        "action",
+        "state_age",
+        "facing",
+        "buttons",
+        "joystick_y",
+        *PRIOR_FIELDS,
+    )
     return [f"{p}_{name}" for p in gs.PLAYERS for name in per_player]
 
 
@@ -97,12 +120,12 @@ def mine_motion_prior(
     columns: dict[str, np.ndarray], starts: np.ndarray, games: np.ndarray | None = None
 ) -> np.ndarray:
     """The table `MotionPrior.fill` sets, from numpy columns (see there): per (character,
-    action, min(age, PRIOR_AGES - 1)), the median of each speed's change from the frame
-    before (x changes times the frame's facing) and the share of frames whose facing differs
-    from the frame before's, over frames that have a frame before in the same game, in the
-    games `games` (bool per game) keeps. float16, (characters, actions, PRIOR_AGES, TURN + 1)."""
-    shape = (gs.CHARACTER_VOCAB, gs.ACTION_VOCAB, PRIOR_AGES, TURN + 1)
-    table = np.zeros(shape, dtype=np.float32)
+    action, min(age, PRIOR_AGES - 1), jump held on the frame before), the median of each
+    speed's change from the frame before (x changes times the frame's facing) and the share of
+    frames whose facing differs from the frame before's, over frames that have a frame before
+    in the same game, in the games `games` (bool per game) keeps. A cell with fewer than
+    MIN_SAMPLES frames takes its (character, action, age)'s, held or not, if that has enough.
+    float16, (PRIOR_CHARACTERS, actions, PRIOR_AGES, 2, TURN + 1)."""
     total = int(starts[-1])
     has_before = np.ones(total, dtype=bool)
     has_before[starts[:-1]] = False  # a game's first frame
@@ -113,10 +136,14 @@ def mine_motion_prior(
         character = columns[f"{p}_character"].astype(np.int64)
         action = columns[f"{p}_action"].astype(np.int64)
         age = np.minimum(columns[f"{p}_state_age"].astype(np.int64), PRIOR_AGES - 1)
+        held = np.zeros(total, dtype=np.int64)
+        buttons = torch.from_numpy(columns[f"{p}_buttons"].astype(np.int64))
+        stick_y = torch.from_numpy(columns[f"{p}_joystick_y"].astype(np.float32))
+        held[1:] = jump_held(buttons, stick_y).numpy()[:-1]
         known = (
             has_before
             & (character >= 0)
-            & (character < gs.CHARACTER_VOCAB)
+            & (character < PRIOR_CHARACTERS)
             & (action >= 0)
             & (action < gs.ACTION_VOCAB)
             & (age >= 0)
@@ -129,22 +156,37 @@ def mine_motion_prior(
             change[1:, i] = speed[1:] - speed[:-1]
             if along_x:
                 change[:, i] *= facing
-        keys.append(((character * gs.ACTION_VOCAB + action) * PRIOR_AGES + age)[known])
+        cell = (character * gs.ACTION_VOCAB + action) * PRIOR_AGES + age
+        keys.append((cell * 2 + held)[known])
         changes.append(change[known])
     key, change = np.concatenate(keys), np.concatenate(changes)
-    flat = table.reshape(-1, TURN + 1)
+    cells = PRIOR_CHARACTERS * gs.ACTION_VOCAB * PRIOR_AGES
+    split, split_enough = _cell_statistics(key, change, cells * 2)
+    either, either_enough = _cell_statistics(key // 2, change, cells)
+    fallback = ~split_enough & np.repeat(either_enough, 2)
+    split[fallback] = np.repeat(either, 2, axis=0)[fallback]
+    shape = (PRIOR_CHARACTERS, gs.ACTION_VOCAB, PRIOR_AGES, 2, TURN + 1)
+    return split.reshape(shape).astype(np.float16)
+
+
+def _cell_statistics(key: np.ndarray, change: np.ndarray, cells: int) -> tuple[np.ndarray, ...]:
+    """Per cell id in [0, cells): the median of each speed change and the mean turn over the
+    rows of that key, (cells, TURN + 1), 0 where a cell has fewer than MIN_SAMPLES rows; and
+    which cells had enough, (cells,)."""
+    table = np.zeros((cells, TURN + 1), dtype=np.float32)
     order = np.argsort(key, kind="stable")
     key, change = key[order], change[order]
-    cells, counts = np.unique(key, return_counts=True)
+    ids, counts = np.unique(key, return_counts=True)
     enough = counts >= MIN_SAMPLES
     kept = np.repeat(enough, counts)  # rows of the cells with enough samples, in key order
-    cells, counts, change = cells[enough], counts[enough], change[kept]
-    group = np.repeat(np.arange(len(cells)), counts)
+    ids, counts, change = ids[enough], counts[enough], change[kept]
+    group = np.repeat(np.arange(len(ids)), counts)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    for i in range(len(PRIOR_FIELDS)):
+    for i in range(TURN):
         # Sorted by cell, then value, each cell's middle value is its median.
         ranked = change[np.lexsort((change[:, i], group)), i]
-        middle = (ranked[first + (counts - 1) // 2] + ranked[first + counts // 2]) / 2
-        flat[cells, i] = middle
-    flat[cells, TURN] = np.add.reduceat(change[:, TURN], first) / counts
-    return table.astype(np.float16)
+        table[ids, i] = (ranked[first + (counts - 1) // 2] + ranked[first + counts // 2]) / 2
+    table[ids, TURN] = np.add.reduceat(change[:, TURN], first) / counts
+    has = np.zeros(cells, dtype=bool)
+    has[ids] = True
+    return table, has

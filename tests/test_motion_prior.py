@@ -15,7 +15,14 @@ from safetensors.torch import save_file
 from core import game_state as gs
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
-from model.motion_prior import MIN_SAMPLES, PRIOR_AGES, PRIOR_FIELDS, TURN, MotionPrior
+from model.motion_prior import (
+    MIN_SAMPLES,
+    PRIOR_AGES,
+    PRIOR_FIELDS,
+    TURN,
+    MotionPrior,
+    jump_held,
+)
 from model.world_model import WorldModel
 from training.dataset import GameDataset
 from training.train import init_weights, split_window, teacher_choices
@@ -46,10 +53,12 @@ def mined(dev):
     return prior, cells
 
 
-def _samples(dev: GameDataset, character: int, action: int, age: int) -> list[tuple]:
-    """(forward-signed ground-speed change, turned) on frames of (character, action, age),
-    counted frame by frame in plain Python: the reference the vectorised miner must agree
-    with."""
+def _samples(
+    dev: GameDataset, character: int, action: int, age: int, field: str = "vel_self_x_ground"
+) -> list[tuple]:
+    """(change of `field`, forward-signed along x, turned, jump held the frame before) on frames of
+    (character, action, age), counted frame by frame in plain Python: the reference the
+    vectorised miner must agree with."""
     out = []
     for game in dev.games:
         f = {k: v.numpy() for k, v in game.frames.items()}
@@ -60,31 +69,60 @@ def _samples(dev: GameDataset, character: int, action: int, age: int) -> list[tu
                     and f[f"{p}_action"][t] == action
                     and min(f[f"{p}_state_age"][t], PRIOR_AGES - 1) == age
                 ):
-                    change = f[f"{p}_vel_self_x_ground"][t] - f[f"{p}_vel_self_x_ground"][t - 1]
+                    change = f[f"{p}_{field}"][t] - f[f"{p}_{field}"][t - 1]
                     facing = f[f"{p}_facing"][t] > 0
+                    sign = 1.0 if facing or field == "vel_self_y" else -1.0
                     turned = facing != (f[f"{p}_facing"][t - 1] > 0)
-                    out.append((float(change) * (1.0 if facing else -1.0), turned))
+                    held = bool(int(f[f"{p}_buttons"][t - 1]) & (0x400 | 0x800)) or bool(
+                        f[f"{p}_joystick_y"][t - 1] > 0.6
+                    )
+                    out.append((float(change) * sign, turned, held))
     return out
 
 
 def test_a_cell_is_the_median_forward_speed_change_of_its_frames(dev, mined):
+    """Each cell is its own frames' median change and turn share; a half (jump held or not)
+    with too few frames takes the cell's frames of both halves."""
     prior, cells = mined
     assert cells > 100
     table = prior.table.float()
     moving = torch.nonzero(table[..., GROUND].abs() > 0.5)  # a dash's first frame, or the like
     turning = torch.nonzero(table[..., TURN] > 0.5)  # a turn's first frame, or the like
     assert len(moving) > 0 and len(turning) > 0
-    for cell in (moving[0], turning[0]):
-        character, action, age = (int(v) for v in cell)
+    for cell in (moving[0], turning[0], moving[-1], turning[-1]):
+        character, action, age, held = (int(v) for v in cell)
         samples = _samples(dev, character, action, age)
-        assert len(samples) >= MIN_SAMPLES
-        changes, turns = zip(*samples, strict=True)
-        assert float(table[character, action, age, GROUND]) == pytest.approx(
+        half = [s for s in samples if s[2] == bool(held)]
+        used = half if len(half) >= MIN_SAMPLES else samples
+        assert len(used) >= MIN_SAMPLES
+        changes, turns, _ = zip(*used, strict=True)
+        assert float(table[character, action, age, held, GROUND]) == pytest.approx(
             float(np.median(changes)), abs=2e-3
         )
-        assert float(table[character, action, age, TURN]) == pytest.approx(
+        assert float(table[character, action, age, held, TURN]) == pytest.approx(
             float(np.mean(turns)), abs=1e-3
         )
+
+
+def test_a_held_jump_input_gives_the_full_hop(dev, mined):
+    """A jump's first frame: with the jump input held on the frame before (the jump squat's
+    last), the cell holds the full hop's speed, else the short hop's, as Melee decides."""
+    prior, _ = mined
+    y = PRIOR_FIELDS.index("vel_self_y")
+    checked = 0
+    for character in range(27):
+        for action in (25, 26):  # JUMPING_FORWARD, JUMPING_BACKWARD
+            samples = _samples(dev, character, action, 0, "vel_self_y")
+            full = [c for c, _, held in samples if held]
+            short = [c for c, _, held in samples if not held]
+            if min(len(full), len(short)) < MIN_SAMPLES:
+                continue
+            cell = prior.table[character, action, 0].float()
+            assert float(cell[1, y]) == pytest.approx(float(np.median(full)), abs=2e-3)
+            assert float(cell[0, y]) == pytest.approx(float(np.median(short)), abs=2e-3)
+            assert cell[1, y] > cell[0, y] + 0.5
+            checked += 1
+    assert checked >= 1
 
 
 def test_cells_with_too_few_frames_stay_empty(dev, mined):
@@ -130,7 +168,8 @@ def test_the_speed_heads_predict_relative_to_the_prior(dev, mined):
     age = torch.where(prev["p1_action"] == action, prev["p1_state_age"].long() + 1, 0)
     character = prev["p1_character"].long()
     with torch.no_grad():
-        cells = (character, action, age.clamp(max=PRIOR_AGES - 1))
+        held = jump_held(prev["p1_buttons"], prev["p1_joystick_y"]).long()
+        cells = (character, action, age.clamp(max=PRIOR_AGES - 1), held)
         model.heads.conditioner.prior.table[(*cells, slice(0, TURN))] += 1
     after = model(prev, controls, teacher=teacher)
     scale = 0.5  # frame_spec: the speed heads' scale
@@ -157,7 +196,7 @@ def test_where_the_script_turns_the_character_the_model_turns_it(dev, mined):
         chosen = plain["p1_action"].argmax(-1)
         action, character = chosen[0, 10], prev["p1_character"][0, 10].long()
         age = torch.where(prev["p1_action"] == chosen, prev["p1_state_age"].long() + 1, 0)
-        model.heads.conditioner.prior.table[character, action, age[0, 10], TURN] = 1.0
+        model.heads.conditioner.prior.table[character, action, age[0, 10], :, TURN] = 1.0
         turned = model(prev, controls)
     same_cell = (
         (chosen == action)
@@ -209,7 +248,8 @@ def test_a_run_that_adds_the_prior_starts_its_speeds_from_it(dev, mined, tmp_pat
         before = trained.eval()(prev, controls, teacher=teacher)
     action = teacher[..., 0, 0].long()
     age = torch.where(prev["p1_action"] == action, prev["p1_state_age"].long() + 1, 0)
-    cell = prior(prev["p1_character"].long(), action, age)
+    held = jump_held(prev["p1_buttons"], prev["p1_joystick_y"])
+    cell = prior(prev["p1_character"].long(), action, age, held)
     facing = torch.where(teacher[..., 0, 1] > 0, 1.0, -1.0)
     expected = prior.speed_changes(cell, facing)
     for i, name in enumerate(PRIOR_FIELDS):
