@@ -245,14 +245,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             "model": engine.model_name,
             "device": engine.device,
             "sessions": len(engine.sessions),
-            "matches_active": engine.active_matches(),
+            "matches_active": request.app.state.matches.active(),
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(
-            engine_of(request).metrics.render(), media_type="text/plain; version=0.0.4"
-        )
+        engine, matches = engine_of(request), request.app.state.matches
+        text = engine.metrics.render(len(engine.sessions), matches.active())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ sessions
     @app.post("/v1/sessions", status_code=201, dependencies=[Depends(require_key)])
