@@ -18,6 +18,8 @@ its start state (230 KB) nor its policies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -33,6 +35,9 @@ from server.engine import logged_write
 from server.frame_log import FrameLog
 from server.match_runner import Match, MatchRunner
 from server.recorder import _write_info, write_complete_game
+from server.recordings import RECORDING_ID
+from server.recovery import match_from_recording
+from server.requests import MatchRequest, game_setup, policy, replay_start
 from server.sessions import new_id
 
 log = logging.getLogger(__name__)
@@ -124,6 +129,45 @@ class MatchService:
 
     def active(self) -> int:
         return sum(job.status in ("queued", "running") for job in self.jobs.values())
+
+    async def create(self, request: MatchRequest) -> MatchJob:
+        """The match `request` asks for, queued. Raises `MatchesFull` (before the work of
+        preparing its start) when there is no room for it, and `requests.BadRequest` when the
+        request names something unusable. Its start is prepared on another thread."""
+        settings = self.engine.settings
+        if self.active() >= settings.max_matches:
+            raise MatchesFull(
+                f"{self.active()} matches are queued or running (max_matches="
+                f"{settings.max_matches}); try again later"
+            )
+        setup = game_setup(request)
+        policies = (policy(request.p1, "p1", settings), policy(request.p2, "p2", settings))
+        max_frames = min(request.max_frames or settings.max_match_frames, settings.max_match_frames)
+        self.make_room(max_frames)
+        replay = await asyncio.to_thread(replay_start, request.start, settings)
+        start_frame = request.start.frame if request.start else None
+        snapshot = await asyncio.to_thread(self.engine.prepare_start, setup, replay, start_frame)
+        info = request.model_dump(exclude={"start"}) | {
+            "start": request.start.model_dump(exclude={"data"}) if request.start else "standard",
+            "max_frames": max_frames,
+            "setup": dataclasses.asdict(snapshot.setup),
+        }
+        return self.submit(policies, max_frames, snapshot, info)
+
+    async def describe(self, match_id: str, wait: bool = False, timeout: float = 600.0):
+        """What `GET /v1/matches/ID` answers: the match held here (once done, with `wait`, or
+        after `timeout` seconds), else what its recording still tells (finished and
+        forgotten, or from a run stopped before it ended); None if neither knows it."""
+        job = self.jobs.get(match_id)
+        if job is None:
+            if not RECORDING_ID.fullmatch(match_id):
+                return None
+            folder = self.engine.settings.recordings_dir
+            return await asyncio.to_thread(match_from_recording, folder, match_id)
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), timeout)
+        return job.describe()
 
     def submit(self, policies: tuple[Policy, Policy], max_frames: int, start, request) -> MatchJob:
         self.make_room(max_frames)
