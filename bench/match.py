@@ -2,8 +2,9 @@
 
     python bench/match.py [--config mamba2-small] [--games 1,8,32] [--frames N] [--json OUT]
 
-Plays random-vs-random games through the real `Simulation` and `run_matches` (policies,
-one batched model step, decoding, the rules, recording), untrained weights, no timer end.
+Plays random-vs-random games through the real `Simulation` and the match runner
+(`run_matches`: policies, one batched model step, decoding, the rules, each frame copied into
+its match's log), untrained weights, no timer end.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ from model.world_model import WorldModel
 from server.match import run_matches
 
 
+def new_games(sim: Simulation, games: int) -> dict[int, tuple[RandomPolicy, RandomPolicy]]:
+    ids = [sim.new_game(GameSetup(stage=31, seed=i, timer_frames=10**9)) for i in range(games)]
+    return {g: (RandomPolicy(2 * g), RandomPolicy(2 * g + 1)) for g in ids}
+
+
 def throughput(model: WorldModel, games: int, frames: int) -> float:
     sim = Simulation(model)
-    ids = [sim.new_game(GameSetup(stage=31, seed=i, timer_frames=10**9)) for i in range(games)]
-    policies = {g: (RandomPolicy(2 * g), RandomPolicy(2 * g + 1)) for g in ids}
-    run_matches(sim, policies, 20)  # warm up
+    run_matches(sim, new_games(sim, games), 20)  # warm up; its games leave the simulation
+    policies = new_games(sim, games)
     start = time.perf_counter()
     results = run_matches(sim, policies, frames)
     elapsed = time.perf_counter() - start

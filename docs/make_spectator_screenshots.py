@@ -44,8 +44,8 @@ from docs import make_screenshots as shots  # noqa: E402
 from server import protocol  # noqa: E402
 
 PAGE = REPO / "server" / "static" / "watch.html"
-# The file GET /assets/characters.json serves a subset of (server/app.py; the page reads its
-# `characters` and `hitboxes`). server.app is not imported: it brings torch.
+# The file GET /assets/characters.json serves a subset of (server/api/routes/live.py; the
+# page reads its `characters` and `hitboxes`). That module is not imported: it brings torch.
 CHARACTERS_JSON = REPO / "assets" / "characters.json"
 WINDOW = shots.WINDOW  # the page's viewport, CSS pixels (device scale 1)
 PANEL = shots.PANEL

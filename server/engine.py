@@ -115,8 +115,7 @@ class Engine:
         self.next_deadline = time.monotonic()
         self.tick_ema = 0.0  # seconds, smoothed duration of a tick with sessions running
         self.tick_event = asyncio.Event()
-        self.active_matches = lambda: 0  # replaced by the match service
-        self.metrics = ServerMetrics(lambda: len(self.sessions), lambda: self.active_matches())
+        self.metrics = ServerMetrics()
 
     def new_simulation(self, cuda_graphs: bool = False) -> Simulation:
         """A simulation of the served model with the server's settings (the live batch, the

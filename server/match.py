@@ -1,11 +1,11 @@
 """Headless policy-vs-policy matches: `playmodel match --p1 POLICY --p2 POLICY --out FILE`.
 
-Runs one game through the `Simulation` as fast as the hardware allows (not at 60 Hz), with a
-progress bar on a terminal (frames played, at most `--frames`, and the time left), writes its
-trajectory as parquet in the dataset schema (so it can be evaluated and replayed like an
-ingested game) and prints a summary: the winner and how the game ended, then per player the
-character, policy, stocks left, percent and how many times it KO'd the other, and the frames
-played and per second.
+Runs one game through the match runner that the REST matches use too (server/match_runner.py)
+as fast as the hardware allows (not at 60 Hz), with a progress bar on a terminal (frames
+played, at most `--frames`, and the time left), writes its trajectory as parquet in the
+dataset schema (so it can be evaluated and replayed like an ingested game) and prints a
+summary: the winner and how the game ended, then per player the character, policy, stocks
+left, percent and how many times it KO'd the other, and the frames played and per second.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,36 +27,15 @@ from core.atomic_file import atomic_path
 from core.melee_ids import character_name_internal, parse_character
 from core.stages import parse_stage
 from model.frame_spec import count_state_age
-from model.frames import Frames, frames_from_table, stack, table_from_frames
-from model.policies import Policy, ReplayFollower, controls_for, make_policy
-from model.rules import Event
+from model.frames import Frames, frames_from_table, table_from_frames
+from model.policies import Policy, ReplayFollower, make_policy
 from model.simulation import GameSetup, Simulation
+from server.match_runner import Match, MatchResult, MatchRunner
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "checkpoints" / "demo.safetensors"
-
-
-@dataclass
-class MatchResult:
-    frames: Frames  # (T, ...) every frame, the start frame first
-    events: list[Event] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def summary(self) -> dict:
-        last = {k: v[-1] for k, v in self.frames.items()}
-        end = next((e for e in self.events if e.type == "game_end"), None)
-        return {
-            "winner": None if end is None else end.player,
-            "end": None if end is None else end.detail["method"],
-            "stocks": [int(last[f"{p}_stocks"]) for p in gs.PLAYERS],
-            "percents": [round(float(last[f"{p}_percent"]), 1) for p in gs.PLAYERS],
-            "kos": [sum(e.type == "ko" and e.player == i for e in self.events) for i in (0, 1)],
-            "frames": len(self.frames["frame"]) - 1,
-            "frames_per_second": round((len(self.frames["frame"]) - 1) / max(self.seconds, 1e-9)),
-        }
 
 
 def run_matches(
@@ -67,46 +44,25 @@ def run_matches(
     max_frames: int,
     progress: bool | None = False,
 ) -> dict[int, MatchResult]:
-    """Step several games together (one batched model call per frame) until each ends or has
-    played `max_frames` frames. A finished game stays in the batch, frozen on its last frame,
-    until all are done, so that rows stay fixed and frames are recorded as whole batches.
-    `progress`: a bar of the frames stepped (None: only on a terminal)."""
-    rows = {g: sim.game_ids.index(g) for g in games}
-    batches = [sim.batch_frame]
-    events: dict[int, list[Event]] = {g: [] for g in games}
-    length = {g: 0 for g in games}
-    running = set(games)
+    """Play games already in `sim` with the match runner, flat out, until each ends or has
+    played `max_frames` frames; an ended game leaves the simulation. `progress`: a bar of the
+    frames stepped (None: only on a terminal)."""
+    runner = MatchRunner(sim)
+    matches = {g: Match(policies=policies, max_frames=max_frames) for g, policies in games.items()}
+    runner.follow(list(matches.values()), list(matches))
     bar = tqdm(
         total=max_frames,
         desc="match",
         unit="frame",
         disable=None if progress is None else not progress,
     )
-    start = time.perf_counter()
-    for _ in range(max_frames):
-        if not running:
-            break
+    while runner.playing:
+        runner.step()
         bar.update()
-        batch = batches[-1]
-        controls = {g: controls_for(games[g], batch, rows[g]) for g in running}
-        results = sim.step(controls)
-        batches.append(sim.batch_frame)
-        for g in list(running):
-            length[g] += 1
-            events[g] += results[g].events
-            if results[g].over:
-                running.discard(g)
-    seconds = time.perf_counter() - start
-    if not running:  # every game ended before the frame limit: the bar ends full
+    if bar.n < max_frames:  # every game ended before the frame limit: the bar ends full
         bar.total = bar.n
     bar.close()
-    over_time = stack(batches)  # (T + 1, B, ...)
-    return {
-        g: MatchResult(
-            {k: v[: length[g] + 1, rows[g]] for k, v in over_time.items()}, events[g], seconds
-        )
-        for g in games
-    }
+    return {g: match.outcome() for g, match in matches.items()}
 
 
 def run_match(
@@ -116,7 +72,7 @@ def run_match(
     max_frames: int,
     progress: bool | None = False,
 ) -> MatchResult:
-    """Step one game until it ends or `max_frames` frames have been played."""
+    """Play one game until it ends or `max_frames` frames have been played."""
     return run_matches(sim, {game_id: policies}, max_frames, progress)[game_id]
 
 
@@ -236,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p1": args.p1,
         "p2": args.p2,
         "model": model_name,
-        "setup": dataclasses.asdict(sim.setup(game)),
+        "setup": dataclasses.asdict(played),
         "summary": summary,
         "events": [e.to_dict() for e in result.events],
     }

@@ -1,5 +1,6 @@
 """Policy-vs-policy matches submitted over REST, run in the background as fast as the device
-allows, batched together in their own simulation.
+allows, batched together in their own simulation by the match runner that `playmodel match`
+uses too (server/match_runner.py).
 
 The device thread is shared with the live sessions, which come first: between two ticks the
 service works only for the time left before the next tick is due (minus what a tick has been
@@ -9,15 +10,16 @@ at most `match_batch` play at once (a step of 64 games of the demo model takes 4
 2-core CPU, three times a tick's period), and a step starts only if the time a step has been
 taking is left. With no live sessions they run flat out.
 
-Each frame a match plays is copied out of the batch as it is made, one row of the step's
-`recorder.BatchCopy`, into the match's `FrameLog` (about 1 KB a frame); a finished match keeps
-only that log (trimmed), its events and its summary, not its start state (230 KB) nor its
-policies.
+Each frame a match plays is copied into its `FrameLog` as it is made (about 1 KB a frame, by
+the runner); a finished match keeps only that log (trimmed), its events and its summary, not
+its start state (230 KB) nor its policies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -26,21 +28,16 @@ from functools import partial
 from pathlib import Path
 
 from model.frames import Frames
-from model.policies import FrameView, Policy
+from model.policies import Policy
 from model.rules import Event
 from model.simulation import Snapshot
 from server.engine import logged_write
 from server.frame_log import FrameLog
-from server.match import MatchResult
-from server.policy_modules import (
-    POLICY_WAIT_S,
-    ask_policies,
-    frozen,
-    has_module_policy,
-    policy_columns,
-    policy_failure,
-)
-from server.recorder import BatchCopy, _write_info, write_complete_game
+from server.match_runner import Match, MatchRunner
+from server.recorder import _write_info, write_complete_game
+from server.recordings import RECORDING_ID
+from server.recovery import match_from_recording
+from server.requests import MatchRequest, game_setup, policy, replay_start
 from server.sessions import new_id
 
 log = logging.getLogger(__name__)
@@ -58,20 +55,16 @@ class MatchesFull(RuntimeError):
     """No room for another match now; the text says which limit and how to go on."""
 
 
-@dataclass
-class MatchJob:
+@dataclass(kw_only=True)
+class MatchJob(Match):
+    """A match submitted over REST: the `Match` the runner plays, and what the API answers
+    about it."""
+
     id: str
-    policies: tuple[Policy, Policy]
-    max_frames: int
     start: Snapshot | None  # until it joins the batch
     request: dict
     status: str = "queued"  # queued, running, done, failed
-    game_id: int | None = None
-    frames_played: int = 0
-    events: list[Event] = field(default_factory=list)
-    log: FrameLog | None = None  # its frames while it runs
     seconds: float = 0.0
-    started: float = 0.0
     error: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: FinishedMatch | None = None
@@ -113,7 +106,7 @@ class FinishedMatch:
 class MatchService:
     def __init__(self, engine):
         self.engine = engine
-        self.sim = engine.new_simulation(cuda_graphs=engine.settings.cuda_graphs)
+        self.runner = self._new_runner()
         self.jobs: OrderedDict[str, MatchJob] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -123,14 +116,64 @@ class MatchService:
         self.admit_s = 0.0
         self.step_s = 0.0
         self._skipped = 0  # chunks in a row that had matches running and made no step
-        engine.active_matches = self.active
+
+    def _new_runner(self) -> MatchRunner:
+        """The runner of the matches' batch, a simulation of its own (made again after a
+        failure of the batch)."""
+        cuda_graphs = self.engine.settings.cuda_graphs
+        return MatchRunner(self.engine.new_simulation(cuda_graphs=cuda_graphs))
+
+    @property
+    def sim(self):
+        return self.runner.sim
 
     def active(self) -> int:
         return sum(job.status in ("queued", "running") for job in self.jobs.values())
 
+    async def create(self, request: MatchRequest) -> MatchJob:
+        """The match `request` asks for, queued. Raises `MatchesFull` (before the work of
+        preparing its start) when there is no room for it, and `requests.BadRequest` when the
+        request names something unusable. Its start is prepared on another thread."""
+        settings = self.engine.settings
+        if self.active() >= settings.max_matches:
+            raise MatchesFull(
+                f"{self.active()} matches are queued or running (max_matches="
+                f"{settings.max_matches}); try again later"
+            )
+        setup = game_setup(request)
+        policies = (policy(request.p1, "p1", settings), policy(request.p2, "p2", settings))
+        max_frames = min(request.max_frames or settings.max_match_frames, settings.max_match_frames)
+        self.make_room(max_frames)
+        replay = await asyncio.to_thread(replay_start, request.start, settings)
+        start_frame = request.start.frame if request.start else None
+        snapshot = await asyncio.to_thread(self.engine.prepare_start, setup, replay, start_frame)
+        info = request.model_dump(exclude={"start"}) | {
+            "start": request.start.model_dump(exclude={"data"}) if request.start else "standard",
+            "max_frames": max_frames,
+            "setup": dataclasses.asdict(snapshot.setup),
+        }
+        return self.submit(policies, max_frames, snapshot, info)
+
+    async def describe(self, match_id: str, wait: bool = False, timeout: float = 600.0):
+        """What `GET /v1/matches/ID` answers: the match held here (once done, with `wait`, or
+        after `timeout` seconds), else what its recording still tells (finished and
+        forgotten, or from a run stopped before it ended); None if neither knows it."""
+        job = self.jobs.get(match_id)
+        if job is None:
+            if not RECORDING_ID.fullmatch(match_id):
+                return None
+            folder = self.engine.settings.recordings_dir
+            return await asyncio.to_thread(match_from_recording, folder, match_id)
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), timeout)
+        return job.describe()
+
     def submit(self, policies: tuple[Policy, Policy], max_frames: int, start, request) -> MatchJob:
         self.make_room(max_frames)
-        job = MatchJob(new_id(), policies, max_frames, start, request)
+        job = MatchJob(
+            id=new_id(), policies=policies, max_frames=max_frames, start=start, request=request
+        )
         self.jobs[job.id] = job
         self._wake.set()
         log.info("match %s: queued (%s)", job.id, request)
@@ -214,7 +257,7 @@ class MatchService:
                         job.status, job.error = "failed", f"{type(e).__name__}: {e}"
                         job.log, job.start, job.game_id = None, None, None
                         job.done.set()
-                self.sim = engine.new_simulation(cuda_graphs=engine.settings.cuda_graphs)
+                self.runner = self._new_runner()
                 continue
             for job in finished:
                 job.done.set()
@@ -252,7 +295,7 @@ class MatchService:
             began = time.perf_counter()
             if began + self.step_s > deadline and not (forced and not stepped):
                 break
-            done = self._step(running)
+            done = self._step()
             self.step_s = _smoothed(self.step_s, time.perf_counter() - began)
             stepped = True
             if done:
@@ -263,57 +306,29 @@ class MatchService:
         return finished
 
     def _admit(self, jobs: list[MatchJob]) -> None:
-        """Queued matches into the batch, in one join; each match's log gets its first frame."""
-        game_ids = self.sim.add_from_snapshots([job.start for job in jobs])
-        copy = BatchCopy(self.sim.batch_frame)
-        for job, game_id in zip(jobs, game_ids, strict=True):
-            job.game_id, job.start = game_id, None  # its start state is not needed again
-            job.status, job.started = "running", time.perf_counter()
-            job.log = FrameLog(job.max_frames + 1)
-            job.log.append(copy.row(self.sim.game_ids.index(game_id)))
+        """Queued matches into the runner's batch, in one join."""
+        self.runner.join(jobs, [job.start for job in jobs])
+        for job in jobs:
+            job.start, job.status = None, "running"  # its start state is not needed again
 
-    def _step(self, running: list[MatchJob]) -> list[MatchJob]:
+    def _step(self) -> list[MatchJob]:
         """One frame of every running match; returns the ones that ended with it."""
-        batch = self.sim.batch_frame
-        if any(has_module_policy(job.policies) for job in running):
-            batch = frozen(batch)  # read by the module policies' threads
-        rows = {game_id: row for row, game_id in enumerate(self.sim.game_ids)}
-        views = {job.id: FrameView(batch, rows[job.game_id]) for job in running}
-        for job in running:  # module policies: every call started, then answered by one time
-            ask_policies(_players(job), views[job.id])
-        due = time.perf_counter() + POLICY_WAIT_S
-        controls = {j.game_id: policy_columns(_players(j), views[j.id], due) for j in running}
-        results = self.sim.step(controls)
-        self.engine.metrics.match_frames.inc(len(running))
-        copy = BatchCopy(self.sim.batch_frame)  # the frame made, one copy for every match
-        ended: list[tuple[MatchJob, str | None]] = []
-        for job in running:
-            result = results[job.game_id]
-            job.frames_played += 1
-            job.events += result.events
-            job.log.append(copy.row(result.row))
-            if (failure := policy_failure(job.policies)) is not None:
-                ended.append((job, failure))  # only this match ends
-            elif result.over or job.frames_played >= job.max_frames:
-                ended.append((job, None))
-        if not ended:
-            return []
-        # They leave the batch in one selection of the rows that stay (each removal copies it).
-        self.sim.remove_games([job.game_id for job, _ in ended])
-        for job, failure in ended:
-            job.game_id = None
-            if failure is None:
+        self.engine.metrics.match_frames.inc(len(self.runner.playing))
+        ended = self.runner.step()
+        for job in ended:
+            if job.failure is None:
                 self._finish(job)
             else:
-                self._fail(job, failure)
-        return [job for job, _ in ended]
+                self._fail(job, job.failure)  # only this match ends
+        return ended
 
     def _finish(self, job: MatchJob) -> None:
         """A match that has played to its end (its game already out of the batch)."""
-        frames = job.log.frames()  # for its recording; the log is what is kept
+        outcome = job.outcome()
+        frames = outcome.frames  # for its recording; the log is what is kept
         job.log.trim()
-        job.seconds = time.perf_counter() - job.started
-        summary = MatchResult(frames, job.events, job.seconds).summary
+        job.seconds = outcome.seconds
+        summary = outcome.summary
         job.result = FinishedMatch(job.log, job.events, job.seconds, summary)
         job.log, job.policies = None, ()
         job.status = "done"
@@ -348,10 +363,6 @@ class MatchService:
                     partial(_write_info, Path(folder) / job.id, info | {"status": "failed"})
                 )
             )
-
-
-def _players(job: MatchJob) -> list[tuple[Policy, int]]:
-    return list(zip(job.policies, (0, 1), strict=False))
 
 
 def _smoothed(average: float, sample: float) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Callable
 
 TICK_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.0125, 0.0150, 0.0167, 0.020, 0.033)
 
@@ -34,17 +33,13 @@ class Counter(Metric):
 
 
 class Gauge(Metric):
-    """A value read when scraped."""
+    """A value counted when scraped, by whoever holds what it counts (`ServerMetrics.render`)."""
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
-        self.name, self.help, self.read = name, help_text, read
+    def __init__(self, name: str, help_text: str):
+        self.name, self.help = name, help_text
 
-    def render(self) -> list[str]:
-        return [
-            f"# HELP {self.name} {self.help}",
-            f"# TYPE {self.name} gauge",
-            f"{self.name} {self.read()}",
-        ]
+    def render(self, value: float) -> list[str]:
+        return [*self._header("gauge"), f"{self.name} {value}"]
 
 
 class Histogram(Metric):
@@ -102,7 +97,9 @@ class RecentQuantiles(Metric):
 
 
 class ServerMetrics:
-    def __init__(self, sessions: Callable[[], int], matches: Callable[[], int]):
+    def __init__(self):
+        self.sessions = Gauge("playmodel_sessions", "live sessions")
+        self.matches_active = Gauge("playmodel_matches_active", "matches queued or running")
         self.tick_seconds = Histogram(
             "playmodel_tick_seconds", "duration of one tick (all sessions)", TICK_BUCKETS
         )
@@ -146,8 +143,6 @@ class ServerMetrics:
             "sessions ended because their own step, rules, recording or frame failed",
         )
         self._all = [
-            Gauge("playmodel_sessions", "live sessions", sessions),
-            Gauge("playmodel_matches_active", "matches queued or running", matches),
             self.ticks,
             self.tick_seconds,
             self.recent_ticks,
@@ -166,5 +161,9 @@ class ServerMetrics:
             self.failed_sessions,
         ]
 
-    def render(self) -> str:
-        return "\n".join(line for metric in self._all for line in metric.render()) + "\n"
+    def render(self, sessions: int, matches_active: int) -> str:
+        """The text a scrape gets; the gauges' values are the engine's and the match
+        service's counts at this moment."""
+        lines = [*self.sessions.render(sessions), *self.matches_active.render(matches_active)]
+        lines += [line for metric in self._all for line in metric.render()]
+        return "\n".join(lines) + "\n"

@@ -213,7 +213,7 @@ def test_a_session_whose_own_work_fails_ends_alone(server, healthy, where, monke
 
 # ---------------------------------------------------------------------- 7: downloads
 def test_match_frames_are_encoded_off_the_event_loop(server, monkeypatch):
-    import server.app as app_module
+    import server.match_downloads as app_module
 
     threads: set[str] = set()
     calls = {"frame_message": 0, "table_from_frames": 0}

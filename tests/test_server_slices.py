@@ -15,8 +15,8 @@ from model.config import load_config
 from model.policies import Controller, noop
 from model.simulation import GameSetup
 from model.world_model import WorldModel
-from server.app import DownloadCache
 from server.engine import Engine
+from server.match_downloads import DownloadCache
 from server.match_service import ADMIT_SLICE, MAX_SKIPPED_CHUNKS, FinishedMatch, MatchService
 from server.policy_modules import POLICY_WAIT_S, GuardedPolicy
 from server.settings import ServerSettings
