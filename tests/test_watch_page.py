@@ -185,7 +185,11 @@ def test_the_page_draws_both_characters_where_the_frame_says(server, session, br
         # The figure stands on the position (or the stage under it): its torso above.
         assert cy < py + 1 and abs(cx - px) < 40
         x, y = cx * ratio, cy * ratio
-        assert colour_near(pixels, x, y, COLOURS[player["port"]], box=3), (
+        base = COLOURS[player["port"]]
+        # An invulnerable player (as in the entry) flashes between its colour and a lighter one.
+        flashed = tuple((c + 255) // 2 for c in base)
+        drawn = [base, flashed] if player.get("invulnerable") else [base]
+        assert any(colour_near(pixels, x, y, c, box=3) for c in drawn), (
             f"no P{player['port']} colour near ({x:.0f}, {y:.0f}), where frame {frame['frame']} "
             f"puts it at ({player['x']:.1f}, {player['y']:.1f})"
         )
