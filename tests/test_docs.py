@@ -464,8 +464,8 @@ def test_documented_parse_command_runs(tmp_path, monkeypatch):
     """README's `parse` of the dev replays, into a temporary folder."""
     from training import ingest
 
-    if not (SHARED / "replays" / "dev").is_dir():
-        pytest.skip("../shared/replays/dev is not here")
+    # The command names ../shared/replays/dev, as a user beside shared/ types it.
+    assert (SHARED / "replays" / "dev").is_dir(), f"{SHARED / 'replays' / 'dev'} is not here"
     monkeypatch.chdir(ROOT)
     command = next(c for _, c in documented_commands() if "playmodel parse" in c)
     words = command_words(command)[2:]
