@@ -128,12 +128,17 @@ def make(replays: Path, out: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_arguments(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """--replays and --out, as both screenshot scripts take them."""
+    parser = argparse.ArgumentParser(description=description)
     default = Path(os.environ.get("PLAYMODEL_REPLAYS", REPO.parent / "shared" / "replays"))
     parser.add_argument("--replays", type=Path, default=default)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv, __doc__.splitlines()[0])
     print(make(args.replays, args.out))
     return 0
 

@@ -17,10 +17,8 @@ jab) is written as spectator-page.png.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
-import os
 import shutil
 import sys
 import threading
@@ -213,11 +211,7 @@ def make(replays: Path, out: Path) -> tuple[Path, dict[str, dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Path(os.environ.get("PLAYMODEL_REPLAYS", REPO.parent / "shared" / "replays"))
-    parser.add_argument("--replays", type=Path, default=default)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
-    args = parser.parse_args(argv)
+    args = shots.parse_arguments(argv, __doc__.splitlines()[0])
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     path, _ = make(args.replays, args.out)

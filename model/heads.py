@@ -88,6 +88,7 @@ MOTION_COLUMNS = torch.tensor(
 
 # Where the motion prior's speeds sit in a row of the heads' output, and their scales.
 PRIOR_COLUMNS = torch.tensor([_column_of(name) for name in PRIOR_FIELDS])
+FACING_COLUMNS = torch.tensor([FACING_COLUMN])  # as an index, for index_add
 PRIOR_SCALES = torch.tensor(
     [next(s.scale for s in fs.PLAYER_HEADS if s.name == n) for n in PRIOR_FIELDS]
 )
@@ -220,7 +221,7 @@ class FrameHeads(nn.Module):
             turn = -2 * COPY_PRIOR * prior.turn_share(cell) * last_facing
             players = players.index_add(
                 -1,
-                torch.tensor([FACING_COLUMN], device=h.device),
+                FACING_COLUMNS.to(h.device),
                 turn.unsqueeze(-1).to(players.dtype),
             )
         if chosen_here:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from simulation_setup import TINY as SMALL
 
 from core import game_state as gs
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import ModelConfig
 from model.motion_prior import (
     MIN_SAMPLES,
     PRIOR_AGES,
@@ -27,17 +27,7 @@ from model.world_model import WorldModel
 from training.dataset import GameDataset
 from training.train import init_weights, split_window, teacher_choices
 
-TINY = ModelConfig(
-    d_model=32,
-    n_layers=2,
-    d_state=16,
-    expand=2,
-    headdim=16,
-    chunk_size=16,
-    action_conditioned=True,
-    condition_dim=16,
-    motion_prior=True,
-)
+TINY = dataclasses.replace(SMALL, action_conditioned=True, condition_dim=16, motion_prior=True)
 GROUND = PRIOR_FIELDS.index("vel_self_x_ground")
 
 
