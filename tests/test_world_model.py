@@ -327,3 +327,19 @@ def test_bf16_weights_keep_fp32_state_and_residual(game):
     assert half_cache.layers[0].ssm_state.dtype == torch.float32
     # bf16 weights carry about 3 significant digits; the predictions stay close.
     assert torch.allclose(low["p1_x"].float(), full["p1_x"], atol=0.05)
+
+
+def test_a_grounded_frame_never_rises_by_its_own_speed(game):
+    """A prediction of an upward own speed decodes as 0 where the frame is on the ground (a
+    landing that overshot would climb from the stage) and as predicted in the air."""
+    prev, controls, target = model_inputs(window(game, 1000, 600))
+    preds = perfect_predictions(prev, target)
+    for p in gs.PLAYERS:
+        preds[f"{p}_vel_self_y"] = preds[f"{p}_vel_self_y"] + 3.0 / 0.5  # +3 units a frame
+    decoded = decode(preds, prev, controls)
+    for p in gs.PLAYERS:
+        grounded = decoded[f"{p}_airborne"] == 0
+        assert grounded.any() and (~grounded).any()
+        speed = decoded[f"{p}_vel_self_y"]
+        assert (speed[grounded] <= 0).all()
+        assert (speed[~grounded] > 0).any()
