@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from core import game_state as gs
 from core.atomic_file import atomic_path
 from model.config import ModelConfig
+from model.motion_prior import upgrade_prior_tensors
 from model.world_model import WorldModel
 
 FORMAT_VERSION = 1
@@ -75,7 +76,7 @@ def read_weights(
         raise CheckpointError(f"{path}: bad model_config in metadata ({e})") from e
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-    return config, tensors, meta
+    return config, upgrade_prior_tensors(tensors), meta
 
 
 def load_checkpoint(

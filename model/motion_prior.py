@@ -18,17 +18,33 @@ frame of their script (a forward roll, on its 20th frame): each cell also holds 
 its frames on which the facing turned, which takes the place of the facing's copy prior there
 (heads.py), since a speed prior that points the new way needs the turn on the right frame.
 
-Cells with fewer than MIN_SAMPLES frames stay at 0: the network alone decides there. Ages at or
-past PRIOR_AGES - 1 share the last cell (a long fall's or a long wait's steady state).
+The change a speed takes also depends on the speed before it: a shield's frames slow a
+character that dashed in (friction, 0.08 a frame against the motion) and leave a still one
+still, and a jump's air friction only slows a drift there is. So each cell holds one change per
+BUCKET of the speed before (backward or down, at rest, forward or up; x forward-signed like the
+changes), and a change of friction's size against the motion stops at 0, as Melee's friction
+does, instead of pushing the character the other way.
+
+Cells with fewer than MIN_SAMPLES frames take the cell's frames of every bucket, then of both
+jump halves, and with fewer still stay at 0: the network alone decides there. Ages at or past
+PRIOR_AGES - 1 share the last cell (a long fall's or a long wait's steady state).
+
+Most (character, action) pairs never occur (a character's specials are its own), so the table
+keeps a row per pair that does, PRIOR_ROWS of them at most, and an index from the pair to its
+row (row 0: the empty one).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from core import game_state as gs
+
+log = logging.getLogger(__name__)
 
 # The own speeds the prior covers (the knockback speeds follow a hit, not the action's script).
 PRIOR_FIELDS = ("vel_self_x_air", "vel_self_y", "vel_self_x_ground")
@@ -37,49 +53,76 @@ PRIOR_AGES = 32  # a roll, a spot dodge, a jump's rise: the scripted parts end w
 # Internal ids 0-26, the playable characters with Popo and Nana; the rest (Master Hand, the
 # wireframes, Giga Bowser, Sandbag) share the last row, which no replay of a real game fills.
 PRIOR_CHARACTERS = 27
+# (character, action) pairs with a row: the 799 training games of the corpus fill 1,506.
+PRIOR_ROWS = 4096
 MIN_SAMPLES = 8
-TURN = len(PRIOR_FIELDS)  # the cell's last entry: the share of its frames that turned
+# The speed before, per field: below -REST (backward, down), within +-REST, above +REST.
+BUCKETS = 3
+REST = 0.01
+# A change against the motion no larger than this is friction's (Melee's ground frictions are
+# 0.02-0.1 a frame, air frictions smaller): it slows the speed to 0 and no further.
+FRICTION = 0.12
 # A jump's speed is the full hop's if the jump input was still held on the last frame of the
 # jump squat, else the short hop's (Fox 3.68 or 2.10, in every one of 9,477 real jumps): the
 # cells are split by whether X, Y or the stick up (tap jump) was held on the frame before.
 JUMP_BUTTONS = 0x400 | 0x800  # X, Y in the processed button mask (core.game_state)
 TAP_JUMP_Y = 0.6
+FIELDS = len(PRIOR_FIELDS)
+TURN = BUCKETS * FIELDS  # a looked-up cell's last entry: the share of its frames that turned
 
 
 class MotionPrior(nn.Module):
-    """A (character, action, age, jump held) table of the median change of each PRIOR_FIELDS
-    speed and of the share of frames that turned the character. It is data, not weights:
-    `fill` sets it from a dataset's frames (training does, at the start of a run), the
-    checkpoint keeps it, and the optimizer never sees it (a buffer)."""
+    """Per (character, action, age, jump held), the median change of each PRIOR_FIELDS speed
+    per bucket of the speed before, and the share of frames that turned the character. It is
+    data, not weights: `fill` sets it from a dataset's frames (training does, at the start of a
+    run), the checkpoint keeps it, and the optimizer never sees it (buffers)."""
 
     def __init__(self):
         super().__init__()
-        shape = (PRIOR_CHARACTERS, gs.ACTION_VOCAB, PRIOR_AGES, 2, TURN + 1)
-        # fp16 keeps the checkpoint small (8 MB); the changes are within +-20 units.
-        self.register_buffer("table", torch.zeros(shape, dtype=torch.float16))
+        self.register_buffer(
+            "row_of", torch.zeros(PRIOR_CHARACTERS, gs.ACTION_VOCAB, dtype=torch.int32)
+        )
+        # fp16 keeps the checkpoint small (5 MB); the changes are within +-20 units.
+        shape = (PRIOR_ROWS, PRIOR_AGES, 2, BUCKETS, FIELDS)
+        self.register_buffer("speeds", torch.zeros(shape, dtype=torch.float16))
+        self.register_buffer("turns", torch.zeros(shape[:3], dtype=torch.float16))
         self.register_buffer("x_fields", torch.tensor(X_FIELDS), persistent=False)
 
     def forward(self, character: Tensor, action: Tensor, age: Tensor, held: Tensor) -> Tensor:
         """Character and action ids, action ages and whether a jump input was held on the
         frame before (`jump_held`), each (*lead, 2) -> their cells (*lead, 2, TURN + 1),
         float32: read them with `speed_changes` and `turn_share`."""
-        return self.table[
-            character.clamp(0, PRIOR_CHARACTERS - 1),
-            action.clamp(0, gs.ACTION_VOCAB - 1),
-            age.clamp(0, PRIOR_AGES - 1),
-            held.long(),
-        ].float()
+        row = self.row_of[
+            character.clamp(0, PRIOR_CHARACTERS - 1), action.clamp(0, gs.ACTION_VOCAB - 1)
+        ].long()
+        index = (row, age.clamp(0, PRIOR_AGES - 1), held.long())
+        speeds = self.speeds[index].flatten(-2)  # (*lead, 2, BUCKETS * FIELDS)
+        return torch.cat([speeds, self.turns[index].unsqueeze(-1)], -1).float()
 
-    def speed_changes(self, cell: Tensor, facing: Tensor) -> Tensor:
-        """The change of each PRIOR_FIELDS speed in game units (*lead, 2, fields), the x ones
-        turned to `facing` (+-1, (*lead, 2))."""
+    def speed_changes(self, cell: Tensor, facing: Tensor, before: Tensor) -> Tensor:
+        """The change of each PRIOR_FIELDS speed in game units (*lead, 2, fields), given the
+        speeds of the frame before (*lead, 2, fields), the x ones turned to `facing` (+-1,
+        (*lead, 2)): the bucket of each speed before picks its change, and friction stops at
+        0."""
         sign = torch.where(self.x_fields, facing.unsqueeze(-1).to(cell.dtype), 1.0)
-        return cell[..., :TURN] * sign
+        forward = before.to(cell.dtype) * sign
+        bucket = (forward > REST).long() - (forward < -REST).long() + 1
+        changes = cell[..., :TURN].unflatten(-1, (BUCKETS, FIELDS))
+        change = changes.gather(-2, bucket.unsqueeze(-2)).squeeze(-2)
+        against = (change * forward < 0) & (change.abs() <= FRICTION) & self.x_fields
+        change = torch.where(against, change.clamp(-forward.abs(), forward.abs()), change)
+        return change * sign
 
     @staticmethod
     def turn_share(cell: Tensor) -> Tensor:
         """The share of the cell's frames on which the character turned, (*lead, 2)."""
         return cell[..., TURN]
+
+    def cells(self, character: int, action: int) -> tuple[Tensor, Tensor]:
+        """One (character, action) pair's speed changes (ages, 2, BUCKETS, fields) and turn
+        shares (ages, 2), float32: zeros where the pair has no row."""
+        row = int(self.row_of[character, action])
+        return self.speeds[row].float(), self.turns[row].float()
 
     @torch.no_grad()
     def fill(
@@ -90,12 +133,54 @@ class MotionPrior(nn.Module):
         count it, facing, buttons, joystick_y and PRIOR_FIELDS speeds), `starts` (games + 1,)
         where each game begins; `recorded` (games,) bool: the games whose replays recorded
         the speeds (the others' are imputed from positions; they are left out). Returns the
-        number of cells set."""
+        number of (character, action, age) cells set."""
         numpy_columns = {k: columns[k].numpy() for k in _needed()}
         keep = None if recorded is None else recorded.numpy()
-        table = mine_motion_prior(numpy_columns, starts.numpy(), keep)
-        self.table.copy_(torch.from_numpy(table))
-        return int(np.count_nonzero(np.abs(table.astype(np.float32)).sum(-1)))
+        dense_speeds, dense_turns = mine_motion_prior(numpy_columns, starts.numpy(), keep)
+        self.set_dense(dense_speeds, dense_turns)
+        filled = np.abs(dense_speeds).sum((3, 4, 5)) + dense_turns.sum(-1)
+        return int(np.count_nonzero(filled))
+
+    @torch.no_grad()
+    def set_dense(self, speeds: np.ndarray, turns: np.ndarray) -> None:
+        """Keep the pairs of a dense table (characters, actions, ages, 2, BUCKETS, fields) and
+        turns (characters, actions, ages, 2) with anything in them, as rows."""
+        speeds = torch.as_tensor(np.asarray(speeds, dtype=np.float32))
+        turns = torch.as_tensor(np.asarray(turns, dtype=np.float32))
+        weight = speeds.abs().sum((2, 3, 4, 5)) + turns.sum((2, 3))
+        pairs = torch.nonzero(weight > 0)
+        if len(pairs) > PRIOR_ROWS - 1:
+            log.warning(
+                "motion prior: %d (character, action) pairs, room for %d: the rest stay empty",
+                len(pairs),
+                PRIOR_ROWS - 1,
+            )
+            order = weight[pairs[:, 0], pairs[:, 1]].argsort(descending=True)
+            pairs = pairs[order[: PRIOR_ROWS - 1]]
+        self.row_of.zero_()
+        self.speeds.zero_()
+        self.turns.zero_()
+        rows = torch.arange(1, len(pairs) + 1)
+        self.row_of[pairs[:, 0], pairs[:, 1]] = rows.int()
+        self.speeds[rows] = speeds[pairs[:, 0], pairs[:, 1]].half()
+        self.turns[rows] = turns[pairs[:, 0], pairs[:, 1]].half()
+
+
+def upgrade_prior_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint's tensors with a motion prior of the first layout (one dense `table`
+    (characters, actions, ages, 2, fields + turn), one change per cell whatever the speed
+    before) in today's: the same change in every bucket, so that the model predicts as it
+    did."""
+    old = [k for k, v in tensors.items() if k.endswith("prior.table") and v.dim() == 5]
+    for key in old:
+        prefix = key[: -len("table")]
+        table = tensors.pop(key).float()
+        prior = MotionPrior()
+        dense = table[..., :FIELDS].unsqueeze(-2).expand(*table.shape[:-1], BUCKETS, FIELDS)
+        prior.set_dense(dense.numpy(), table[..., FIELDS].numpy())
+        for name, value in prior.state_dict().items():
+            tensors[prefix + name] = value.to(table.device)
+    return tensors
 
 
 def jump_held(buttons: Tensor, joystick_y: Tensor) -> Tensor:
@@ -118,20 +203,22 @@ def _needed() -> list[str]:
 
 def mine_motion_prior(
     columns: dict[str, np.ndarray], starts: np.ndarray, games: np.ndarray | None = None
-) -> np.ndarray:
-    """The table `MotionPrior.fill` sets, from numpy columns (see there): per (character,
-    action, min(age, PRIOR_AGES - 1), jump held on the frame before), the median of each
-    speed's change from the frame before (x changes times the frame's facing) and the share of
-    frames whose facing differs from the frame before's, over frames that have a frame before
-    in the same game, in the games `games` (bool per game) keeps. A cell with fewer than
-    MIN_SAMPLES frames takes its (character, action, age)'s, held or not, if that has enough.
-    float16, (PRIOR_CHARACTERS, actions, PRIOR_AGES, 2, TURN + 1)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dense tables `MotionPrior.fill` keeps, from numpy columns (see there): per
+    (character, action, min(age, PRIOR_AGES - 1), jump held on the frame before) and per
+    bucket of each speed before, the median of each speed's change from the frame before (x
+    speeds times the frame's facing) over frames that have a frame before in the same game, in
+    the games `games` (bool per game) keeps; and per (character, action, age, held) the share
+    of frames whose facing differs from the frame before's. A bucket with fewer than
+    MIN_SAMPLES frames takes its cell's frames of every bucket, then a cell with too few takes
+    its (character, action, age)'s, held or not. float32, (PRIOR_CHARACTERS, actions,
+    PRIOR_AGES, 2, BUCKETS, fields) and (PRIOR_CHARACTERS, actions, PRIOR_AGES, 2)."""
     total = int(starts[-1])
     has_before = np.ones(total, dtype=bool)
     has_before[starts[:-1]] = False  # a game's first frame
     if games is not None:
         has_before &= np.repeat(games, np.diff(starts))
-    keys, changes = [], []
+    keys, changes, buckets = [], [], []
     for p in gs.PLAYERS:
         character = columns[f"{p}_character"].astype(np.int64)
         action = columns[f"{p}_action"].astype(np.int64)
@@ -149,44 +236,74 @@ def mine_motion_prior(
             & (age >= 0)
         )
         facing = np.where(columns[f"{p}_facing"] > 0, 1.0, -1.0)
-        change = np.zeros((total, TURN + 1), dtype=np.float32)
-        change[1:, TURN] = facing[1:] != facing[:-1]
+        change = np.zeros((total, FIELDS + 1), dtype=np.float32)
+        bucket = np.ones((total, FIELDS), dtype=np.int64)
+        change[1:, FIELDS] = facing[1:] != facing[:-1]
         for i, (name, along_x) in enumerate(zip(PRIOR_FIELDS, X_FIELDS, strict=True)):
             speed = columns[f"{p}_{name}"].astype(np.float32)
+            before = np.zeros(total, dtype=np.float32)
+            before[1:] = speed[:-1]
             change[1:, i] = speed[1:] - speed[:-1]
             if along_x:
                 change[:, i] *= facing
+                before *= facing
+            bucket[:, i] = (before > REST).astype(np.int64) - (before < -REST) + 1
         cell = (character * gs.ACTION_VOCAB + action) * PRIOR_AGES + age
         keys.append((cell * 2 + held)[known])
         changes.append(change[known])
-    key, change = np.concatenate(keys), np.concatenate(changes)
+        buckets.append(bucket[known])
+    key, change, bucket = np.concatenate(keys), np.concatenate(changes), np.concatenate(buckets)
     cells = PRIOR_CHARACTERS * gs.ACTION_VOCAB * PRIOR_AGES
-    split, split_enough = _cell_statistics(key, change, cells * 2)
-    either, either_enough = _cell_statistics(key // 2, change, cells)
-    fallback = ~split_enough & np.repeat(either_enough, 2)
-    split[fallback] = np.repeat(either, 2, axis=0)[fallback]
-    shape = (PRIOR_CHARACTERS, gs.ACTION_VOCAB, PRIOR_AGES, 2, TURN + 1)
-    return split.reshape(shape).astype(np.float16)
+    speeds = np.zeros((cells * 2, BUCKETS, FIELDS), dtype=np.float32)
+    for i in range(FIELDS):
+        # Most specific first: (cell, held, bucket), then (cell, held), then (cell).
+        split, split_enough = _medians(key * BUCKETS + bucket[:, i], change[:, i], cells * 2 * 3)
+        held_half, held_enough = _medians(key, change[:, i], cells * 2)
+        either, _ = _medians(key // 2, change[:, i], cells)
+        value = np.repeat(either, 2)
+        value = np.where(held_enough, held_half, value)
+        value = np.repeat(value, BUCKETS).reshape(-1, BUCKETS)
+        split_enough = split_enough.reshape(-1, BUCKETS)
+        speeds[..., i] = np.where(split_enough, split.reshape(-1, BUCKETS), value)
+    turn_held, held_enough = _means(key, change[:, FIELDS], cells * 2)
+    turn_either, _ = _means(key // 2, change[:, FIELDS], cells)
+    turns = np.where(held_enough, turn_held, np.repeat(turn_either, 2))
+    shape = (PRIOR_CHARACTERS, gs.ACTION_VOCAB, PRIOR_AGES, 2)
+    return speeds.reshape(*shape, BUCKETS, FIELDS), turns.reshape(shape)
 
 
-def _cell_statistics(key: np.ndarray, change: np.ndarray, cells: int) -> tuple[np.ndarray, ...]:
-    """Per cell id in [0, cells): the median of each speed change and the mean turn over the
-    rows of that key, (cells, TURN + 1), 0 where a cell has fewer than MIN_SAMPLES rows; and
-    which cells had enough, (cells,)."""
-    table = np.zeros((cells, TURN + 1), dtype=np.float32)
+def _groups(key: np.ndarray, cells: int) -> tuple[np.ndarray, ...]:
+    """Rows sorted by key, and per key with at least MIN_SAMPLES rows: its id, row count and
+    first row in that order; and which keys in [0, cells) had enough rows."""
     order = np.argsort(key, kind="stable")
-    key, change = key[order], change[order]
-    ids, counts = np.unique(key, return_counts=True)
+    ids, counts = np.unique(key[order], return_counts=True)
     enough = counts >= MIN_SAMPLES
-    kept = np.repeat(enough, counts)  # rows of the cells with enough samples, in key order
-    ids, counts, change = ids[enough], counts[enough], change[kept]
-    group = np.repeat(np.arange(len(ids)), counts)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    for i in range(TURN):
-        # Sorted by cell, then value, each cell's middle value is its median.
-        ranked = change[np.lexsort((change[:, i], group)), i]
-        table[ids, i] = (ranked[first + (counts - 1) // 2] + ranked[first + counts // 2]) / 2
-    table[ids, TURN] = np.add.reduceat(change[:, TURN], first) / counts
+    kept = np.repeat(enough, counts)
     has = np.zeros(cells, dtype=bool)
-    has[ids] = True
-    return table, has
+    has[ids[enough]] = True
+    counts = counts[enough]
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return order[kept], ids[enough], counts, first, has
+
+
+def _medians(key: np.ndarray, value: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per key in [0, cells): the median of its values, 0 where it has fewer than MIN_SAMPLES;
+    and which keys had enough."""
+    rows, ids, counts, first, has = _groups(key, cells)
+    out = np.zeros(cells, dtype=np.float32)
+    if len(ids):
+        group = np.repeat(np.arange(len(ids)), counts)
+        # Sorted by key, then value, each key's middle value is its median.
+        ranked = value[rows][np.lexsort((value[rows], group))]
+        out[ids] = (ranked[first + (counts - 1) // 2] + ranked[first + counts // 2]) / 2
+    return out, has
+
+
+def _means(key: np.ndarray, value: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per key in [0, cells): the mean of its values (0 with fewer than MIN_SAMPLES); and
+    which keys had enough."""
+    rows, ids, counts, first, has = _groups(key, cells)
+    out = np.zeros(cells, dtype=np.float32)
+    if len(ids):
+        out[ids] = np.add.reduceat(value[rows], first) / counts
+    return out, has

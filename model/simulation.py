@@ -61,6 +61,9 @@ class GameSetup:
     # every legal stage but Final Destination. The behaviour probes start so (inputs do other
     # things on a platform: down from a shield drops through it).
     on_main_stage: bool = False
+    # With on_main_stage: each player's x there (None: below the spawn point, within
+    # MAIN_STAGE_START of the flat part's half width).
+    start_x: tuple[float, float] | None = None
 
 
 @dataclass
@@ -582,6 +585,8 @@ def standard_start(setup: GameSetup) -> Frames:
     if setup.on_main_stage:
         flat = get_stage(setup.stage).main_flat_x * MAIN_STAGE_START
         spawns = [(max(-flat, min(flat, x)), y) for x, y in spawns]
+        if setup.start_x is not None:
+            spawns = [(x, y) for x, (_, y) in zip(setup.start_x, spawns, strict=True)]
     frame: Frames = {
         "frame": torch.tensor(FIRST_FRAME),
         "stage": torch.tensor(setup.stage),

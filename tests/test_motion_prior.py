@@ -4,6 +4,7 @@ conditioned model's speed heads predict relative to it."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 
@@ -15,14 +16,20 @@ from simulation_setup import TINY as SMALL
 
 from core import game_state as gs
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.heads import PRIOR_COLUMNS
 from model.motion_prior import (
+    BUCKETS,
+    FIELDS,
     MIN_SAMPLES,
     PRIOR_AGES,
     PRIOR_FIELDS,
-    TURN,
+    REST,
     MotionPrior,
     jump_held,
+    mine_motion_prior,
+    upgrade_prior_tensors,
 )
+from model.motion_prior import _needed as prior_columns
 from model.world_model import WorldModel
 from training.dataset import GameDataset
 from training.train import init_weights, split_window, teacher_choices
@@ -43,12 +50,24 @@ def mined(dev):
     return prior, cells
 
 
+@pytest.fixture(scope="module")
+def dense(dev):
+    """The miner's dense tables: speeds (characters, actions, ages, 2, BUCKETS, fields) and
+    turns (characters, actions, ages, 2)."""
+    columns = {k: dev.columns[k].numpy() for k in prior_columns()}
+    return mine_motion_prior(columns, dev.starts.numpy())
+
+
+def _bucket(speed: float) -> int:
+    return int(speed > REST) - int(speed < -REST) + 1
+
+
 def _samples(
     dev: GameDataset, character: int, action: int, age: int, field: str = "vel_self_x_ground"
 ) -> list[tuple]:
-    """(change of `field`, forward-signed along x, turned, jump held the frame before) on frames of
-    (character, action, age), counted frame by frame in plain Python: the reference the
-    vectorised miner must agree with."""
+    """(change of `field`, forward-signed along x, turned, jump held the frame before, bucket of
+    the forward-signed speed before) on frames of (character, action, age), counted frame by
+    frame in plain Python: the reference the vectorised miner must agree with."""
     out = []
     for game in dev.games:
         f = {k: v.numpy() for k, v in game.frames.items()}
@@ -66,57 +85,82 @@ def _samples(
                     held = bool(int(f[f"{p}_buttons"][t - 1]) & (0x400 | 0x800)) or bool(
                         f[f"{p}_joystick_y"][t - 1] > 0.6
                     )
-                    out.append((float(change) * sign, turned, held))
+                    before = float(f[f"{p}_{field}"][t - 1]) * sign
+                    out.append((float(change) * sign, turned, held, _bucket(before)))
     return out
 
 
-def test_a_cell_is_the_median_forward_speed_change_of_its_frames(dev, mined):
-    """Each cell is its own frames' median change and turn share; a half (jump held or not)
-    with too few frames takes the cell's frames of both halves."""
-    prior, cells = mined
-    assert cells > 100
-    table = prior.table.float()
-    moving = torch.nonzero(table[..., GROUND].abs() > 0.5)  # a dash's first frame, or the like
-    turning = torch.nonzero(table[..., TURN] > 0.5)  # a turn's first frame, or the like
+def test_a_cell_is_the_median_forward_speed_change_of_its_frames(dev, dense):
+    """Each bucket of a cell is the median change of its frames whose speed before was in
+    that bucket, and each cell's turn share is its frames'; a bucket with too few frames takes
+    its cell's frames of every bucket, a half (jump held or not) with too few takes both."""
+    speeds, turns = dense
+    moving = np.argwhere(np.abs(speeds[..., GROUND]) > 0.5)  # a dash's first frame, or the like
+    turning = np.argwhere(turns > 0.5)  # a turn's first frame, or the like
     assert len(moving) > 0 and len(turning) > 0
     for cell in (moving[0], turning[0], moving[-1], turning[-1]):
-        character, action, age, held = (int(v) for v in cell)
+        character, action, age, held = (int(v) for v in cell[:4])
         samples = _samples(dev, character, action, age)
         half = [s for s in samples if s[2] == bool(held)]
         used = half if len(half) >= MIN_SAMPLES else samples
         assert len(used) >= MIN_SAMPLES
-        changes, turns, _ = zip(*used, strict=True)
-        assert float(table[character, action, age, held, GROUND]) == pytest.approx(
-            float(np.median(changes)), abs=2e-3
-        )
-        assert float(table[character, action, age, held, TURN]) == pytest.approx(
-            float(np.mean(turns)), abs=1e-3
-        )
+        changes, turned, _, buckets = zip(*used, strict=True)
+        assert turns[character, action, age, held] == pytest.approx(np.mean(turned), abs=1e-3)
+        for bucket in range(BUCKETS):
+            own = [c for c, b in zip(changes, buckets, strict=True) if b == bucket]
+            reference = own if len(own) >= MIN_SAMPLES else changes
+            assert speeds[character, action, age, held, bucket, GROUND] == pytest.approx(
+                float(np.median(reference)), abs=2e-3
+            )
 
 
-def test_a_held_jump_input_gives_the_full_hop(dev, mined):
+def test_the_buckets_tell_friction_from_a_still_character(dev, dense):
+    """A shield slows a character that ran into it (friction against the motion, whichever
+    way it went) and leaves a still one still: the cells of the rest bucket are 0, where the
+    median of all its frames, mostly dash-ins, would push a still character back."""
+    speeds, _ = dense
+    shields = (178, 179)  # GUARD_ON, GUARD: the shield raised and held
+    still, moving = collections.Counter(), collections.Counter()
+    for p in gs.PLAYERS:
+        c = {k: dev.columns[f"{p}_{k}"].numpy() for k in ("character", "action", "state_age")}
+        ground = dev.columns[f"{p}_vel_self_x_ground"].numpy()
+        for t in np.flatnonzero(np.isin(c["action"][1:], shields)) + 1:
+            key = (int(c["character"][t]), int(c["action"][t]), min(int(c["state_age"][t]), 31))
+            (still if abs(ground[t - 1]) <= REST else moving)[key] += 1
+    judged = [k for k in still if still[k] >= 2 * MIN_SAMPLES and moving[k] >= 2 * MIN_SAMPLES]
+    assert judged
+    slowed = 0
+    for character, action, age in judged:
+        backward, rest, forward = speeds[character, action, age, 0, :, GROUND]
+        assert abs(rest) < REST
+        slowed += forward < -REST or backward > REST
+    assert slowed
+
+
+def test_a_held_jump_input_gives_the_full_hop(dev, dense):
     """A jump's first frame: with the jump input held on the frame before (the jump squat's
     last), the cell holds the full hop's speed, else the short hop's, as Melee decides."""
-    prior, _ = mined
+    speeds, _ = dense
     y = PRIOR_FIELDS.index("vel_self_y")
+    rest = 1
     checked = 0
     for character in range(27):
         for action in (25, 26):  # JUMPING_FORWARD, JUMPING_BACKWARD
             samples = _samples(dev, character, action, 0, "vel_self_y")
-            full = [c for c, _, held in samples if held]
-            short = [c for c, _, held in samples if not held]
+            full = [c for c, _, held, b in samples if held and b == rest]
+            short = [c for c, _, held, b in samples if not held and b == rest]
             if min(len(full), len(short)) < MIN_SAMPLES:
                 continue
-            cell = prior.table[character, action, 0].float()
-            assert float(cell[1, y]) == pytest.approx(float(np.median(full)), abs=2e-3)
-            assert float(cell[0, y]) == pytest.approx(float(np.median(short)), abs=2e-3)
-            assert cell[1, y] > cell[0, y] + 0.5
+            cell = speeds[character, action, 0, :, rest, y]
+            assert cell[1] == pytest.approx(float(np.median(full)), abs=2e-3)
+            assert cell[0] == pytest.approx(float(np.median(short)), abs=2e-3)
+            assert cell[1] > cell[0] + 0.5
             checked += 1
     assert checked >= 1
 
 
-def test_cells_with_too_few_frames_stay_empty(dev, mined):
-    prior, _ = mined
+def test_cells_with_too_few_frames_stay_empty(dev, dense):
+    speeds, turns = dense
     counts = {}
     for game in dev.games:
         for p in gs.PLAYERS:
@@ -131,7 +175,7 @@ def test_cells_with_too_few_frames_stay_empty(dev, mined):
                 counts[key] = counts.get(key, 0) + 1
     rare = [k for k, n in counts.items() if n < MIN_SAMPLES]
     assert rare
-    assert all(not prior.table[k].any() for k in rare)
+    assert all(not speeds[k].any() and not turns[k].any() for k in rare)
 
 
 def test_mirrored_games_mine_the_same_prior(dev, mined):
@@ -143,7 +187,8 @@ def test_mirrored_games_mine_the_same_prior(dev, mined):
             columns[f"{p}_{name}"] = -columns[f"{p}_{name}"]
     mirrored = MotionPrior()
     mirrored.fill(columns, dev.starts)
-    assert torch.equal(mirrored.table, prior.table)
+    for name, table in prior.state_dict().items():
+        assert torch.equal(mirrored.state_dict()[name], table), name
 
 
 def test_the_speed_heads_predict_relative_to_the_prior(dev, mined):
@@ -154,13 +199,8 @@ def test_the_speed_heads_predict_relative_to_the_prior(dev, mined):
     prev, controls, target = split_window(next(iter(dev.windows(40, 4)))[0])
     teacher = teacher_choices(target)
     before = model(prev, controls, teacher=teacher)
-    action = teacher[..., 0, 0].long()  # P1's real action, (B, T)
-    age = torch.where(prev["p1_action"] == action, prev["p1_state_age"].long() + 1, 0)
-    character = prev["p1_character"].long()
-    with torch.no_grad():
-        held = jump_held(prev["p1_buttons"], prev["p1_joystick_y"]).long()
-        cells = (character, action, age.clamp(max=PRIOR_AGES - 1), held)
-        model.heads.conditioner.prior.table[(*cells, slice(0, TURN))] += 1
+    with torch.no_grad():  # every pair on the empty row, which every cell of it now moves
+        model.heads.conditioner.prior.speeds[0] += 1
     after = model(prev, controls, teacher=teacher)
     scale = 0.5  # frame_spec: the speed heads' scale
     facing = torch.where(teacher[..., 0, 1] > 0, 1.0, -1.0)
@@ -186,7 +226,9 @@ def test_where_the_script_turns_the_character_the_model_turns_it(dev, mined):
         chosen = plain["p1_action"].argmax(-1)
         action, character = chosen[0, 10], prev["p1_character"][0, 10].long()
         age = torch.where(prev["p1_action"] == chosen, prev["p1_state_age"].long() + 1, 0)
-        model.heads.conditioner.prior.table[character, action, age[0, 10], :, TURN] = 1.0
+        prior = model.heads.conditioner.prior
+        prior.row_of[character, action] = 1
+        prior.turns[1, age[0, 10]] = 1.0
         turned = model(prev, controls)
     same_cell = (
         (chosen == action)
@@ -200,11 +242,12 @@ def test_where_the_script_turns_the_character_the_model_turns_it(dev, mined):
 def test_the_checkpoint_keeps_the_prior_and_an_older_one_starts_a_run(mined, tmp_path):
     prior, _ = mined
     model = WorldModel(TINY)
-    model.heads.conditioner.prior.table.copy_(prior.table)
+    model.heads.conditioner.prior.load_state_dict(prior.state_dict())
     path = tmp_path / "prior.safetensors"
     save_checkpoint(path, model)
     loaded, _ = load_checkpoint(path, expect_config=TINY)
-    assert torch.equal(loaded.heads.conditioner.prior.table, prior.table)
+    for name, table in prior.state_dict().items():
+        assert torch.equal(loaded.heads.conditioner.prior.state_dict()[name], table), name
     # A conditioned checkpoint without the prior starts a run of the model with one.
     older = dataclasses.replace(TINY, motion_prior=False)
     old = tmp_path / "old.safetensors"
@@ -212,7 +255,7 @@ def test_the_checkpoint_keeps_the_prior_and_an_older_one_starts_a_run(mined, tmp
     save_file(WorldModel(older).state_dict(), str(old), metadata={"playmodel": json.dumps(meta)})
     fresh = WorldModel(TINY)
     init_weights(fresh, old)
-    assert not fresh.heads.conditioner.prior.table.any()
+    assert not fresh.heads.conditioner.prior.speeds.any()
 
 
 def test_a_run_that_adds_the_prior_starts_its_speeds_from_it(dev, mined, tmp_path):
@@ -230,7 +273,7 @@ def test_a_run_that_adds_the_prior_starts_its_speeds_from_it(dev, mined, tmp_pat
     save_file(trained.state_dict(), str(old), metadata={"playmodel": json.dumps(meta)})
     model = WorldModel(TINY).eval()
     init_weights(model, old)
-    model.heads.conditioner.prior.table.copy_(prior.table)
+    model.heads.conditioner.prior.load_state_dict(prior.state_dict())
     prev, controls, target = split_window(next(iter(dev.windows(40, 4)))[0])
     teacher = teacher_choices(target)
     with torch.no_grad():
@@ -241,7 +284,77 @@ def test_a_run_that_adds_the_prior_starts_its_speeds_from_it(dev, mined, tmp_pat
     held = jump_held(prev["p1_buttons"], prev["p1_joystick_y"])
     cell = prior(prev["p1_character"].long(), action, age, held)
     facing = torch.where(teacher[..., 0, 1] > 0, 1.0, -1.0)
-    expected = prior.speed_changes(cell, facing)
+    speeds_before = torch.stack([prev[f"p1_{name}"] for name in PRIOR_FIELDS], -1)
+    expected = prior.speed_changes(cell, facing, speeds_before)
     for i, name in enumerate(PRIOR_FIELDS):
         assert torch.allclose(out[f"p1_{name}"] * 0.5, expected[..., i], atol=1e-5), name
     assert torch.allclose(out["p1_percent"], before["p1_percent"])
+
+
+def test_friction_stops_at_rest_and_a_script_turns_the_speed_around():
+    """A change of friction's size against the motion stops the speed at 0 (Melee's friction
+    never reverses a character); a larger one, a dash turned back, reverses it."""
+    prior = MotionPrior()
+    dense = np.zeros((27, gs.ACTION_VOCAB, PRIOR_AGES, 2, BUCKETS, FIELDS), np.float32)
+    dense[1, 179, :, :, 2, GROUND] = -0.08  # Fox's shield, moving forward: friction
+    dense[1, 20, :, :, 0, GROUND] = 3.0  # Fox's dash, moving backward: the script's speed
+    prior.set_dense(dense, np.zeros(dense.shape[:4], np.float32))
+
+    def change(action: int, speed: float, facing: float = 1.0) -> float:
+        cell = prior(
+            torch.tensor([1]), torch.tensor([action]), torch.tensor([3]), torch.tensor([0])
+        )
+        before = torch.zeros(1, FIELDS)
+        before[0, GROUND] = speed
+        return float(prior.speed_changes(cell, torch.tensor([facing]), before)[0, GROUND])
+
+    assert change(179, 1.0) == pytest.approx(-0.08, abs=1e-3)
+    assert change(179, 0.05) == pytest.approx(-0.05, abs=1e-3)  # stops at 0, not at -0.03
+    assert change(179, 0.0) == 0.0
+    assert change(179, -0.05, facing=-1.0) == pytest.approx(0.05, abs=1e-3)  # the same, facing left
+    assert change(20, -1.0) == pytest.approx(3.0, abs=1e-3)  # through 0, to the dash's speed
+
+
+def test_predicting_the_prior_s_cell_is_exact_unless_the_heads_correct_it_clearly(dev):
+    """Predicting, a speed head's own correction under PRIOR_SNAP is dropped, so that a script
+    the prior knows (a jump's rise) is followed to the hundredth; a larger one is kept.
+    Teacher-forced, the loss sees every correction."""
+    from model.heads import PRIOR_SNAP
+
+    torch.manual_seed(0)
+    model = WorldModel(TINY).eval()
+    prev, controls, _ = split_window(next(iter(dev.windows(40, 4)))[0])
+    player = model.heads.player
+    width = player.out_features // 2
+    with torch.no_grad():
+        model.heads.conditioner.prior.speeds[0] = 0.5  # every cell: +0.5 units a frame
+        rows = [p * width + int(c) for p in range(2) for c in PRIOR_COLUMNS]
+        player.weight[rows] = 0.0
+        for correction, kept in ((PRIOR_SNAP / 2, False), (PRIOR_SNAP * 2, True)):
+            player.bias[rows] = correction / 0.5  # in the heads' scale
+            out = model(prev, controls)
+            y = out["p1_vel_self_y"] * 0.5
+            expected = 0.5 + (correction if kept else 0.0)
+            assert torch.allclose(y, torch.full_like(y, expected), atol=1e-5), correction
+
+
+def test_a_checkpoint_of_the_first_layout_loads_and_predicts_as_before(dense):
+    """A checkpoint whose prior is one dense table (one change per cell whatever the speed
+    before: prior5's) loads, with that change in every bucket."""
+    speeds, turns = dense
+    table = np.concatenate([speeds[..., 1, :], turns[..., None]], -1)  # the rest bucket
+    key = "heads.conditioner.prior.table"
+    upgraded = upgrade_prior_tensors({key: torch.from_numpy(table).half(), "other": torch.ones(1)})
+    assert key not in upgraded and torch.equal(upgraded["other"], torch.ones(1))
+    prior = MotionPrior()
+    prior.load_state_dict(
+        {k.removeprefix("heads.conditioner.prior."): v for k, v in upgraded.items() if k != "other"}
+    )
+    character, action = np.argwhere(np.abs(table[..., :FIELDS]).sum((2, 3, 4)) > 0)[0]
+    cell_speeds, cell_turns = prior.cells(int(character), int(action))
+    for bucket in range(BUCKETS):
+        expected = torch.from_numpy(table[character, action, ..., :FIELDS]).half().float()
+        assert torch.equal(cell_speeds[..., bucket, :], expected)
+    assert torch.equal(
+        cell_turns, torch.from_numpy(table[character, action, ..., FIELDS]).half().float()
+    )

@@ -278,7 +278,15 @@ def test_the_solid_stage_rule_never_moves_a_real_player(dev_dataset_dir):
         prev = {k: v[:-1] for k, v in frames.items()}
         new = {k: v[1:].clone() for k, v in frames.items()}
         before = {k: new[k].clone() for k in ("p1_y", "p2_y")}
+        kept = {
+            f"{p}_{k}": new[f"{p}_{k}"].clone()
+            for p in ("p1", "p2")
+            for k in ("action", "airborne", "vel_self_x_air")
+        }
         keep_above_main_stage(new, prev, rules)
+        for key, value in kept.items():  # nobody real falls off an edge they stand on
+            changed = int((new[key] != value).sum())
+            assert changed == 0, f"{path.name}: the rule changed {key} on {changed} frames"
         for key, value in before.items():
             # Standing players are put at the surface's height as assets/stages.json has
             # it, which may differ from a replay's by a few thousandths of a unit.
@@ -302,3 +310,31 @@ def test_a_player_falling_through_the_stage_lands_on_it(falling, landed):
     assert int(frame["p1_action"][0]) == landed and int(frame["p1_airborne"][0]) == 0
     assert float(frame["p1_y"][0]) == pytest.approx(stage.main.y)
     assert float(frame["p1_vel_self_y"][0]) == 0.0
+
+
+@pytest.mark.parametrize("stage_id", legal_stage_ids())
+def test_a_player_run_past_the_edge_falls(stage_id):
+    """Melee's collision: nothing under a player the model keeps running past the stage's
+    edge, so they fall (FALL, airborne, the run's speed carried into the air); one still on
+    the stage, or below it recovering, is left alone."""
+    from model.rules import EDGE_OVERHANG, FALL
+
+    stage = get_stage(stage_id)
+    prev, rules = batch_frame(stage_id)
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    run_brake, run = 23, 21
+    for p, x, action in (
+        ("p1", stage.main.right_x + 3.0, run_brake),
+        ("p2", -stage.main.right_x + 2.0, run),
+    ):
+        frame[f"{p}_action"][0], frame[f"{p}_airborne"][0] = action, 0
+        frame[f"{p}_x"][0], frame[f"{p}_y"][0] = x, stage.main.y
+        frame[f"{p}_vel_self_x_ground"][0] = 1.5
+    apply_rules(frame, rules, prev)
+    assert int(frame["p1_action"][0]) == FALL and int(frame["p1_airborne"][0]) == 1
+    assert int(frame["p1_state_age"][0]) == 0
+    assert float(frame["p1_vel_self_x_air"][0]) == 1.5
+    assert float(frame["p1_vel_self_x_ground"][0]) == 0.0
+    assert int(frame["p2_action"][0]) == run and int(frame["p2_airborne"][0]) == 0  # on stage
+    assert EDGE_OVERHANG < 3.0

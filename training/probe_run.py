@@ -7,7 +7,8 @@ mined by `playmodel probe-expectations`).
 
 Each probe is one game from a standard start on the main stage (`model.simulation.GameSetup`,
 `on_main_stage`: the real windows are mined per surface, and most stand on the main stage;
-on a platform some inputs do other things), where both players
+on a platform some inputs do other things; P1 at least `ROOM_BEHIND` units from the edge
+behind: `probe_start_x`), where both players
 hold nothing until frame `SETTLE_FRAME` (in real games the entry ends, a 30-frame LANDING
 follows and the players stand by frame -9), then P1 plays the probe's setup and script while
 P2, the same character, holds nothing. All games run in one batch through the `Simulation`
@@ -38,7 +39,7 @@ from core.stages import get_stage, legal_stage_ids, parse_stage
 from model.checkpoint import load_checkpoint
 from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
-from model.simulation import GameSetup, Simulation
+from model.simulation import MAIN_STAGE_START, GameSetup, Simulation
 from model.world_model import WorldModel
 from training import probes as pr
 from training.probe_expectations import DEFAULT_EXPECTATIONS
@@ -51,6 +52,11 @@ DEFAULT_CHARACTERS = (1, 22, 18, 2, 7, 25)
 SETTLE_FRAME = 0  # frame id at which the probes' player acts (the game clock starts at -123)
 FIRST_FRAME = -123
 MIN_REAL = 20  # fewer real windows than this: the metric is not judged
+# The real windows of a probe that moves the player back (a dash back covers up to 31 units)
+# had room for it: no real player in them left the ground. Standing where Melee puts P1, the
+# edge behind is 22-26 units away on Fountain of Dreams, Yoshi's Story and Final Destination,
+# where a dash back runs off it (rules.py) and the probe would test the start, not the model.
+ROOM_BEHIND = 35.0
 SITUATION_ACTIONS = {"standing": (pr.STANDING,), "shielding": pr.SHIELD_HELD}
 
 
@@ -88,6 +94,15 @@ def within(metric: str, value: float, real: dict) -> bool:
 
 
 # ---------------------------------------------------------------------- playing the probes
+def probe_start_x(stage_id: int) -> tuple[float, float]:
+    """Where the players stand on the main stage when a probe begins: as `GameSetup`'s
+    on_main_stage puts them, but P1 at least ROOM_BEHIND from the edge behind them."""
+    stage = get_stage(stage_id)
+    flat = stage.main_flat_x * MAIN_STAGE_START
+    p1, p2 = (max(-flat, min(flat, x)) for x, _, _ in stage.starts[:2])
+    return max(p1, stage.main.left_x + ROOM_BEHIND), p2
+
+
 def play_probes(
     model: WorldModel,
     games: list[tuple[pr.Probe, int, int]],
@@ -99,7 +114,10 @@ def play_probes(
     (None: only on a terminal)."""
     sim = Simulation(model)
     ids = [
-        sim.new_game(GameSetup(stage=s, characters=(c, c), on_main_stage=True)) for _, s, c in games
+        sim.new_game(
+            GameSetup(stage=s, characters=(c, c), on_main_stage=True, start_x=probe_start_x(s))
+        )
+        for _, s, c in games
     ]
     settle = SETTLE_FRAME - FIRST_FRAME
     starts = [settle + p.setup_frames for p, _, _ in games]  # step of each situation frame
