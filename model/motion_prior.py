@@ -68,7 +68,16 @@ FRICTION = 0.12
 JUMP_BUTTONS = 0x400 | 0x800  # X, Y in the processed button mask (core.game_state)
 TAP_JUMP_Y = 0.6
 FIELDS = len(PRIOR_FIELDS)
-TURN = BUCKETS * FIELDS  # a looked-up cell's last entry: the share of its frames that turned
+Y = PRIOR_FIELDS.index("vel_self_y")
+TURN = BUCKETS * FIELDS  # a looked-up cell's entry: the share of its frames that turned
+TERMINAL = TURN + 1  # and its last: the character's terminal fall speed (0: not known)
+# A fall speeds up by the character's gravity to its terminal speed and stops there; a fast
+# fall holds a faster one. Both show in real games as falls whose speed stays put, in jumps
+# and falls: Fox's at 3.4 (fast, 4,263 frames of the validation games) and 2.8 (1,182), Marth's
+# at 2.5 and 2.2, in every character two such speeds, the slower the terminal one.
+STEADY_FALL_ACTIONS = (25, 26, 29, 30, 31, 32, 33, 34)  # JUMP_F, JUMP_B, FALL*, FALL_AERIAL*
+STEADY_FALL_MIN = 0.5  # units a frame: slower "steady" speeds are an apex, not a fall
+MIN_STEADY = 20  # frames of a steady speed for it to count as one of the character's two
 
 
 class MotionPrior(nn.Module):
@@ -86,24 +95,26 @@ class MotionPrior(nn.Module):
         shape = (PRIOR_ROWS, PRIOR_AGES, 2, BUCKETS, FIELDS)
         self.register_buffer("speeds", torch.zeros(shape, dtype=torch.float16))
         self.register_buffer("turns", torch.zeros(shape[:3], dtype=torch.float16))
+        self.register_buffer("terminal", torch.zeros(PRIOR_CHARACTERS))
         self.register_buffer("x_fields", torch.tensor(X_FIELDS), persistent=False)
 
     def forward(self, character: Tensor, action: Tensor, age: Tensor, held: Tensor) -> Tensor:
         """Character and action ids, action ages and whether a jump input was held on the
-        frame before (`jump_held`), each (*lead, 2) -> their cells (*lead, 2, TURN + 1),
+        frame before (`jump_held`), each (*lead, 2) -> their cells (*lead, 2, TERMINAL + 1),
         float32: read them with `speed_changes` and `turn_share`."""
-        row = self.row_of[
-            character.clamp(0, PRIOR_CHARACTERS - 1), action.clamp(0, gs.ACTION_VOCAB - 1)
-        ].long()
+        character = character.clamp(0, PRIOR_CHARACTERS - 1)
+        row = self.row_of[character, action.clamp(0, gs.ACTION_VOCAB - 1)].long()
         index = (row, age.clamp(0, PRIOR_AGES - 1), held.long())
-        speeds = self.speeds[index].flatten(-2)  # (*lead, 2, BUCKETS * FIELDS)
-        return torch.cat([speeds, self.turns[index].unsqueeze(-1)], -1).float()
+        speeds = self.speeds[index].flatten(-2).float()  # (*lead, 2, BUCKETS * FIELDS)
+        turn = self.turns[index].float().unsqueeze(-1)
+        return torch.cat([speeds, turn, self.terminal[character].unsqueeze(-1)], -1)
 
     def speed_changes(self, cell: Tensor, facing: Tensor, before: Tensor) -> Tensor:
         """The change of each PRIOR_FIELDS speed in game units (*lead, 2, fields), given the
         speeds of the frame before (*lead, 2, fields), the x ones turned to `facing` (+-1,
-        (*lead, 2)): the bucket of each speed before picks its change, and friction stops at
-        0."""
+        (*lead, 2)): the bucket of each speed before picks its change, friction stops at 0,
+        and a fall speeds up to the character's terminal speed and no further (one already
+        faster, a fast fall, keeps its speed)."""
         sign = torch.where(self.x_fields, facing.unsqueeze(-1).to(cell.dtype), 1.0)
         forward = before.to(cell.dtype) * sign
         bucket = (forward > REST).long() - (forward < -REST).long() + 1
@@ -111,6 +122,11 @@ class MotionPrior(nn.Module):
         change = changes.gather(-2, bucket.unsqueeze(-2)).squeeze(-2)
         against = (change * forward < 0) & (change.abs() <= FRICTION) & self.x_fields
         change = torch.where(against, change.clamp(-forward.abs(), forward.abs()), change)
+        terminal = cell[..., TERMINAL]
+        room = torch.clamp(-terminal - forward[..., Y], max=0.0)  # down to the terminal speed
+        falling = (terminal > 0) & (change[..., Y] < 0)
+        fall = torch.where(falling, torch.maximum(change[..., Y], room), change[..., Y])
+        change = torch.cat([change[..., :Y], fall.unsqueeze(-1), change[..., Y + 1 :]], -1)
         return change * sign
 
     @staticmethod
@@ -136,8 +152,10 @@ class MotionPrior(nn.Module):
         number of (character, action, age) cells set."""
         numpy_columns = {k: columns[k].numpy() for k in _needed()}
         keep = None if recorded is None else recorded.numpy()
-        dense_speeds, dense_turns = mine_motion_prior(numpy_columns, starts.numpy(), keep)
+        terminal = terminal_speeds(numpy_columns, starts.numpy(), keep)
+        dense_speeds, dense_turns = mine_motion_prior(numpy_columns, starts.numpy(), keep, terminal)
         self.set_dense(dense_speeds, dense_turns)
+        self.terminal.copy_(torch.from_numpy(terminal))
         filled = np.abs(dense_speeds).sum((3, 4, 5)) + dense_turns.sum(-1)
         return int(np.count_nonzero(filled))
 
@@ -167,10 +185,13 @@ class MotionPrior(nn.Module):
 
 
 def upgrade_prior_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A checkpoint's tensors with a motion prior of the first layout (one dense `table`
-    (characters, actions, ages, 2, fields + turn), one change per cell whatever the speed
-    before) in today's: the same change in every bucket, so that the model predicts as it
-    did."""
+    """A checkpoint's tensors with a motion prior of an earlier layout in today's: one dense
+    `table` (characters, actions, ages, 2, fields + turn), one change per cell whatever the
+    speed before, becomes the same change in every bucket; a prior without terminal speeds
+    gets none (0: falls as the cells say). The model then predicts as it did."""
+    for key in [k for k in tensors if k.endswith("prior.speeds")]:
+        # Without a terminal speed (0), falls are as the cells say, as they were.
+        tensors.setdefault(key[: -len("speeds")] + "terminal", torch.zeros(PRIOR_CHARACTERS))
     old = [k for k, v in tensors.items() if k.endswith("prior.table") and v.dim() == 5]
     for key in old:
         prefix = key[: -len("table")]
@@ -202,7 +223,10 @@ def _needed() -> list[str]:
 
 
 def mine_motion_prior(
-    columns: dict[str, np.ndarray], starts: np.ndarray, games: np.ndarray | None = None
+    columns: dict[str, np.ndarray],
+    starts: np.ndarray,
+    games: np.ndarray | None = None,
+    terminal: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The dense tables `MotionPrior.fill` keeps, from numpy columns (see there): per
     (character, action, min(age, PRIOR_AGES - 1), jump held on the frame before) and per
@@ -211,14 +235,17 @@ def mine_motion_prior(
     the games `games` (bool per game) keeps; and per (character, action, age, held) the share
     of frames whose facing differs from the frame before's. A bucket with fewer than
     MIN_SAMPLES frames takes its cell's frames of every bucket, then a cell with too few takes
-    its (character, action, age)'s, held or not. float32, (PRIOR_CHARACTERS, actions,
-    PRIOR_AGES, 2, BUCKETS, fields) and (PRIOR_CHARACTERS, actions, PRIOR_AGES, 2)."""
+    its (character, action, age)'s, held or not. With `terminal` (per character, 0: not
+    known), frames that fell at least that fast the frame before are left out of the vertical
+    speed's cells: there the terminal speed, not the cell, decides (`speed_changes`).
+    float32, (PRIOR_CHARACTERS, actions, PRIOR_AGES, 2, BUCKETS, fields) and
+    (PRIOR_CHARACTERS, actions, PRIOR_AGES, 2)."""
     total = int(starts[-1])
     has_before = np.ones(total, dtype=bool)
     has_before[starts[:-1]] = False  # a game's first frame
     if games is not None:
         has_before &= np.repeat(games, np.diff(starts))
-    keys, changes, buckets = [], [], []
+    keys, changes, buckets, steady = [], [], [], []
     for p in gs.PLAYERS:
         character = columns[f"{p}_character"].astype(np.int64)
         action = columns[f"{p}_action"].astype(np.int64)
@@ -252,14 +279,23 @@ def mine_motion_prior(
         keys.append((cell * 2 + held)[known])
         changes.append(change[known])
         buckets.append(bucket[known])
+        fall_before = np.zeros(total, dtype=np.float32)
+        fall_before[1:] = -columns[f"{p}_vel_self_y"][:-1]
+        limit = (
+            np.zeros(total) if terminal is None else terminal[character.clip(0, len(terminal) - 1)]
+        )
+        steady.append(((limit > 0) & (fall_before >= limit - REST))[known])
     key, change, bucket = np.concatenate(keys), np.concatenate(changes), np.concatenate(buckets)
+    at_terminal = np.concatenate(steady)
     cells = PRIOR_CHARACTERS * gs.ACTION_VOCAB * PRIOR_AGES
     speeds = np.zeros((cells * 2, BUCKETS, FIELDS), dtype=np.float32)
     for i in range(FIELDS):
+        rows = ~at_terminal if i == Y else slice(None)
+        k, b, c = key[rows], bucket[rows, i], change[rows, i]
         # Most specific first: (cell, held, bucket), then (cell, held), then (cell).
-        split, split_enough = _medians(key * BUCKETS + bucket[:, i], change[:, i], cells * 2 * 3)
-        held_half, held_enough = _medians(key, change[:, i], cells * 2)
-        either, _ = _medians(key // 2, change[:, i], cells)
+        split, split_enough = _medians(k * BUCKETS + b, c, cells * 2 * BUCKETS)
+        held_half, held_enough = _medians(k, c, cells * 2)
+        either, _ = _medians(k // 2, c, cells)
         value = np.repeat(either, 2)
         value = np.where(held_enough, held_half, value)
         value = np.repeat(value, BUCKETS).reshape(-1, BUCKETS)
@@ -307,3 +343,36 @@ def _means(key: np.ndarray, value: np.ndarray, cells: int) -> tuple[np.ndarray, 
     if len(ids):
         out[ids] = np.add.reduceat(value[rows], first) / counts
     return out, has
+
+
+def terminal_speeds(
+    columns: dict[str, np.ndarray], starts: np.ndarray, games: np.ndarray | None = None
+) -> np.ndarray:
+    """Per character (PRIOR_CHARACTERS,), its terminal fall speed (positive, units a frame; 0
+    where the games do not show it): of the speeds at which its falls stay put (jumps and
+    falls, STEADY_FALL_ACTIONS, the vertical speed unchanged from the frame before and at
+    least STEADY_FALL_MIN), the two most frequent are the terminal and the fast fall's; the
+    slower is the terminal one. Columns, starts and games as `mine_motion_prior` reads them."""
+    total = int(starts[-1])
+    has_before = np.ones(total, dtype=bool)
+    has_before[starts[:-1]] = False
+    if games is not None:
+        has_before &= np.repeat(games, np.diff(starts))
+    found_character, found_speed = [], []
+    for p in gs.PLAYERS:
+        speed = columns[f"{p}_vel_self_y"].astype(np.float32)
+        steady = np.zeros(total, dtype=bool)
+        steady[1:] = np.abs(speed[1:] - speed[:-1]) < 1e-4
+        steady &= has_before & (speed <= -STEADY_FALL_MIN)
+        steady &= np.isin(columns[f"{p}_action"], STEADY_FALL_ACTIONS)
+        found_character.append(columns[f"{p}_character"][steady].astype(np.int64))
+        found_speed.append(np.round(-speed[steady], 3))
+    character, speed = np.concatenate(found_character), np.concatenate(found_speed)
+    out = np.zeros(PRIOR_CHARACTERS, dtype=np.float32)
+    for c in range(PRIOR_CHARACTERS):
+        values, counts = np.unique(speed[character == c], return_counts=True)
+        common = values[np.argsort(counts)[::-1][:2]]
+        common = common[np.sort(counts)[::-1][:2] >= MIN_STEADY]
+        if len(common):
+            out[c] = common.min()
+    return out

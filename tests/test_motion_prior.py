@@ -27,6 +27,7 @@ from model.motion_prior import (
     MotionPrior,
     jump_held,
     mine_motion_prior,
+    terminal_speeds,
     upgrade_prior_tensors,
 )
 from model.motion_prior import _needed as prior_columns
@@ -358,3 +359,41 @@ def test_a_checkpoint_of_the_first_layout_loads_and_predicts_as_before(dense):
     assert torch.equal(
         cell_turns, torch.from_numpy(table[character, action, ..., FIELDS]).half().float()
     )
+
+
+# Terminal fall speeds in Melee's own data (libmelee's characterdata.csv, TerminalVelocity).
+MELEE_TERMINAL = {1: 2.8, 2: 2.9, 7: 2.13, 9: 1.5, 15: 1.3, 18: 2.2, 22: 3.1, 25: 2.0}
+
+
+def test_each_character_s_terminal_fall_speed_is_mined_from_its_steady_falls(dev):
+    """The slower of the two speeds at which a character's real falls stay put is Melee's
+    terminal speed for it (the faster is the fast fall's)."""
+    columns = {k: dev.columns[k].numpy() for k in prior_columns()}
+    terminal = terminal_speeds(columns, dev.starts.numpy())
+    known = [c for c in MELEE_TERMINAL if terminal[c] > 0]
+    assert known
+    for character in known:
+        assert terminal[character] == pytest.approx(MELEE_TERMINAL[character], abs=1e-3)
+
+
+def test_a_fall_speeds_up_to_the_terminal_speed_and_a_fast_fall_keeps_its_own():
+    prior = MotionPrior()
+    dense = np.zeros((27, gs.ACTION_VOCAB, PRIOR_AGES, 2, BUCKETS, FIELDS), np.float32)
+    y = PRIOR_FIELDS.index("vel_self_y")
+    dense[1, 29, :, :, :, y] = -0.23  # Fox's FALL: his gravity, whatever the speed before
+    prior.set_dense(dense, np.zeros(dense.shape[:4], np.float32))
+    prior.terminal[1] = 2.8
+
+    def change(speed: float) -> float:
+        cell = prior(torch.tensor([1]), torch.tensor([29]), torch.tensor([5]), torch.tensor([0]))
+        before = torch.zeros(1, FIELDS)
+        before[0, y] = speed
+        return float(prior.speed_changes(cell, torch.tensor([1.0]), before)[0, y])
+
+    assert change(1.0) == pytest.approx(-0.23, abs=1e-3)  # still rising
+    assert change(-1.0) == pytest.approx(-0.23, abs=1e-3)
+    assert change(-2.7) == pytest.approx(-0.1, abs=1e-3)  # reaches 2.8, not 2.93
+    assert change(-2.8) == 0.0
+    assert change(-3.4) == 0.0  # a fast fall keeps its speed
+    prior.terminal[1] = 0.0  # not known: the cell alone
+    assert change(-3.4) == pytest.approx(-0.23, abs=1e-3)
