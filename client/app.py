@@ -17,6 +17,7 @@ for, take whatever frames the network thread received, draw the latest, flip.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import secrets
@@ -192,6 +193,12 @@ class App:
         self.big_font = pygame.font.Font(None, 72)
         self.show_overlay = args.overlay
         self.frames_drawn = 0
+        # What is made so far (pygame, fonts, assets) lives as long as the window: frozen out
+        # of the collector's sight, a full collection does not walk it again. One that did
+        # would hold this process for tens of milliseconds, and a local player's inputs,
+        # due 33 ms after each frame, would miss their frames (the server's does the same).
+        gc.collect()
+        gc.freeze()
 
     # ------------------------------------------------------------------ shared pieces
     def _events(self) -> list[pygame.event.Event]:
