@@ -57,6 +57,9 @@ class Stage:
     main_flat_x: float  # main.y holds for abs(x) < main_flat_x (Yoshi's and FoD are not flat)
     main_ground: int  # Slippi's ground id of the main platform's centre
     respawn_top_y: float  # y where ON_HALO_DESCENT starts; it lasts 60 frames down to respawns
+    # The main platform and `platforms` are every surface above the main stage's height (not
+    # where platforms move or the stage transforms: stages.json's `surfaces_move`)
+    surfaces_known: bool = True
 
     def outside_blast_zone(self, x: float, y: float) -> str | None:
         """Which blast zone (x, y) lies beyond: "left", "right", "top", "bottom", or None.
@@ -106,6 +109,7 @@ def _stage(stage_id: int, raw: dict, path: Path) -> Stage:
         main_flat_x=float(main["flat_half_width"]),
         main_ground=int(main["ground"]),
         respawn_top_y=float(raw["respawn_top_y"]["y"]),
+        surfaces_known=not raw.get("surfaces_move", False),
     )
 
 

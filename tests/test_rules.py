@@ -338,3 +338,31 @@ def test_a_player_run_past_the_edge_falls(stage_id):
     assert float(frame["p1_vel_self_x_ground"][0]) == 0.0
     assert int(frame["p2_action"][0]) == run and int(frame["p2_airborne"][0]) == 0  # on stage
     assert EDGE_OVERHANG < 3.0
+
+
+@pytest.mark.parametrize(
+    "stage_id, x, y, falls",
+    [
+        (31, -10.0, 27.2, True),  # Battlefield: run off the left platform's end, at its height
+        (31, -30.0, 27.2, False),  # on that platform
+        (31, -57.9, 27.2, False),  # its end, within EDGE_OVERHANG: a teeter
+        (8, -59.5, 23.45, False),  # Yoshi's Story: a side platform past the main stage's edge
+        (2, 30.0, 20.0, False),  # Fountain of Dreams: its side platforms move, not listed
+        (3, -40.0, 14.5, False),  # Pokemon Stadium: a transformation's surface
+        (32, 0.0, 10.0 + 13.0, True),  # Final Destination: high above its only surface
+    ],
+)
+def test_a_grounded_player_with_nothing_under_them_falls(stage_id, x, y, falls):
+    """Off a platform's end the same as off the stage's edge; but on the stages whose surfaces
+    move or change, only past the main stage's edge (the rules do not know their surfaces)."""
+    from model.rules import FALL
+
+    prev, rules = batch_frame(stage_id)
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    frame["p1_action"][0], frame["p1_airborne"][0] = 21, 0  # RUN
+    frame["p1_x"][0], frame["p1_y"][0] = x, y
+    frame["p1_vel_self_y"][0] = 0.0
+    apply_rules(frame, rules, prev)
+    assert (int(frame["p1_action"][0]) == FALL) == falls
+    assert int(frame["p1_airborne"][0]) == int(falls)
