@@ -426,6 +426,16 @@ def _hold_on_platform(
     rules.halo.copy_(torch.where(on_halo & ~leaving, rules.halo - 1, 0))
 
 
+def _count_ages(players: _Players, prev: _Players) -> None:
+    """`state_age` as the simulation counts it (+1 while the action stays, else 0), for the
+    action the rules left: decoding counted it for the model's, which a rule may have
+    replaced. A player the revival platform let go is in FALL from its first frame, as in
+    Melee; counted on from the platform's 60, the model (which never saw a fall that old and
+    still) held them in the air for two seconds and then let them rise to the top zone."""
+    age = torch.where(players["action"] == prev["action"], prev["state_age"].float() + 1, 0.0)
+    players["state_age"] = age.to(players["state_age"].dtype)
+
+
 def _is_any(values: Tensor, ids: tuple[int, ...]) -> Tensor:
     out = values == ids[0]
     for other in ids[1:]:
@@ -489,6 +499,7 @@ def rule_step(
         before = _Players(prev)
         _hold_entry(frame, players, before, rules)
         _keep_above_main_stage(players, before, rules)
+        _count_ages(players, before)
     dead_actions = _constants(rules.dead_at.device)["dead_actions"]
     x, y = players["x"], players["y"]  # (B, 2)
     blast = rules.blast[:, None, :]  # (B, 1, 4): left, right, bottom, top

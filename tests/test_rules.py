@@ -100,8 +100,10 @@ def test_touching_the_controller_leaves_the_platform_falling():
     apply_rules(frame, rules, controls=tilt)
     assert int(frame["p1_action"][0]) == ON_HALO_WAIT
     push = dict(idle, p1_joystick_x=torch.tensor([0.8]))
-    apply_rules(frame, rules, controls=push)
+    prev = {k: v.clone() for k, v in frame.items()}
+    apply_rules(frame, rules, prev, controls=push)
     assert int(frame["p1_action"][0]) == FALL_ACTION
+    assert int(frame["p1_state_age"][0]) == 0  # the fall's first frame
     assert int(rules.halo[0, 0]) == 0
     frame["p1_x"][0] = 50.0
     apply_rules(frame, rules, controls=idle)  # gone: the model moves the player again
