@@ -15,15 +15,11 @@ clients (`fail_session`) and the others get their frame in the same tick.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 import torch
 
@@ -32,6 +28,7 @@ from model.policies import FrameView, Policy
 from model.rules import Event
 from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
+from server.live_recordings import LiveRecordings
 from server.metrics import ServerMetrics
 from server.policy_modules import (
     POLICY_WAIT_S,
@@ -41,7 +38,7 @@ from server.policy_modules import (
     policy_columns,
     policy_failure,
 )
-from server.recorder import BatchCopy, GameRecorder, GroupedRow, Layout
+from server.recorder import BatchCopy
 from server.sessions import Session, TooManyResets
 from server.settings import ServerSettings
 from server.wire_frames import batch_columns, frame_message
@@ -60,16 +57,6 @@ FAILURE_DETAIL_CHARS = 200  # of an exception's text, in the error a failed sess
 
 class ServerFull(RuntimeError):
     pass
-
-
-def logged_write(write):
-    def run():
-        try:
-            write()
-        except Exception:
-            log.exception("a recording write failed")
-
-    return run
 
 
 @dataclasses.dataclass
@@ -101,12 +88,7 @@ class Engine:
             initializer=torch.set_num_threads if threads else None,
             initargs=(threads,) if threads else (),
         )
-        self.writer = ThreadPoolExecutor(  # files, in order
-            1, thread_name_prefix="recorder", initializer=_lower_this_threads_priority
-        )
-        self._recordings_started = 0
-        self.recording_info: dict = {"model": model_name}  # set by the app: checkpoint hash
-        self._writes: list = []  # file writes due, queued by the device thread
+        self.recordings = LiveRecordings(settings.recordings_dir, settings.tick_rate, model_name)
         self.sessions: dict[str, Session] = {}
         self._retired: list[Session] = []
         # Sessions whose own work failed in a device tick, with why; ended by the loop after it.
@@ -159,74 +141,14 @@ class Engine:
         )
         session.parked = snapshot
         session.update_started()  # a game of two scripted policies starts at once
-        self._start_recording(session)
+        self.recordings.start(session)
         self.sessions[session.id] = session
         log.info("session %s: created (%s)", session.id, setup_info)
         return session
 
-    # ------------------------------------------------------------------ recordings
-    def _start_recording(self, session: Session) -> None:
-        """A recorder for the session's next game, holding its start frame."""
-        folder = self.settings.recordings_dir
-        if not folder or str(folder) == ".":
-            return
-        game = session.games_recorded
-        session.games_recorded += 1
-        info = {
-            "kind": "session",
-            "id": f"{session.id}-{game}",
-            "session_id": session.id,
-            "game": game,
-            "created": time.time(),
-            **self.recording_info,
-            "setup": session.setup_info,
-            "input_delay": session.input_delay,
-            "tick_rate": self.settings.tick_rate,
-            "rollback_frames": session.rollback_window,
-            "inputs": "the controller columns (p1_*, p2_*) are the inputs each frame was made "
-            "with; 'substituted' lists the [frame, port] whose input had not arrived",
-        }
-        hold_back = session.rollback_window + 1
-        # Parts of sessions started together fall due on different ticks (17 is prime to
-        # PART_FRAMES: up to 60 sessions, each its own tick of the second).
-        stagger = 17 * self._recordings_started
-        self._recordings_started += 1
-        session.recorder = GameRecorder(Path(folder) / info["id"], info, hold_back, stagger)
-        if session.start_row is None:  # once per session: every game starts from this frame
-            start = session.start_snapshot.tensors
-            frame = {
-                k[len("frame.") :]: v.cpu().numpy()
-                for k, v in start.items()
-                if k.startswith("frame.")
-            }
-            layout = Layout.of(frame, leading=0)
-            session.start_row = (int(frame["frame"]), GroupedRow(layout, layout.pack(frame)))
-        session.recorder.add(*session.start_row)
-
-    def _finish_recording(self, session: Session) -> None:
-        recorder, session.recorder = session.recorder, None  # never retried if it raises
-        if recorder is not None:
-            self._writes += recorder.take_writes(final=True)
-
-    def _finish_recording_or_log(self, session: Session) -> None:
-        """For a session that is over anyway (closed, shutdown): a failure is only logged."""
-        try:
-            self._finish_recording(session)
-        except Exception:
-            log.exception("session %s: its recording could not be finished", session.id)
-
-    def flush_writes(self) -> None:
-        """Hand the file writes queued by the device thread to the writer thread."""
-        writes, self._writes = self._writes, []
-        for write in writes:
-            self.writer.submit(logged_write(write))
-
     def finish_all_recordings(self) -> None:
         """At shutdown: every recording written out in full, then the writer stopped."""
-        for session in [*self.sessions.values(), *self._retired]:
-            self._finish_recording_or_log(session)
-        self.flush_writes()
-        self.writer.shutdown(wait=True)
+        self.recordings.finish_all([*self.sessions.values(), *self._retired])
 
     def close_session(self, session: Session, reason: str) -> None:
         """Forget a session; its game leaves the batch at the next tick and its connections
@@ -364,7 +286,7 @@ class Engine:
         if not plan and not retired and not resets and not self._needs_parking():
             return 0
         results = await self.on_device(self._device_tick, plan, retired, resets)
-        self.flush_writes()
+        self.recordings.flush()
         failures, self._failures = self._failures, {}
         for session, reason in failures.values():
             self.fail_session(session, reason)
@@ -492,15 +414,15 @@ class Engine:
             if session.game_id is not None:
                 leaving.append(session.game_id)
                 session.game_id = None
-            self._finish_recording_or_log(session)
+            self.recordings.finish_or_log(session)
         stepping = {id(s) for s, *_ in plan}
         resetting = {id(s) for s in resets}
         restoring, pausing = [], []
         for session in list(self.sessions.values()):
             if id(session) in resetting:
                 try:
-                    self._finish_recording(session)
-                    self._start_recording(session)
+                    self.recordings.finish(session)
+                    self.recordings.start(session)
                 except Exception as e:  # noqa: BLE001 - ends only this session
                     self._failed(session, "recording", e)
                     continue
@@ -597,11 +519,8 @@ class Engine:
             frame_id = int(columns["frame"][result.row])
             try:
                 if session.recorder is not None:
-                    session.recorder.add(frame_id, recording.row(result.row), events, missing)
-                    if result.over or any(e.type == "game_end" for e in events):
-                        self._finish_recording(session)
-                    else:
-                        self._writes += session.recorder.take_writes()
+                    row = recording.row(result.row)
+                    self.recordings.add(session, frame_id, row, events, missing, result.over)
             except Exception as e:  # noqa: BLE001 - ends only this session
                 self._failed(session, "recording", e)
                 continue
@@ -697,10 +616,3 @@ class Engine:
 def _players(session: Session) -> list[tuple[Policy, int]]:
     """A session's policies as (policy, player index)."""
     return [(policy, port - 1) for port, policy in session.policies.items()]
-
-
-def _lower_this_threads_priority() -> None:
-    """The recordings' writer thread runs at a lower priority (nice +10) than the tick's: its
-    work can wait, a tick cannot. Linux sets a nice value per thread; elsewhere, nothing."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

@@ -49,7 +49,7 @@ def engine(model, tmp_path):
     engine.sim.warm_up(3, 2)
     yield engine
     engine.executor.shutdown(wait=True)
-    engine.writer.shutdown(wait=True)
+    engine.recordings.writer.shutdown(wait=True)
 
 
 def tick(engine: Engine) -> tuple[float, list]:
