@@ -81,7 +81,7 @@ async def start_engine(settings: ServerSettings) -> Engine:
     # The first sessions' frames do not stall on a trace or a CUDA graph capture.
     await engine.on_device(engine.sim.warm_up, 3, settings.max_sessions)
     checkpoint = settings.resolved_checkpoint()
-    engine.recording_info = {
+    engine.recordings.info = {
         "model": model_name,
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "checkpoint_sha256": await asyncio.to_thread(file_sha256, checkpoint),

@@ -1,50 +1,37 @@
-"""The engine: one model on one device, the live sessions' simulation, and the tick loop.
+"""The engine: one model on one device, the live sessions, and the tick loop.
 
-Every tick (absolute deadlines at the tick rate, so there is no drift) gathers the inputs of
-every running session, makes ONE batched simulation step for all of them on the device thread,
-and queues each session's frame for its players and spectators. Sessions that are not running
-(waiting for players, paused, over) are parked: their state is a snapshot outside the batch, so
-they cost nothing per tick and rejoin it exactly where they left. Only the device thread touches
-the simulations; the event loop keeps handling websockets while a step runs.
+Every tick (absolute deadlines at the tick rate, so there is no drift) the loop plans the
+tick (the input every running session has for its next frame: server/tick.py), the device
+thread makes ONE batched simulation step for all of them (`live_batch.LiveBatch.tick`), and
+the loop queues each session's frame, from the tick's result, for its players and
+spectators. Only the device thread touches the simulations; the event loop keeps handling
+websockets while a step runs.
 
-Sessions are isolated: when one session's own work fails (its policy, its part of the step and
-the rules, its recording, its frame message), that session is ended with an error to its
-clients (`fail_session`) and the others get their frame in the same tick.
+Sessions are isolated: when one session's own work fails in a tick (its policy, its part of
+the step and the rules, its recording, its frame message), that session is ended with an error
+to its clients (`fail_session`) and the others get their frame in the same tick.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 import torch
 
 from model.frames import Frames
-from model.policies import FrameView, Policy
-from model.rules import Event
+from model.policies import Policy
 from model.simulation import GameSetup, Simulation, Snapshot
 from server import protocol
+from server.live_batch import LiveBatch
+from server.live_recordings import LiveRecordings
 from server.metrics import ServerMetrics
-from server.policy_modules import (
-    POLICY_WAIT_S,
-    ask_policies,
-    frozen,
-    has_module_policy,
-    policy_columns,
-    policy_failure,
-)
-from server.recorder import BatchCopy, GameRecorder, GroupedRow, Layout
 from server.sessions import Session, TooManyResets
 from server.settings import ServerSettings
-from server.wire_frames import batch_columns, frame_message
+from server.tick import SessionFrame, SessionPlan, TickPlan
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +42,10 @@ log = logging.getLogger(__name__)
 # quarter-second catch-up window doubled the rollbacks and the tick p99 against this one).
 CATCH_UP_PERIODS = 1.0
 BEHIND_LOG_EVERY_S = 10.0  # how often an overloaded loop says so
-FAILURE_DETAIL_CHARS = 200  # of an exception's text, in the error a failed session's clients get
 
 
 class ServerFull(RuntimeError):
     pass
-
-
-def logged_write(write):
-    def run():
-        try:
-            write()
-        except Exception:
-            log.exception("a recording write failed")
-
-    return run
-
-
-@dataclasses.dataclass
-class _RollbackRun:
-    """One session's part of a tick's rollbacks (`Engine._rollbacks`)."""
-
-    session: Session
-    records: list  # the session's history records, from the first frame re-made
-    controls: dict  # the columns of the frame about to be stepped, fixed up afterwards
-    missing: list[int]  # its ports whose input had not arrived
-    carry: dict  # port -> its latest real input seen so far in the re-made frames
-    game: int | None = None  # its game in the scratch simulation, once added
-    step: tuple = ()  # the record being re-made this round, and its still-missing ports
 
 
 class Engine:
@@ -92,7 +55,6 @@ class Engine:
         self.model_name = model_name
         self.device = settings.resolved_device()
         self.sim = self.new_simulation(cuda_graphs=settings.cuda_graphs)
-        self.scratch = self.new_simulation()  # for rollbacks
         threads = settings.resolved_threads(self.device)
         self.executor = ThreadPoolExecutor(
             1,
@@ -101,21 +63,17 @@ class Engine:
             initializer=torch.set_num_threads if threads else None,
             initargs=(threads,) if threads else (),
         )
-        self.writer = ThreadPoolExecutor(  # files, in order
-            1, thread_name_prefix="recorder", initializer=_lower_this_threads_priority
-        )
-        self._recordings_started = 0
-        self.recording_info: dict = {"model": model_name}  # set by the app: checkpoint hash
-        self._writes: list = []  # file writes due, queued by the device thread
+        self.recordings = LiveRecordings(settings.recordings_dir, settings.tick_rate, model_name)
+        self.metrics = ServerMetrics()
         self.sessions: dict[str, Session] = {}
         self._retired: list[Session] = []
-        # Sessions whose own work failed in a device tick, with why; ended by the loop after it.
-        self._failures: dict[str, tuple[Session, str]] = {}
+        self.live_batch = LiveBatch(
+            self.sim, self.sessions, self.recordings, self.metrics, self.new_simulation
+        )
         self._stopping = False
         self.next_deadline = time.monotonic()
         self.tick_ema = 0.0  # seconds, smoothed duration of a tick with sessions running
         self.tick_event = asyncio.Event()
-        self.metrics = ServerMetrics()
 
     def new_simulation(self, cuda_graphs: bool = False) -> Simulation:
         """A simulation of the served model with the server's settings (the live batch, the
@@ -159,74 +117,14 @@ class Engine:
         )
         session.parked = snapshot
         session.update_started()  # a game of two scripted policies starts at once
-        self._start_recording(session)
+        self.recordings.start(session)
         self.sessions[session.id] = session
         log.info("session %s: created (%s)", session.id, setup_info)
         return session
 
-    # ------------------------------------------------------------------ recordings
-    def _start_recording(self, session: Session) -> None:
-        """A recorder for the session's next game, holding its start frame."""
-        folder = self.settings.recordings_dir
-        if not folder or str(folder) == ".":
-            return
-        game = session.games_recorded
-        session.games_recorded += 1
-        info = {
-            "kind": "session",
-            "id": f"{session.id}-{game}",
-            "session_id": session.id,
-            "game": game,
-            "created": time.time(),
-            **self.recording_info,
-            "setup": session.setup_info,
-            "input_delay": session.input_delay,
-            "tick_rate": self.settings.tick_rate,
-            "rollback_frames": session.rollback_window,
-            "inputs": "the controller columns (p1_*, p2_*) are the inputs each frame was made "
-            "with; 'substituted' lists the [frame, port] whose input had not arrived",
-        }
-        hold_back = session.rollback_window + 1
-        # Parts of sessions started together fall due on different ticks (17 is prime to
-        # PART_FRAMES: up to 60 sessions, each its own tick of the second).
-        stagger = 17 * self._recordings_started
-        self._recordings_started += 1
-        session.recorder = GameRecorder(Path(folder) / info["id"], info, hold_back, stagger)
-        if session.start_row is None:  # once per session: every game starts from this frame
-            start = session.start_snapshot.tensors
-            frame = {
-                k[len("frame.") :]: v.cpu().numpy()
-                for k, v in start.items()
-                if k.startswith("frame.")
-            }
-            layout = Layout.of(frame, leading=0)
-            session.start_row = (int(frame["frame"]), GroupedRow(layout, layout.pack(frame)))
-        session.recorder.add(*session.start_row)
-
-    def _finish_recording(self, session: Session) -> None:
-        recorder, session.recorder = session.recorder, None  # never retried if it raises
-        if recorder is not None:
-            self._writes += recorder.take_writes(final=True)
-
-    def _finish_recording_or_log(self, session: Session) -> None:
-        """For a session that is over anyway (closed, shutdown): a failure is only logged."""
-        try:
-            self._finish_recording(session)
-        except Exception:
-            log.exception("session %s: its recording could not be finished", session.id)
-
-    def flush_writes(self) -> None:
-        """Hand the file writes queued by the device thread to the writer thread."""
-        writes, self._writes = self._writes, []
-        for write in writes:
-            self.writer.submit(logged_write(write))
-
     def finish_all_recordings(self) -> None:
         """At shutdown: every recording written out in full, then the writer stopped."""
-        for session in [*self.sessions.values(), *self._retired]:
-            self._finish_recording_or_log(session)
-        self.flush_writes()
-        self.writer.shutdown(wait=True)
+        self.recordings.finish_all([*self.sessions.values(), *self._retired])
 
     def close_session(self, session: Session, reason: str) -> None:
         """Forget a session; its game leaves the batch at the next tick and its connections
@@ -253,20 +151,6 @@ class Engine:
             connection.offer(error)
             connection.end(protocol.CLOSE_INTERNAL_ERROR, reason)
         log.warning("session %s: ended (%s)", session.id, reason)
-
-    def _failed(self, session: Session, what: str, error: Exception | str) -> None:
-        """On the device thread: `session`'s own `what` raised `error` (or, for a module
-        policy that caught its own failure, `error` says what went wrong). The session drops
-        out of the rest of this tick's work; the loop ends it when the tick is over."""
-        if session.id in self._failures:
-            return
-        if isinstance(error, str):  # already bounded (policy_modules.GuardedPolicy)
-            log.error("session %s: its %s failed: %s", session.id, what, error)
-            detail = error
-        else:
-            log.error("session %s: its %s failed", session.id, what, exc_info=error)
-            detail = f"{type(error).__name__}: {error}"[:FAILURE_DETAIL_CHARS]
-        self._failures[session.id] = (session, f"this session's {what} failed ({detail})")
 
     def reset_session(self, session: Session) -> None:
         """Back to the session's start; applied on the device thread before the next step.
@@ -345,48 +229,61 @@ class Engine:
 
     async def tick(self) -> int:
         """One step of every running session; returns how many were stepped."""
+        plan = self._plan_tick()
+        if plan.is_empty() and not self._needs_parking():
+            return 0
+        result = await self.on_device(self.live_batch.tick, plan)
+        self.recordings.flush()
+        for failure in result.failures:
+            self.fail_session(failure.session, failure.reason)
+        for frame in result.frames:
+            self._send(frame)
+        self.metrics.frames_stepped.inc(len(result.frames))
+        return len(result.frames)
+
+    def _plan_tick(self) -> TickPlan:
+        """Each running session's inputs for its next frame, the sessions retired since the
+        last tick, and the resets asked for."""
         # Resets are taken here, on the loop, so that one made while a step runs waits for
         # the next tick instead of being half applied by the step in flight.
         resets = [s for s in self.sessions.values() if s.pending_reset]
         for session in resets:
             session.pending_reset = False
-        plan = []
+        stepping = []
         for session in self.sessions.values():
             if session.status == "running":
                 recovered = sum(session.recovered.values())
                 controls, missing, record = session.controls_for_next_frame()
                 self.metrics.recovered_inputs.inc(sum(session.recovered.values()) - recovered)
                 rollback, session.rollback_from = session.rollback_from, None
-                plan.append((session, session.generation, controls, missing, record, rollback))
+                plan = SessionPlan(session, session.generation, controls, missing, record, rollback)
+                stepping.append(plan)
                 if missing:
                     self.metrics.substituted_inputs.inc(len(missing))
         retired, self._retired = self._retired, []
-        if not plan and not retired and not resets and not self._needs_parking():
-            return 0
-        results = await self.on_device(self._device_tick, plan, retired, resets)
-        self.flush_writes()
-        failures, self._failures = self._failures, {}
-        for session, reason in failures.values():
-            self.fail_session(session, reason)
-        for session, generation, corrected, data, frame_id, events, over in results:
-            if generation != session.generation or session.id not in self.sessions:
-                continue  # reset or closed while the step ran: this frame is void
-            session.frame = frame_id
-            if corrected:
-                self.metrics.rollbacks.inc()
-                self.metrics.rolled_back_frames.inc(len(corrected))
-            for connection in session.connections():
-                for message in corrected:
-                    connection.offer_frame(message)
-                if not connection.offer_frame(data) and connection.role == "spectator":
-                    self.metrics.dropped_frames.inc()
-            if over:
-                session.over = True
-                end = next((e for e in events if e.type == "game_end"), None)
-                session.result = None if end is None else end.to_dict()
-                self.broadcast_status(session, "game over")
-        self.metrics.frames_stepped.inc(len(results))
-        return len(results)
+        return TickPlan(stepping, retired, resets)
+
+    def _send(self, frame: SessionFrame) -> None:
+        """A session's frame from the tick to its connections, after the frames its rollback
+        corrected."""
+        session = frame.session
+        if frame.generation != session.generation or session.id not in self.sessions:
+            return  # reset or closed while the step ran: this frame is void
+        session.frame = frame.frame
+        corrected = frame.corrected
+        if corrected:
+            self.metrics.rollbacks.inc()
+            self.metrics.rolled_back_frames.inc(len(corrected))
+        for connection in session.connections():
+            for message in corrected:
+                connection.offer_frame(message)
+            if not connection.offer_frame(frame.message) and connection.role == "spectator":
+                self.metrics.dropped_frames.inc()
+        if frame.over:
+            session.over = True
+            end = next((e for e in frame.events if e.type == "game_end"), None)
+            session.result = None if end is None else end.to_dict()
+            self.broadcast_status(session, "game over")
 
     def _needs_parking(self) -> bool:
         return any(
@@ -400,307 +297,3 @@ class Engine:
         )
         for connection in session.connections():
             connection.offer(data)
-
-    # ------------------------------------------------------------------ device thread
-    def _rollbacks(self, jobs: list[tuple]) -> dict[str, list[bytes]]:
-        """Re-step, for each job (session, start, controls, missing), the frames
-        `start`..`session.frame` with the inputs that have arrived since (a port still missing
-        reuses its latest real input), put the result in the batch, and return each session's
-        corrected frames' messages. Also fixes the substitutions of the frame about to be
-        stepped (`controls`, for the ports in `missing`), which were chosen before the late
-        input was known.
-
-        The sessions rolling back in one tick are re-stepped together, in one scratch batch,
-        their runs aligned to end together: a step of several games costs about what a step
-        of one does on a CPU, and under a bad network several sessions roll back at once."""
-        corrections: dict[str, list[bytes]] = {}
-        runs = []
-        for session, start, controls, missing in jobs:
-            corrections[session.id] = []
-            records = [session.history.get(f) for f in range(start, session.frame + 1)]
-            # The device thread drops the frames leaving the window while the loop takes
-            # inputs, so the first frames may be gone (their late inputs are counted lost):
-            # the rest is still re-made, from the first frame that kept its state before.
-            while records and (records[0] is None or records[0].before is None):
-                records.pop(0)
-            if not records or any(r is None for r in records):
-                log.warning("session %s: cannot roll back to frame %d", session.id, start)
-                continue
-            carry: dict[int, dict | None] = {port: None for port in session.human_ports}
-            runs.append(_RollbackRun(session, records, controls, missing, carry))
-        if not runs:
-            return corrections
-        scratch = self.scratch
-        length = max(len(run.records) for run in runs)
-        for t in range(length):
-            active = [run for run in runs if t >= length - len(run.records)]
-            step_controls = {}
-            for run in active:
-                if run.game is None:
-                    run.game = scratch.add_from_snapshot(run.records[0].before)
-                rec = run.records[t - (length - len(run.records))]
-                columns = dict(rec.used)
-                still_missing = []
-                for port in run.session.human_ports:
-                    value = rec.real.get(port)
-                    if value is None:
-                        still_missing.append(port)
-                        value = run.carry[port]
-                    else:
-                        run.carry[port] = value
-                    if value is not None:
-                        columns.update({f"p{port}_{k}": v for k, v in value.items()})
-                rec.before = scratch.snapshot(run.game) if still_missing else None
-                rec.used = columns
-                rec.late.clear()
-                run.step = (rec, still_missing)
-                step_controls[run.game] = columns
-            results = scratch.step(step_controls)
-            # As in a tick: one copy off the device, the recordings', read by the wire too.
-            copy = None
-            if any(run.session.recorder is not None for run in active):
-                copy = BatchCopy(scratch.batch_frame)
-            wire = batch_columns(scratch.batch_frame if copy is None else copy.columns)
-            for run in active:
-                rec, still_missing = run.step
-                result = results[run.game]
-                message = frame_message(wire, result.row, result.events, still_missing)
-                if run.session.recorder is not None:
-                    run.session.recorder.correct(rec.frame, copy.row(result.row))
-                message["corrected"] = True
-                corrections[run.session.id].append(protocol.encode(message))
-        for run in runs:
-            session = run.session
-            self.sim.restore(session.game_id, scratch.snapshot(run.game))
-            scratch.remove_game(run.game)
-            for port, value in run.carry.items():
-                if value is None:
-                    continue
-                session.last_input[port] = value
-                if port in run.missing:  # the frame about to be stepped reuses the newer input
-                    run.controls.update({f"p{port}_{k}": v for k, v in value.items()})
-            session.rollbacks += 1
-            session.rolled_back_frames += len(run.records)
-        return corrections
-
-    def _device_tick(self, plan, retired: list[Session], resets: list[Session]) -> list[tuple]:
-        sim = self.sim
-        # Games leave and join the batch all at once: when many games end together, one
-        # selection of the rows that stay instead of one per game (each copies the batch).
-        leaving = []
-        for session in retired:
-            if session.game_id is not None:
-                leaving.append(session.game_id)
-                session.game_id = None
-            self._finish_recording_or_log(session)
-        stepping = {id(s) for s, *_ in plan}
-        resetting = {id(s) for s in resets}
-        restoring, pausing = [], []
-        for session in list(self.sessions.values()):
-            if id(session) in resetting:
-                try:
-                    self._finish_recording(session)
-                    self._start_recording(session)
-                except Exception as e:  # noqa: BLE001 - ends only this session
-                    self._failed(session, "recording", e)
-                    continue
-                if session.game_id is not None and id(session) in stepping:
-                    restoring.append((session.game_id, session.start_snapshot))
-                    continue
-                if session.game_id is not None:  # reset while paused: out at its start
-                    leaving.append(session.game_id)
-                    session.game_id = None
-                session.parked = session.start_snapshot
-            elif id(session) not in stepping and session.game_id is not None:
-                pausing.append(session)  # pause: leave the batch
-        for session, snapshot in zip(
-            pausing, sim.snapshots([s.game_id for s in pausing]), strict=True
-        ):
-            session.parked = snapshot
-            leaving.append(session.game_id)
-            session.game_id = None
-        sim.restore_many(restoring)
-        sim.remove_games(leaving)
-        self._join([s for s, *_ in plan if s.game_id is None and s.id not in self._failures])
-        plan = [entry for entry in plan if entry[0].id not in self._failures]
-        if not plan:
-            return []
-
-        corrections = self._isolated_rollbacks(
-            [
-                (session, rollback, controls, missing)
-                for session, _, controls, missing, _, rollback in plan
-                if rollback is not None
-            ]
-        )
-        batch = sim.batch_frame
-        # Module policies answer from threads of their own, reading a copy of the batch: all
-        # are asked first, then answered by one deadline (server/policy_modules.py), so a
-        # slow one costs the tick POLICY_WAIT_S at most and ends only its own session.
-        rows = {game_id: row for row, game_id in enumerate(sim.game_ids)}
-        views: dict[str, FrameView] = {}
-        for session, *_ in plan:
-            if session.policies and session.id not in self._failures:
-                if has_module_policy(session.policies.values()) and batch is sim.batch_frame:
-                    batch = frozen(sim.batch_frame)
-                views[session.id] = view = FrameView(batch, rows[session.game_id])
-                ask_policies(_players(session), view)
-        policies_due = time.perf_counter() + POLICY_WAIT_S
-        step_controls = {}
-        needs_before: list[tuple[int, object]] = []
-        for session, _, human, missing, record, _ in plan:
-            if session.id in self._failures:
-                continue
-            columns = dict(human)
-            try:
-                if session.policies:
-                    columns |= policy_columns(_players(session), views[session.id], policies_due)
-            except Exception as e:  # noqa: BLE001 - ends only this session
-                self._failed(session, "policy", e)
-                continue
-            # A module policy catches its own failure (raising, too slow, a bad controller)
-            # and answers a neutral controller; its session ends all the same, and only it.
-            if session.policies and (failure := policy_failure(session.policies)):
-                self._failed(session, "policy", failure)
-                continue
-            record.used = dict(columns)
-            if missing and session.rollback_window > 0:  # kept for a rollback, taken below
-                needs_before.append((session.game_id, record))
-            session.history[record.frame] = record
-            # Frames go in in order (a reset clears the history): the oldest leave first.
-            history, oldest_kept = session.history, record.frame - session.rollback_window + 1
-            while history and (oldest := next(iter(history))) < oldest_kept:
-                self.metrics.lost_inputs.inc(session.retire(history.pop(oldest)))
-            step_controls[session.game_id] = columns
-        # The state before this step of every game stepped without all its inputs (after a
-        # reset, often all of them at once), in one copy.
-        befores = sim.snapshots([game_id for game_id, _ in needs_before])
-        for (_, record), before in zip(needs_before, befores, strict=True):
-            record.before = before
-        plan = [entry for entry in plan if entry[0].id not in self._failures]
-        self._drop_failed_games()
-        results = self._isolated_step(step_controls, [session for session, *_ in plan])
-        if not results:
-            return []
-        # One copy of the batch off the device per tick: the recordings' numpy copy when any
-        # session records, which the wire columns are then read from too.
-        recording = None
-        if any(session.recorder is not None for session, *_ in plan):
-            recording = BatchCopy(sim.batch_frame)
-        columns = batch_columns(sim.batch_frame if recording is None else recording.columns)
-        out = []
-        for session, generation, _, missing, _, _ in plan:
-            result = results.get(session.game_id)
-            if result is None or session.id in self._failures:
-                continue
-            events: list[Event] = result.events
-            frame_id = int(columns["frame"][result.row])
-            try:
-                if session.recorder is not None:
-                    session.recorder.add(frame_id, recording.row(result.row), events, missing)
-                    if result.over or any(e.type == "game_end" for e in events):
-                        self._finish_recording(session)
-                    else:
-                        self._writes += session.recorder.take_writes()
-            except Exception as e:  # noqa: BLE001 - ends only this session
-                self._failed(session, "recording", e)
-                continue
-            try:
-                data = protocol.encode(frame_message(columns, result.row, events, missing))
-            except Exception as e:  # noqa: BLE001 - ends only this session
-                self._failed(session, "frame message", e)
-                continue
-            corrected = corrections.get(session.id, [])
-            out.append((session, generation, corrected, data, frame_id, events, result.over))
-        return out
-
-    def _join(self, sessions: list[Session]) -> None:
-        """Parked sessions back into the live batch, in one join; if that fails, one at a
-        time, so that only a session whose state cannot join is ended."""
-        if not sessions:
-            return
-        try:
-            game_ids = self.sim.add_from_snapshots([s.parked for s in sessions])
-            joined = list(zip(sessions, game_ids, strict=True))
-        except Exception:
-            log.exception(
-                "%d sessions could not join the batch; trying one at a time", len(sessions)
-            )
-            joined = []
-            for session in sessions:
-                try:
-                    joined.append((session, self.sim.add_from_snapshot(session.parked)))
-                except Exception as e:  # noqa: BLE001 - ends only this session
-                    self._failed(session, "state", e)
-        for session, game_id in joined:
-            session.game_id, session.parked = game_id, None
-
-    def _isolated_step(self, controls: dict[int, dict], sessions: list[Session]) -> dict:
-        """The tick's batched step. If it raises, each session's game is stepped alone (from
-        a snapshot, in a simulation of its own) to find the sessions whose state makes the
-        step or the rules fail; their games leave the batch and the others are stepped
-        again, in this tick. {} when no session is to blame (the tick makes no frames)."""
-        try:
-            return self.sim.step(controls)
-        except Exception:
-            log.exception("the tick's step failed; stepping each game alone to find why")
-        failing = 0
-        probe = self.new_simulation()
-        for session in sessions:
-            try:
-                game = probe.add_from_snapshot(self.sim.snapshot(session.game_id))
-                probe.step({game: controls.get(session.game_id, {})})
-                probe.remove_game(game)
-            except Exception as e:  # noqa: BLE001 - ends only this session
-                self._failed(session, "step", e)
-                failing += 1
-                probe = self.new_simulation()  # whatever the failure left in it
-        if not failing:
-            log.error("every game steps alone: no session is to blame; this tick makes no frames")
-            return {}
-        self._drop_failed_games()
-        try:
-            return self.sim.step({g: c for g, c in controls.items() if g in self.sim.game_ids})
-        except Exception:
-            log.exception("the step failed again without the failing sessions' games")
-            return {}
-
-    def _drop_failed_games(self) -> None:
-        """The games of the sessions that failed in this tick leave the batch now, so that
-        neither this tick's step nor the next one runs them again."""
-        failed = [s for s, _ in self._failures.values() if s.game_id is not None]
-        if failed:
-            self.sim.remove_games([session.game_id for session in failed])
-            for session in failed:
-                session.game_id = None
-
-    def _isolated_rollbacks(self, jobs: list[tuple]) -> dict[str, list[bytes]]:
-        """`_rollbacks` of every job together; if that raises, each job alone (a fresh
-        scratch simulation each), and a session whose rollback fails alone is ended."""
-        if not jobs:
-            return {}
-        try:
-            return self._rollbacks(jobs)
-        except Exception:
-            log.exception("a tick's rollbacks failed; rolling back each session alone")
-        corrections: dict[str, list[bytes]] = {}
-        for job in jobs:
-            self.scratch = self.new_simulation()  # whatever the failure left in it
-            try:
-                corrections |= self._rollbacks([job])
-            except Exception as e:  # noqa: BLE001 - ends only this session
-                self._failed(job[0], "rollback", e)
-        self.scratch = self.new_simulation()
-        return corrections
-
-
-def _players(session: Session) -> list[tuple[Policy, int]]:
-    """A session's policies as (policy, player index)."""
-    return [(policy, port - 1) for port, policy in session.policies.items()]
-
-
-def _lower_this_threads_priority() -> None:
-    """The recordings' writer thread runs at a lower priority (nice +10) than the tick's: its
-    work can wait, a tick cannot. Linux sets a nice value per thread; elsewhere, nothing."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

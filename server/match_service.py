@@ -31,7 +31,6 @@ from model.frames import Frames
 from model.policies import Policy
 from model.rules import Event
 from model.simulation import Snapshot
-from server.engine import logged_write
 from server.frame_log import FrameLog
 from server.match_runner import Match, MatchRunner
 from server.recorder import _write_info, write_complete_game
@@ -182,10 +181,8 @@ class MatchService:
             # Written now so that a server stopped before the match ends can answer `lost`
             # for it after its restart (server/recovery.py) rather than not know it.
             info = {"kind": "match", "id": job.id, "created": time.time(), "request": request}
-            self.engine.writer.submit(
-                logged_write(
-                    partial(_write_info, Path(folder) / job.id, info | {"status": "queued"})
-                )
+            self.engine.recordings.submit(
+                partial(_write_info, Path(folder) / job.id, info | {"status": "queued"})
             )
         return job
 
@@ -339,14 +336,14 @@ class MatchService:
                 "kind": "match",
                 "id": job.id,
                 "created": time.time(),
-                **self.engine.recording_info,
+                **self.engine.recordings.info,
                 "request": job.request,
                 "summary": summary,
                 "events": [e.to_dict() for e in job.events],
                 "inputs": "the controller columns (p1_*, p2_*) are the policies' inputs",
             }
-            self.engine.writer.submit(
-                logged_write(partial(write_complete_game, Path(folder) / job.id, frames, info))
+            self.engine.recordings.submit(
+                partial(write_complete_game, Path(folder) / job.id, frames, info)
             )
 
     def _fail(self, job: MatchJob, error: str) -> None:
@@ -358,10 +355,8 @@ class MatchService:
         folder = self.engine.settings.recordings_dir
         if folder and str(folder) != ".":
             info = {"kind": "match", "id": job.id, "request": job.request, "error": error}
-            self.engine.writer.submit(
-                logged_write(
-                    partial(_write_info, Path(folder) / job.id, info | {"status": "failed"})
-                )
+            self.engine.recordings.submit(
+                partial(_write_info, Path(folder) / job.id, info | {"status": "failed"})
             )
 
 

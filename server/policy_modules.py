@@ -152,7 +152,7 @@ class GuardedPolicy:
     """A policy from code the server did not write, called on a thread of its own. A call
     that fails (raises, answers something that is not a controller, or runs past the time
     limit) keeps the reason in `failure` and answers a neutral controller; the session or
-    match then ends its game (`engine.Engine._device_tick`, `match_service.MatchService`).
+    match then ends its game (`live_batch.LiveBatch`, `match_service.MatchService`).
     Once failed, it is not called again.
 
     `ask` starts a call for a frame (none while one is in flight); `answer(deadline)` waits

@@ -1,6 +1,6 @@
 """Live sessions: who plays which port, the inputs waiting for their frames, and the
 connections each frame goes out to. Everything here runs on the event loop; the simulation
-itself is only touched by the engine's device thread (server/engine.py)."""
+itself is only touched by the engine's device thread (server/live_batch.py)."""
 
 from __future__ import annotations
 

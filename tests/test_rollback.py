@@ -148,15 +148,15 @@ def test_a_reset_made_while_a_step_runs_restarts_cleanly():
         player = session.players[1]
         while not player.queue.empty():
             player.queue.get_nowait()
-        step = engine._device_tick
+        step = engine.live_batch.tick
 
-        def step_with_a_reset_landing(*args):
+        def step_with_a_reset_landing(plan):
             engine.reset_session(session)  # as if the REST call arrived right now
-            return step(*args)
+            return step(plan)
 
-        engine._device_tick = step_with_a_reset_landing
+        engine.live_batch.tick = step_with_a_reset_landing
         await engine.tick()
-        engine._device_tick = step
+        engine.live_batch.tick = step
         await engine.tick()
         sent = []
         while not player.queue.empty():

@@ -20,6 +20,7 @@ from server.match_downloads import DownloadCache
 from server.match_service import ADMIT_SLICE, MAX_SKIPPED_CHUNKS, FinishedMatch, MatchService
 from server.policy_modules import POLICY_WAIT_S, GuardedPolicy
 from server.settings import ServerSettings
+from server.tick import SessionPlan, TickPlan, TickResult
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,18 +50,18 @@ def engine(model, tmp_path):
     engine.sim.warm_up(3, 2)
     yield engine
     engine.executor.shutdown(wait=True)
-    engine.writer.shutdown(wait=True)
+    engine.recordings.writer.shutdown(wait=True)
 
 
-def tick(engine: Engine) -> tuple[float, list]:
+def tick(engine: Engine) -> tuple[float, TickResult]:
     """One tick's device work, timed, as `Engine.tick` plans it."""
-    plan = []
+    stepping = []
     for session in engine.sessions.values():
         controls, missing, record = session.controls_for_next_frame()
-        plan.append((session, session.generation, controls, missing, record, None))
+        stepping.append(SessionPlan(session, session.generation, controls, missing, record))
     start = time.perf_counter()
-    out = engine._device_tick(plan, [], [])
-    return time.perf_counter() - start, out
+    result = engine.live_batch.tick(TickPlan(stepping, retired=[], resets=[]))
+    return time.perf_counter() - start, result
 
 
 # ---------------------------------------------------------------------------- policies
@@ -111,18 +112,20 @@ def test_a_slow_policy_does_not_hold_up_the_tick(engine):
     engine.sessions.pop(other.id)
     slow = engine.add_session(start, {1: noop, 2: GuardedPolicy(sleepy, "bad:sleepy", 50)}, 0, {})
     took = []
-    while slow.id not in engine._failures:
-        seconds, out = tick(engine)
+    while True:
+        seconds, result = tick(engine)
         took.append(seconds)
-        assert healthy in [entry[0] for entry in out], "the healthy session got its frame"
+        frames = [frame.session for frame in result.frames]
+        assert healthy in frames, "the healthy session got its frame"
+        if slow in result.failures:
+            break
         assert len(took) < 1000
     # Each tick waited POLICY_WAIT_S at most for the policy; it used to wait the whole call.
     assert max(took) < max(plain) + POLICY_WAIT_S + 0.25, (plain, took)
-    assert "over the limit of 50 ms" in engine._failures[slow.id][1]
-    engine._failures.clear()
+    assert "over the limit of 50 ms" in result.failures.reason(slow)
     engine.sessions.pop(slow.id)
-    _, out = tick(engine)  # the other session goes on
-    assert [entry[0] for entry in out] == [healthy]
+    _, result = tick(engine)  # the other session goes on
+    assert [frame.session for frame in result.frames] == [healthy]
 
 
 # ---------------------------------------------------------------------------- matches
