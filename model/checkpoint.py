@@ -9,6 +9,7 @@ tensors and the metadata is plain JSON. Writes are atomic (temporary file + rena
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from core.atomic_file import atomic_path
 from model.config import ModelConfig
 from model.motion_prior import upgrade_prior_tensors
 from model.world_model import WorldModel
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA_KEY = "playmodel"
@@ -121,3 +124,25 @@ def load_checkpoint(
         )
     model.load_state_dict(tensors, strict=True)
     return model.to(device), meta
+
+
+# The bundled default model (assets/checkpoints/README.md says how it was made).
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"
+
+
+def load_model(
+    checkpoint: str | Path | None, config: str | None, device: torch.device | str = "cpu"
+) -> tuple[WorldModel, str]:
+    """The checkpoint given, else the bundled demo checkpoint, else (with a warning) an
+    untrained model of `config`; with a name for it to be reported by."""
+    if checkpoint is None and config is None and DEMO_CHECKPOINT.exists():
+        checkpoint = DEMO_CHECKPOINT
+    if checkpoint is not None:
+        model, _ = load_checkpoint(checkpoint, device=device)
+        return model, str(checkpoint)
+    from model.config import load_config
+
+    name = config or "mamba2-small"
+    log.warning("no checkpoint: playing an UNTRAINED %s model with random weights", name)
+    torch.manual_seed(0)
+    return WorldModel(load_config(name)).to(device), f"untrained {name}"

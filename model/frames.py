@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
@@ -150,3 +152,20 @@ def table_from_frames(frames: Frames, metadata: dict[bytes, bytes] | None = None
         columns[gs.item_column(field)] = pa.ListArray.from_arrays(offsets, values)
     schema = gs.arrow_schema(metadata)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def read_replay_frames(path: str | Path) -> Frames:
+    """A `.slp` replay or a parquet trajectory (dataset schema, checked: ValueError naming
+    the column that differs) as frames, `state_age` counted as the model reads it
+    (`frame_spec.count_state_age`)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        gs.check_table(table)  # a column of another dtype would change the frames' dtypes
+        frames = frames_from_table(table)
+    else:
+        from core.replay_reader import read_replay
+
+        frames = frames_from_table(read_replay(path).table)
+    fs.count_state_age(frames)
+    return frames

@@ -34,11 +34,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.host_memory import keep_freed_host_memory
+from model.checkpoint import load_model
 from model.quantize import maybe_quantize
 from server.api.routes import api_router
 from server.engine import Engine
 from server.live_socket import LiveSockets
-from server.match import load_model
 from server.match_downloads import DownloadCache
 from server.match_service import MatchService
 from server.recorder import file_sha256

@@ -26,16 +26,13 @@ from core import game_state as gs
 from core.atomic_file import atomic_path
 from core.melee_ids import character_name_internal, parse_character
 from core.stages import parse_stage
-from model.frame_spec import count_state_age
-from model.frames import Frames, frames_from_table, table_from_frames
+from model.checkpoint import load_model
+from model.frames import read_replay_frames, table_from_frames
 from model.policies import Policy, ReplayFollower, make_policy
 from model.simulation import GameSetup, Simulation
 from server.match_runner import Match, MatchResult, MatchRunner
 
 log = logging.getLogger(__name__)
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_CHECKPOINT = ASSETS / "checkpoints" / "demo.safetensors"
 
 
 def run_matches(
@@ -97,40 +94,6 @@ def summary_lines(summary: dict, characters: Sequence[int], policies: Sequence[s
         )
     lines.append(f"  {per_second:,} frames/s")
     return lines
-
-
-def load_model(checkpoint: Path | None, config: str | None, device: str):
-    """The checkpoint given, else the bundled demo checkpoint, else (with a warning) an
-    untrained model of `config`."""
-    from model.checkpoint import load_checkpoint
-    from model.config import load_config
-    from model.world_model import WorldModel
-
-    if checkpoint is None and config is None and DEMO_CHECKPOINT.exists():
-        checkpoint = DEMO_CHECKPOINT
-    if checkpoint is not None:
-        model, _ = load_checkpoint(checkpoint, device=device)
-        return model, str(checkpoint)
-    name = config or "mamba2-small"
-    log.warning("no checkpoint: playing an UNTRAINED %s model with random weights", name)
-    torch.manual_seed(0)
-    return WorldModel(load_config(name)).to(device), f"untrained {name}"
-
-
-def read_replay_frames(path: Path) -> Frames:
-    """A `.slp` replay or a parquet trajectory (dataset schema, checked: ValueError naming
-    the column that differs) as frames, `state_age` counted as the model reads it
-    (`model.frame_spec.count_state_age`)."""
-    if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        gs.check_table(table)  # a column of another dtype would change the frames' dtypes
-        frames = frames_from_table(table)
-    else:
-        from core.replay_reader import read_replay
-
-        frames = frames_from_table(read_replay(path).table)
-    count_state_age(frames)
-    return frames
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,12 +12,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import game_state as gs
+from core.melee_ids import parse_character
 from core.replay_reader import ReplayUnreadable
-from core.stages import get_stage
-from model.frames import Frames
+from core.stages import get_stage, parse_stage
+from model.frames import Frames, read_replay_frames
 from model.policies import Policy, make_policy
 from model.simulation import GameSetup
-from server.match import parse_character, parse_stage, read_replay_frames
 from server.policy_modules import load_module_policy
 from server.settings import ServerSettings
 

@@ -11,8 +11,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.checkpoint import DEMO_CHECKPOINT
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_CHECKPOINT = ASSETS / "checkpoints" / "demo.safetensors"
 
 
 class ServerSettings(BaseSettings):

@@ -4,11 +4,10 @@ and `replay_frames` are in conftest.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from core.stages import get_stage
+from model.checkpoint import DEMO_CHECKPOINT  # noqa: F401 - the tests' import of it
 from model.config import ModelConfig
 from model.frames import controls_of, index, stack
 from model.rules import RuleState, apply_rules
@@ -18,9 +17,6 @@ from model.simulation import (
 )
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
-
-
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets/checkpoints/demo.safetensors"
 
 
 def batch_frame(stage_id: int, stocks=(4, 4)):

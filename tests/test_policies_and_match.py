@@ -11,6 +11,7 @@ import yaml
 
 from core import game_state as gs
 from core.replay_reader import read_replay
+from model.checkpoint import load_model
 from model.frame_spec import BUTTON_BITS
 from model.frames import frames_from_table, index
 from model.policies import (
@@ -26,7 +27,6 @@ from model.policies import (
 )
 from model.simulation import GameSetup, Simulation, standard_start
 from server.match import (
-    load_model,
     main,
     parse_character,
     parse_stage,

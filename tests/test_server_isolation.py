@@ -27,10 +27,9 @@ from server_client import (
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from model.frames import table_from_frames
+from model.frames import read_replay_frames, table_from_frames
 from model.simulation import Simulation
 from server import protocol as P
-from server.match import read_replay_frames
 from server.serve import ServerThread
 from server.settings import ServerSettings
 from server.websocket_keepalive import PING_INTERVAL_S, READ_TIMEOUT_S
