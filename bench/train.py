@@ -26,7 +26,8 @@ from machine import describe_machine
 
 from training.dataset import GameDataset
 from training.ingest import ingest
-from training.train import TrainConfig, Trainer
+from training.run_config import TrainConfig
+from training.train import Trainer
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "replays" / "dev"
 

@@ -23,8 +23,11 @@ from model.policies import Controller
 from model.quantize import quantize_int8
 from model.simulation import GameSetup, Simulation
 from model.world_model import WorldModel
+from training.init_from import init_weights
 from training.losses import compute_losses
-from training.train import TrainConfig, init_weights, make_optimizer, split_window, teacher_choices
+from training.optim import make_optimizer
+from training.run_config import TrainConfig
+from training.windows import split_window, teacher_choices
 
 TINY = ModelConfig(
     d_model=32,

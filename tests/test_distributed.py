@@ -26,7 +26,8 @@ import torch
 import yaml
 
 from model.checkpoint import load_checkpoint
-from training.train import TrainConfig, Trainer
+from training.run_config import TrainConfig
+from training.train import Trainer
 
 TINY_MODEL = {"d_model": 32, "n_layers": 2, "d_state": 16, "expand": 2, "headdim": 16}
 

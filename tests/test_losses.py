@@ -8,7 +8,7 @@ from model.config import ModelConfig
 from model.world_model import WorldModel
 from training.dataset import GameDataset
 from training.losses import LossWeights, compute_losses
-from training.train import split_window
+from training.windows import split_window
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
 

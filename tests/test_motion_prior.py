@@ -33,7 +33,8 @@ from model.motion_prior import (
 from model.motion_prior import _needed as prior_columns
 from model.world_model import WorldModel
 from training.dataset import GameDataset
-from training.train import init_weights, split_window, teacher_choices
+from training.init_from import init_weights
+from training.windows import split_window, teacher_choices
 
 TINY = dataclasses.replace(SMALL, action_conditioned=True, condition_dim=16, motion_prior=True)
 GROUND = PRIOR_FIELDS.index("vel_self_x_ground")

@@ -16,19 +16,15 @@ import yaml
 
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from model.decoding import decode
-from training import train as train_module
+from training import run_log
 from training.dataset import GameDataset
+from training.distributed import Distributed
 from training.losses import compute_losses
-from training.train import (
-    Distributed,
-    TrainConfig,
-    Trainer,
-    learning_rate,
-    main,
-    resolve_amp,
-    split_window,
-    unroll,
-)
+from training.optim import learning_rate, resolve_amp
+from training.run_config import TrainConfig
+from training.train import Trainer, main
+from training.window_loss import unroll
+from training.windows import split_window
 
 TINY_MODEL = {"d_model": 32, "n_layers": 2, "d_state": 16, "expand": 2, "headdim": 16}
 
@@ -137,7 +133,7 @@ def test_resume_after_a_kill_between_the_checkpoint_writes(
     expected = 6 if newer == "weights" else 10
 
     second = Trainer(c, dataset_dir, run)
-    with caplog.at_level(logging.WARNING, logger="training.train"):
+    with caplog.at_level(logging.WARNING, logger="training.run_checkpoint"):
         second.resume()
     assert second.step == expected
     stale = 10 if newer == "weights" else 6
@@ -203,7 +199,7 @@ def test_perfect_predictions_cost_almost_nothing(dataset_dir):
 
 
 def test_scheduled_sampling_mixes_in_predictions(dataset_dir, tiny_model_yaml, tmp_path):
-    from training.train import choose_frames, mix_in_predictions, sampling_fraction
+    from training.window_loss import choose_frames, mix_in_predictions, sampling_fraction
 
     c = config(tiny_model_yaml, sampling_max=0.5, sampling_start=10, sampling_ramp=20)
     assert sampling_fraction(c, 5) == 0 and sampling_fraction(c, 20) == pytest.approx(0.25)
@@ -345,7 +341,7 @@ def test_wandb_logs_what_tensorboard_logs(dataset_dir, tiny_model_yaml, tmp_path
     fake.init = lambda **kwargs: runs.append(FakeWandbRun(**kwargs)) or runs[-1]
     monkeypatch.setitem(sys.modules, "wandb", fake)
     writer = FakeSummaryWriter()
-    monkeypatch.setattr(train_module, "_summary_writer", lambda run_dir: writer)
+    monkeypatch.setattr(run_log, "summary_writer", lambda run_dir: writer)
     c = config(tiny_model_yaml, max_steps=4, val_every=4, val_windows=2, wandb=True)
     c = dataclasses.replace(c, batch_size=4, wandb_project="melee")
     trainer = Trainer(c, dataset_dir, tmp_path)

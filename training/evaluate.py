@@ -48,7 +48,7 @@ from model.world_model import WorldModel
 from training.dataset import GameDataset
 from training.probe_run import run_probes, summary
 from training.probes import parse_probe_names
-from training.train import split_window
+from training.windows import split_window
 
 log = logging.getLogger(__name__)
 VELOCITIES = ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y")

@@ -22,6 +22,10 @@ it under DistributedDataParallel (nccl on CUDA, gloo on CPU); per-head loss mean
 by the global batch's weights, so the update is the one a single process would make on the
 whole batch. Rank 0 alone writes the run folder and shows the progress bar; validation windows
 are shared out between the ranks and their losses summed over all of them.
+
+This module holds the `Trainer` loop and the command line; the pieces it puts together live
+beside it: run_config (TrainConfig), optim (AdamW, schedule, autocast), window_loss (the loss,
+scheduled sampling, the unroll), windows, init_from, run_checkpoint, run_log and distributed.
 """
 
 from __future__ import annotations
@@ -32,12 +36,9 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import pickle
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -47,429 +48,30 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from core import game_state as gs
-from core.atomic_file import atomic_path, remove_stale_temporaries
+from core.atomic_file import atomic_path
 from core.host_memory import keep_freed_host_memory
-from model.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    read_metadata,
-    read_weights,
-    save_checkpoint,
-)
+from model.checkpoint import CheckpointError, save_checkpoint
 from model.config import ModelConfig, load_config
-from model.decoding import decode
-from model.frames import Frames, controls_of
-from model.heads import MOTION_COLUMNS, PLAYER_WIDTHS, PRIOR_COLUMNS
-from model.mamba2 import Mamba2Cache
-from model.world_model import WorldModel, WorldModelCache
+from model.world_model import WorldModel
+from training import run_log
 from training.dataset import GameDataset
-from training.losses import LossWeights, compute_losses
+from training.distributed import Distributed, init_distributed
+from training.init_from import init_weights
+from training.losses import compute_losses
 from training.mirror import ground_mirror_table, mirror_windows
+from training.optim import learning_rate, make_optimizer, resolve_amp
+from training.run_checkpoint import (
+    STATE_FILE,
+    WEIGHTS_FILE,
+    resume_run_state,
+    save_run_state,
+)
+from training.run_config import TrainConfig
+from training.window_loss import WindowLoss, choose_frames, mix_in_predictions, sampling_fraction
+from training.windows import split_window, teacher_choices
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = "mamba2-small"  # a preset name or a model YAML
-    seq_len: int = 60  # frames per training window (the old design's context length K)
-    batch_size: int = 32  # the global batch: shared out between the ranks under torchrun
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 100
-    max_steps: int = 2000
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0
-    val_every: int = 250
-    val_windows: int = 64  # validation windows per evaluation (seq_len + 1 frames each)
-    checkpoint_every: int = 250
-    log_every: int = 10
-    seed: int = 0
-    val_fraction: float = 0.1
-    stages: tuple[int, ...] | None = None
-    characters: tuple[int, ...] | None = None
-    loss_weights: LossWeights = field(default_factory=LossWeights)
-    # Scheduled sampling: a fraction of the input frames is replaced by the model's own
-    # predictions from a first, gradient-free pass, so that it learns to continue from its own
-    # (imperfect) frames as in live play. The fraction rises linearly from 0 at
-    # `sampling_start` to `sampling_max` over `sampling_ramp` steps. 0 turns it off.
-    sampling_max: float = 0.0
-    sampling_start: int = 0
-    sampling_ramp: int = 1000
-    # True autoregressive unroll: the last `unroll` positions of every window read the frame
-    # decoded from the model's own prediction at the position before, one recurrent step at a
-    # time, and their loss counts with the others'. 0 turns it off; at most seq_len - 1.
-    unroll: int = 0
-    # Left/right mirror augmentation (training/mirror.py): the probability that a window is
-    # flipped about the stage's centre line. 0 turns it off.
-    mirror: float = 0.0
-    # The learning rate of an action-conditioned model's action and age tables, as a multiple
-    # of `lr` (they have no weight decay). A table row learns only on the frames of its action,
-    # and a roll begins on 1 frame in 7,000: at 1x, Adam moves a rare row a few lr per
-    # occurrence, and weight decay pulls it back on every step in between.
-    condition_lr_scale: float = 1.0
-    # Start from these weights (a checkpoint of the same model preset) instead of random
-    # ones; the optimiser and the schedule start fresh. Ignored by --resume.
-    init_from: str | None = None
-    # Mixed precision on CUDA: "auto" is bf16 where the GPU supports it, else fp16 with a
-    # gradient scaler; "bf16", "fp16" and "off" choose. CPU training always runs in fp32.
-    amp: str = "auto"
-    # Weights & Biases, when the `wandb` package is installed (never required): the same
-    # scalars as TensorBoard, from rank 0. `--wandb` on the command line turns it on too.
-    wandb: bool = False
-    wandb_project: str = "play-the-model"
-
-    def __post_init__(self):
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (got {self.amp!r})")
-        if not 0 <= self.unroll < self.seq_len:
-            raise ValueError(f"unroll must be in 0..seq_len-1 = {self.seq_len - 1}")
-        if not 0.0 <= self.mirror <= 1.0:
-            raise ValueError(f"mirror is a probability in [0, 1] (got {self.mirror})")
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
-            path = CONFIG_DIR / f"{path}.yaml"
-        if not path.exists():
-            raise FileNotFoundError(f"no training config {str(path)!r}")
-        body = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return cls.from_dict(body.get("train", body), source=str(path))
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown training fields: {', '.join(unknown)}")
-        values = dict(values)
-        if "loss_weights" in values:
-            values["loss_weights"] = LossWeights(**values["loss_weights"])
-        for name in ("betas", "stages", "characters"):
-            if values.get(name) is not None:
-                values[name] = tuple(values[name])
-        try:
-            return cls(**values)
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}") from e
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `max_steps`."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = min(
-        1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    )
-    floor = config.min_lr_ratio
-    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def resolve_amp(
-    mode: str, device: torch.device, bf16_supported: bool | None = None
-) -> torch.dtype | None:
-    """The autocast dtype for `mode` on `device`, or None for fp32 (always on CPU)."""
-    if device.type != "cuda":
-        if mode in ("bf16", "fp16"):
-            log.warning("amp %s needs CUDA: training in fp32 on %s", mode, device)
-        return None
-    if mode == "off":
-        return None
-    if mode == "auto":
-        if bf16_supported is None:
-            bf16_supported = torch.cuda.is_bf16_supported()
-        mode = "bf16" if bf16_supported else "fp16"
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
-# ---------------------------------------------------------------------- scheduled sampling
-def sampling_fraction(config: TrainConfig, step: int) -> float:
-    if config.sampling_max <= 0 or step < config.sampling_start:
-        return 0.0
-    return config.sampling_max * min(
-        1.0, (step - config.sampling_start) / max(1, config.sampling_ramp)
-    )
-
-
-def choose_frames(fraction: float, batch: int, length: int, generator: torch.Generator) -> Tensor:
-    """Which input frames scheduled sampling replaces: (B, L) bool, never position 0."""
-    chosen = torch.rand(batch, length, generator=generator) < fraction
-    chosen[:, 0] = False
-    return chosen
-
-
-def mix_in_predictions(model: WorldModel, prev: Frames, controls: Frames, chosen: Tensor) -> Frames:
-    """`prev` with the frames where `chosen` (B, L) is True replaced by the model's own decoded
-    prediction of that frame from the previous position."""
-    with torch.no_grad():
-        predicted = decode(model(prev, controls), prev, controls)  # frame t+1 at position t
-    batch, length = prev["frame"].shape
-    chosen = chosen.to(prev["frame"].device)
-    mixed = {}
-    for key, real in prev.items():
-        guess = torch.cat([real[:, :1], predicted[key][:, :-1].to(real.dtype)], dim=1)
-        mask = chosen.view(batch, length, *([1] * (real.dim() - 2)))
-        mixed[key] = torch.where(mask, guess, real)
-    return mixed
-
-
-# ---------------------------------------------------------------------- autoregressive unroll
-def unroll(
-    model: WorldModel,
-    prev: Frames,
-    controls: Frames,
-    steps: int,
-    actions: Tensor | None = None,
-) -> tuple[dict[str, Tensor], Frames]:
-    """Teacher forcing over positions 0..L-steps-1, then `steps` recurrent steps, each reading
-    the frame decoded (argmax, `model.decoding.decode`) from the prediction at the position before.
-
-    Returns the predictions at every position, (B, L, ...), and the frames the positions read:
-    the given ones, then the model's own. The decoded frames are inputs, not part of the graph
-    (argmax has no gradient, and the continuous fields are cut too, as in scheduled sampling);
-    the gradient does flow through the recurrent state across the unrolled steps.
-    `actions` (B, L, 2, 2), `teacher_choices` of the targets, condition an action-conditioned
-    model's heads.
-    """
-    batch, length = prev["frame"].shape
-    split = length - steps
-    assert 1 <= split < length, (steps, length)
-    head = {k: v[:, :split] for k, v in prev.items()}
-    cache = model.allocate_inference_cache(batch, device=prev["frame"].device)
-    first = model(
-        head,
-        {k: v[:, :split] for k, v in controls.items()},
-        cache=cache,
-        teacher=None if actions is None else actions[:, :split],
-    )
-    pred = {k: v[:, -1] for k, v in first.items()}  # (B, ...): predicts frame `split`
-    frame = {k: v[:, split - 1] for k, v in prev.items()}
-    preds, frames = [], []
-    with _differentiable_steps(model):
-        for t in range(split, length):
-            with torch.no_grad():
-                decoded = decode(pred, frame, {k: v[:, t - 1] for k, v in controls.items()})
-            frame = {k: decoded[k].to(prev[k].dtype) for k in prev}
-            # step() updates its cache in place, which autograd forbids for tensors it saved
-            # for the backward pass; every step therefore works on a fresh copy.
-            cache = WorldModelCache(
-                [Mamba2Cache(c.conv_state.clone(), c.ssm_state.clone()) for c in cache.layers]
-            )
-            step_controls = {k: v[:, t] for k, v in controls.items()}
-            pred = model.step(
-                frame, step_controls, cache, None if actions is None else actions[:, t]
-            )
-            preds.append(pred)
-            frames.append(frame)
-    all_preds = {k: torch.cat([first[k], torch.stack([p[k] for p in preds], 1)], 1) for k in first}
-    inputs = {k: torch.cat([head[k], torch.stack([f[k] for f in frames], 1)], 1) for k in prev}
-    return all_preds, inputs
-
-
-@contextlib.contextmanager
-def _differentiable_steps(model: WorldModel):
-    """The fused single-step kernels of mamba_ssm (CUDA) have no backward pass: step through
-    the pure PyTorch path while unrolling for training."""
-    saved = [block.mixer.use_kernels for block in model.blocks]
-    for block in model.blocks:
-        block.mixer.use_kernels = False
-    try:
-        yield
-    finally:
-        for block, value in zip(model.blocks, saved, strict=True):
-            block.mixer.use_kernels = value
-
-
-class WindowLoss(nn.Module):
-    """The training loss of a batch of windows, in one module so that DistributedDataParallel
-    sees the whole computation (including the unrolled steps) in its forward."""
-
-    def __init__(self, model: WorldModel, weights: LossWeights, unroll_steps: int = 0):
-        super().__init__()
-        self.model, self.weights, self.unroll_steps = model, weights, unroll_steps
-
-    def forward(
-        self,
-        prev: Frames,
-        controls: Frames,
-        target: Frames,
-        masks: dict[str, Tensor],
-        denominator: Callable[[Tensor], Tensor] | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        """-> total loss, per-head means, and the loss of the unrolled positions alone (for
-        logging; None without an unroll)."""
-        if self.unroll_steps == 0:
-            preds = self.model(prev, controls, teacher=teacher_choices(target))
-            return (*compute_losses(preds, prev, target, masks, self.weights, denominator), None)
-        preds, inputs = unroll(
-            self.model, prev, controls, self.unroll_steps, teacher_choices(target)
-        )
-        loss, per_head = compute_losses(preds, inputs, target, masks, self.weights, denominator)
-        with torch.no_grad():
-            tail = slice(-self.unroll_steps, None)
-            unrolled, _ = compute_losses(
-                *({k: v[:, tail] for k, v in d.items()} for d in (preds, inputs, target)),
-                masks,
-                self.weights,
-                denominator,
-            )
-        return loss, per_head, unrolled
-
-
-# ---------------------------------------------------------------------- optimiser and data
-# Config fields a run may add to the model it starts from (`init_from`): they add modules,
-# which start as their own initialisation makes them.
-ADDED_BY_CONFIG = {
-    "action_conditioned": "heads.conditioner.",
-    "condition_dim": "",
-    "motion_prior": "heads.conditioner.prior.",
-}
-PRIOR_PREFIX = ADDED_BY_CONFIG["motion_prior"]
 SPEED_COLUMN = "p1_vel_self_x_air"  # missing in a game whose replay recorded no speeds
-
-
-def init_weights(model: WorldModel, path: str | Path) -> None:
-    """Load the weights of checkpoint `path` into `model`, which must have its config, but for
-    modules it adds (`ADDED_BY_CONFIG`: an unconditioned checkpoint may start a conditioned
-    run, whose conditioner starts at zero and so leaves the predictions as they were)."""
-    config, tensors, _ = read_weights(path)
-    ours, theirs = model.config.to_dict(), config.to_dict()
-    differ = [k for k in ours if ours[k] != theirs[k] and k not in ADDED_BY_CONFIG]
-    if differ:
-        diff = ", ".join(f"{k}: {theirs[k]} (the run's model: {ours[k]})" for k in differ)
-        raise CheckpointError(f"{path}: init_from's model config differs: {diff}")
-    added = tuple(prefix for prefix in ADDED_BY_CONFIG.values() if prefix)
-    # The motion prior is data the run mines again from its own training games.
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(PRIOR_PREFIX)}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if unexpected or any(not k.startswith(added) for k in missing):
-        raise CheckpointError(
-            f"{path}: init_from's weights do not fit the run's model "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
-    if model.config.motion_prior and not config.motion_prior:
-        start_speeds_from_prior(model)
-
-
-def start_speeds_from_prior(model: WorldModel) -> None:
-    """Zero what writes the prior's speed columns, so that a model whose speed heads learned
-    the speeds themselves starts predicting the prior alone: left as they were, they would add
-    what they learned on top of the prior (Marth's dash then ends at 2.4 units a frame, the
-    prior's 1.6 and the head's 0.8), and unlearn it only slowly on the rare frames it shows."""
-    heads = model.heads
-    width = sum(PLAYER_WIDTHS)
-    columns = PRIOR_COLUMNS.tolist()
-    with torch.no_grad():
-        for player in range(2):
-            rows = [player * width + c for c in columns]
-            heads.player.weight[rows] = 0.0
-            heads.player.bias[rows] = 0.0
-        heads.conditioner.out.weight[columns] = 0.0
-        heads.conditioner.out.bias[columns] = 0.0
-        motion = MOTION_COLUMNS.tolist()
-        heads.conditioner.onset.weight[:, [motion.index(c) for c in columns]] = 0.0
-
-
-def make_optimizer(model: WorldModel, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over two groups (three with action tables); each group's `lr_scale` multiplies
-    the scheduled rate."""
-    conditioner = model.heads.conditioner
-    tables = (
-        []
-        if conditioner is None
-        else [conditioner.action.weight, conditioner.age.weight, conditioner.onset.weight]
-    )
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if any(parameter is table for table in tables):
-            continue
-        if getattr(parameter, "_no_weight_decay", False) or parameter.dim() < 2:
-            no_decay.append(parameter)  # A_log, D, dt_bias, norms, biases
-        else:
-            decay.append(parameter)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
-    if tables:  # only then: a run's saved optimiser state has as many groups as it had
-        groups.append(
-            {"params": tables, "weight_decay": 0.0, "lr_scale": config.condition_lr_scale}
-        )
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-
-
-def teacher_choices(target: Frames) -> Tensor:
-    """Both players' action ids and facings in the predicted frames, (B, T, 2, 2) or (B, 2, 2):
-    what an action-conditioned model's heads are conditioned on in training (model.heads)."""
-    return torch.stack(
-        [
-            torch.stack([target[f"{p}_action"], target[f"{p}_facing"].long()], -1)
-            for p in gs.PLAYERS
-        ],
-        -2,
-    )
-
-
-def split_window(frames: dict[str, torch.Tensor]):
-    """(B, L+1) windows -> prev (frames 0..L-1), controls and targets (frames 1..L)."""
-    prev = {k: v[:, :-1] for k, v in frames.items()}
-    target = {k: v[:, 1:] for k, v in frames.items()}
-    return prev, controls_of(target), target
-
-
-# ---------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place among the data-parallel ranks (torchrun's RANK, WORLD_SIZE and
-    LOCAL_RANK); one process on its own is rank 0 of 1."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        env = os.environ
-        return cls(
-            int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-        )
-
-    def shard(self, batch_size: int) -> slice:
-        """This rank's rows of a global batch: a contiguous block of batch_size / world_size."""
-        if batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size {batch_size} does not split evenly over {self.world_size} ranks"
-            )
-        share = batch_size // self.world_size
-        return slice(self.rank * share, (self.rank + 1) * share)
-
-
-def init_distributed(ranks: Distributed, device: str) -> torch.device:
-    """Join the process group torchrun describes (nccl on CUDA, gloo otherwise); returns this
-    rank's device (cuda:LOCAL_RANK on CUDA). A single process needs no group."""
-    chosen = torch.device(device)
-    if ranks.world_size == 1:
-        return chosen
-    if chosen.type == "cuda":
-        chosen = torch.device("cuda", ranks.local_rank)
-        torch.cuda.set_device(chosen)
-        dist.init_process_group("nccl", device_id=chosen)
-    else:
-        dist.init_process_group("gloo")
-    log.info("rank %d of %d on %s", ranks.rank, ranks.world_size, chosen)
-    return chosen
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -532,113 +134,43 @@ class Trainer:
         self.step = 0
         self.best_val = math.inf
         main = self.ranks.is_main
-        self.writer = _summary_writer(self.run_dir) if main else None
-        self.wandb = _wandb_run(config, self.run_dir) if main and config.wandb else None
+        self.writer = run_log.summary_writer(self.run_dir) if main else None
+        self.wandb = run_log.wandb_run(config, self.run_dir) if main and config.wandb else None
 
     # ------------------------------------------------------------------ state
     @property
     def state_path(self) -> Path:
-        return self.run_dir / "last.state.pt"
+        return self.run_dir / STATE_FILE
 
     @property
     def weights_path(self) -> Path:
-        return self.run_dir / "last.safetensors"
+        return self.run_dir / WEIGHTS_FILE
 
     def save(self) -> None:
         if not self.ranks.is_main:
             return
-        # The weights go into the state file too: it is the one unit --resume reads, replaced
-        # by a single rename. With the weights only in last.safetensors, a kill -9 between the
-        # two writes would leave step-M weights beside step-N optimiser state, and --resume
-        # would train on from the mismatched pair without a word.
-        state = {
-            "step": self.step,
-            "best_val": self.best_val,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        with atomic_path(self.state_path) as tmp:
-            torch.save(state, tmp)
-        self._save_weights()
-
-    def _save_weights(self) -> None:
-        provenance = {"step": self.step, "train": self.config.to_dict()}
-        save_checkpoint(self.weights_path, self.model, provenance)
+        save_run_state(
+            self.run_dir,
+            self.step,
+            self.best_val,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self.config,
+        )
 
     def resume(self) -> None:
         """Continue from `last.state.pt`. Raises CheckpointError, naming the files and the
         steps, when the run folder cannot be resumed exactly."""
-        state = self._load_state()
-        step = state["step"]
-        self.step, self.best_val = step, state["best_val"]
-        if "model" in state:
-            try:
-                self.model.load_state_dict(state["model"])
-            except RuntimeError as e:  # load_state_dict lists missing, unexpected, shapes
-                raise CheckpointError(
-                    f"{self.state_path}: weights do not match model {self.config.model!r}: {e}"
-                ) from e
-            weights_step = self._weights_step()
-            if weights_step != step:
-                log.warning(
-                    "%s holds step %s but %s holds step %d (the run was stopped between the "
-                    "two writes): resuming from step %d and writing its weights to %s",
-                    self.weights_path,
-                    "(none)" if weights_step is None else weights_step,
-                    self.state_path,
-                    step,
-                    step,
-                    self.weights_path,
-                )
-                if self.ranks.is_main:
-                    self._save_weights()
-        else:
-            # A run folder written before the state file held the weights: the pair can only
-            # be trusted when both name the same step.
-            model, meta = load_checkpoint(self.weights_path, self.model_config)
-            weights_step = meta.get("provenance", {}).get("step")
-            if weights_step != step:
-                raise CheckpointError(
-                    f"cannot resume {self.run_dir}: {self.weights_path} holds the weights of "
-                    f"step {weights_step} but {self.state_path} the optimiser state of step "
-                    f"{step} (the run was stopped between the two writes, and this older run "
-                    "folder keeps no weights in its state file). Start a new run with "
-                    f"`init_from: {self.weights_path}` to keep the weights with a fresh optimiser"
-                )
-            self.model.load_state_dict(model.state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params
-        if state.get("scaler"):  # empty when the scaler is off (and in older runs)
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.ranks.is_main and (stale := remove_stale_temporaries(self.run_dir)):
-            log.info("removed %d partial files a killed checkpoint write left", stale)
-        log.info("resumed %s at step %d", self.run_dir, self.step)
-
-    def _load_state(self) -> dict:
-        # weights_only: tensors and plain containers only, never arbitrary objects. The only
-        # randomness in a step is torch's (batches are a pure function of seed and step), and
-        # it is the same on every rank.
-        try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{self.state_path}: no such file (nothing to resume)") from None
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise CheckpointError(f"{self.state_path}: not a training state file ({e})") from e
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{self.state_path}: not a training state file")
-        missing = [k for k in ("step", "best_val", "optimizer", "torch_rng") if k not in state]
-        if missing:
-            raise CheckpointError(f"{self.state_path}: training state without {missing}")
-        return state
-
-    def _weights_step(self) -> int | None:
-        """The step last.safetensors was saved at; None when it is missing or unreadable."""
-        try:
-            return read_metadata(self.weights_path).get("provenance", {}).get("step")
-        except CheckpointError:
-            return None
+        self.step, self.best_val = resume_run_state(
+            self.run_dir,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self.config,
+            self.model_config,
+            self.ranks.is_main,
+        )
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
@@ -793,39 +325,6 @@ class Trainer:
                 self.writer.add_scalar(key, value, step)
         if self.wandb is not None:
             self.wandb.log(values, step=step)
-
-
-def _summary_writer(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.info("tensorboard is not installed; logging to metrics.jsonl only")
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _wandb_run(config: TrainConfig, run_dir: Path):
-    """A wandb run named after the run folder; a resumed run continues the same wandb run (its
-    id is kept in `wandb_id` in the run folder). None when wandb is not installed."""
-    try:
-        import wandb
-    except ImportError:
-        log.warning("wandb is enabled but not installed (pip install wandb); not logging to it")
-        return None
-    id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text(encoding="utf-8").strip() if id_file.exists() else None
-    run = wandb.init(
-        project=config.wandb_project,
-        name=run_dir.name,
-        dir=str(run_dir),
-        config=config.to_dict(),
-        id=run_id,
-        resume="allow",
-    )
-    if run_id is None:
-        with atomic_path(id_file) as tmp:
-            tmp.write_text(str(run.id), encoding="utf-8")
-    return run
 
 
 # ---------------------------------------------------------------------- command line
