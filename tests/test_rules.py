@@ -368,3 +368,41 @@ def test_a_grounded_player_with_nothing_under_them_falls(stage_id, x, y, falls):
     apply_rules(frame, rules, prev)
     assert (int(frame["p1_action"][0]) == FALL) == falls
     assert int(frame["p1_airborne"][0]) == int(falls)
+
+
+def test_knockback_grows_only_from_a_hit():
+    """Outside the actions a hit puts a player in, a knockback speed keeps at most its size:
+    a standing player the model gives knockback from nothing stays put; one flying from a hit
+    keeps what the model says."""
+    prev, rules = batch_frame(32)
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    frame["p1_action"][0], frame["p2_action"][0] = 14, 88  # STANDING, DAMAGE_FLY_NEUTRAL
+    for p in ("p1", "p2"):
+        prev[f"{p}_vel_knockback_x"][0], prev[f"{p}_vel_knockback_y"][0] = 0.0, 0.0
+        frame[f"{p}_vel_knockback_x"][0], frame[f"{p}_vel_knockback_y"][0] = 0.3, 0.4
+    apply_rules(frame, rules, prev)
+    assert float(frame["p1_vel_knockback_x"][0]) == 0.0
+    assert float(frame["p1_vel_knockback_y"][0]) == 0.0
+    assert float(frame["p2_vel_knockback_y"][0]) == pytest.approx(0.4)
+    # Decaying outside a hit (after hitstun, say) is left as it is; growing is cut to the size.
+    prev["p1_vel_knockback_y"][0], frame["p1_vel_knockback_y"][0] = 2.0, 1.9
+    frame["p1_vel_knockback_x"][0] = 0.0
+    apply_rules(frame, rules, prev)
+    assert float(frame["p1_vel_knockback_y"][0]) == pytest.approx(1.9)
+
+
+def test_the_knockback_rule_never_changes_a_real_player(dev_dataset_dir):
+    import pyarrow.parquet as pq
+
+    from model.rules import knockback_only_from_hits
+
+    for path in sorted(dev_dataset_dir.glob("*.parquet")):
+        frames = frames_from_table(pq.read_table(path))
+        prev = {k: v[:-1] for k, v in frames.items()}
+        new = {k: v[1:].clone() for k, v in frames.items()}
+        before = {k: new[k].clone() for k in new if "knockback" in k}
+        knockback_only_from_hits(new, prev)
+        for key, value in before.items():
+            changed = (new[key] - value).abs().max()
+            assert changed < 1e-4, f"{path.name}: the rule changed {key} by {changed}"
