@@ -327,12 +327,8 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
     for name in ("vel_self_y", "vel_knockback_y"):
         players[name] = torch.where(sunk, players[name].clamp(min=0), players[name])
     # The same on the platforms that do not move, a little above or below their height.
-    platforms = rules.platforms[:, None]  # (B, 1, P, 3)
-    x, y = players["x"][..., None], players["y"][..., None]  # (B, 2, 1)
-    on = (x >= platforms[..., 0]) & (x <= platforms[..., 1])
-    on &= (y - platforms[..., 2]).abs() < PLATFORM_SNAP  # (B, 2, P)
-    on &= grounded[..., None]
-    height = (platforms[..., 2] * on).sum(-1)  # (B, 2): at most one platform per player
+    on = _on_platforms(players, rules) & grounded[..., None]  # (B, 2, P)
+    height = (rules.platforms[:, None, :, 2] * on).sum(-1)  # (B, 2): at most one per player
     on_platform = on.any(-1)
     players["y"] = torch.where(on_platform, height, players["y"])
     players["vel_self_y"] = torch.where(standing | on_platform, 0.0, players["vel_self_y"])
@@ -343,6 +339,15 @@ def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) 
         down, players["vel_self_y"].clamp(min=0), players["vel_self_y"]
     )
     _fall_off_edges(players, grounded, rules)
+
+
+def _on_platforms(players: _Players, rules: RuleState, overhang: float = 0.0) -> Tensor:
+    """(B, 2, P): whether each player is over each platform that does not move (to within
+    `overhang` past its ends) and within PLATFORM_SNAP of its height."""
+    platforms = rules.platforms[:, None]  # (B, 1, P, 3)
+    x, y = players["x"][..., None], players["y"][..., None]  # (B, 2, 1)
+    on = (x >= platforms[..., 0] - overhang) & (x <= platforms[..., 1] + overhang)
+    return on & ((y - platforms[..., 2]).abs() < PLATFORM_SNAP)
 
 
 def _fall_off_edges(players: _Players, grounded: Tensor, rules: RuleState) -> None:
@@ -373,8 +378,9 @@ def _fall_off_edges(players: _Players, grounded: Tensor, rules: RuleState) -> No
 def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor], rules: RuleState) -> None:
     """Rule 3a, in place: Melee's entry animation, which no input changes, played as real
     games play it, then both players standing where it leaves them until GO."""
-    players = _Players(frame)
-    _hold_entry(frame, players, _Players(prev), rules)
+    players, before = _Players(frame), _Players(prev)
+    _hold_entry(frame, players, before, rules)
+    _count_ages(players, before)
     players.write_back()
 
 
@@ -391,12 +397,7 @@ def _hold_entry(
     start = rules.start  # (B, 2, 2): y, ground
     _hold(players, animating, prev["x"], prev["y"])
     _hold(players, standing, prev["x"], start[..., 0])  # straight down from the spawn
-    was = prev["action"]
     players["action"] = torch.where(held, action, players["action"])
-    age = torch.where(players["action"] == was, prev["state_age"] + 1, 0.0)
-    players["state_age"] = torch.where(
-        held, age.to(players["state_age"].dtype), players["state_age"]
-    )
     players["airborne"] = torch.where(held, animating.long(), players["airborne"])
     ground = torch.where(standing, start[..., 1].long(), gs.GROUND_NONE)
     players["ground"] = torch.where(held, ground, players["ground"])

@@ -578,15 +578,21 @@ def graph_buckets(max_batch: int) -> list[int]:
 MAIN_STAGE_START = 0.8  # of the flat part's half width: how far out `on_main_stage` starts
 
 
+def main_stage_x(stage_id: int) -> tuple[float, float]:
+    """The players' x on the main stage with `GameSetup.on_main_stage` (and no `start_x`):
+    below their spawn points, within MAIN_STAGE_START of the flat part's half width."""
+    flat = get_stage(stage_id).main_flat_x * MAIN_STAGE_START
+    p1, p2 = (max(-flat, min(flat, x)) for x, _ in spawn_points_for(stage_id)[:2])
+    return p1, p2
+
+
 def standard_start(setup: GameSetup) -> Frames:
     """Frame -123 of a new game: both players at their spawn points in the entry action, as
     every real replay begins (checked on the dev replays)."""
     spawns = spawn_points_for(setup.stage)
     if setup.on_main_stage:
-        flat = get_stage(setup.stage).main_flat_x * MAIN_STAGE_START
-        spawns = [(max(-flat, min(flat, x)), y) for x, y in spawns]
-        if setup.start_x is not None:
-            spawns = [(x, y) for x, (_, y) in zip(setup.start_x, spawns, strict=True)]
+        xs = setup.start_x if setup.start_x is not None else main_stage_x(setup.stage)
+        spawns = [(x, y) for x, (_, y) in zip(xs, spawns[:2], strict=True)]
     frame: Frames = {
         "frame": torch.tensor(FIRST_FRAME),
         "stage": torch.tensor(setup.stage),

@@ -39,7 +39,7 @@ from core.stages import get_stage, legal_stage_ids, parse_stage
 from model.checkpoint import load_checkpoint
 from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
-from model.simulation import MAIN_STAGE_START, GameSetup, Simulation
+from model.simulation import GameSetup, Simulation, main_stage_x
 from model.world_model import WorldModel
 from training import probes as pr
 from training.probe_expectations import DEFAULT_EXPECTATIONS
@@ -97,10 +97,8 @@ def within(metric: str, value: float, real: dict) -> bool:
 def probe_start_x(stage_id: int) -> tuple[float, float]:
     """Where the players stand on the main stage when a probe begins: as `GameSetup`'s
     on_main_stage puts them, but P1 at least ROOM_BEHIND from the edge behind them."""
-    stage = get_stage(stage_id)
-    flat = stage.main_flat_x * MAIN_STAGE_START
-    p1, p2 = (max(-flat, min(flat, x)) for x, _, _ in stage.starts[:2])
-    return max(p1, stage.main.left_x + ROOM_BEHIND), p2
+    p1, p2 = main_stage_x(stage_id)
+    return max(p1, get_stage(stage_id).main.left_x + ROOM_BEHIND), p2
 
 
 def play_probes(
