@@ -60,6 +60,9 @@ class Stage:
     # The main platform and `platforms` are every surface above the main stage's height (not
     # where platforms move or the stage transforms: stages.json's `surfaces_move`)
     surfaces_known: bool = True
+    # Nothing to stand on past the main stage's edges, below its height either (not on
+    # Yoshi's Story, where Randall circles there: stages.json's `surfaces_below_edges`)
+    clear_below_edges: bool = True
 
     def outside_blast_zone(self, x: float, y: float) -> str | None:
         """Which blast zone (x, y) lies beyond: "left", "right", "top", "bottom", or None.
@@ -110,6 +113,7 @@ def _stage(stage_id: int, raw: dict, path: Path) -> Stage:
         main_ground=int(main["ground"]),
         respawn_top_y=float(raw["respawn_top_y"]["y"]),
         surfaces_known=not raw.get("surfaces_move", False),
+        clear_below_edges=not raw.get("surfaces_below_edges", False),
     )
 
 

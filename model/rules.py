@@ -109,10 +109,11 @@ class RuleState:
     timer_frames: Tensor  # (B,) long, the frame at which time runs out
     blast: Tensor  # (B, 4) float: left, right, bottom, top
     respawn: Tensor  # (B, 2, 2) float: per player x, y
-    # (B, 4) float: half-width of the main stage's flat part, its surface y, half-width of
+    # (B, 5) float: half-width of the main stage's flat part, its surface y, half-width of
     # the whole main stage (to its edges, past the slopes of Yoshi's Story and Fountain), and
     # 1.0 where the main stage and `platforms` are every surface to stand on above the main
-    # stage's height (not on Fountain of Dreams or Pokemon Stadium), else 0.0
+    # stage's height (not on Fountain of Dreams or Pokemon Stadium), else 0.0, and 1.0 where
+    # nothing is past its edges below its height either (not on Yoshi's Story), else 0.0
     floor: Tensor
     halo: Tensor  # (B, 2) long: frames left on the revival platform (0: not on it)
     dead: Tensor  # (B, 2) long: frames left in the KO animation
@@ -150,7 +151,15 @@ class RuleState:
             blast=torch.tensor([blast], **f32),
             respawn=torch.tensor([list(stage.respawns[:2])], **f32),
             floor=torch.tensor(
-                [[stage.main_flat_x, stage.main.y, stage.main.right_x, stage.surfaces_known]],
+                [
+                    [
+                        stage.main_flat_x,
+                        stage.main.y,
+                        stage.main.right_x,
+                        stage.surfaces_known,
+                        stage.clear_below_edges,
+                    ]
+                ],
                 **f32,
             ),
             halo=torch.zeros(1, 2, **long),
@@ -353,9 +362,10 @@ def _on_platforms(players: _Players, rules: RuleState, overhang: float = 0.0) ->
 def _fall_off_edges(players: _Players, grounded: Tensor, rules: RuleState) -> None:
     """A grounded player with nothing under them falls: FALL from its first frame, airborne,
     the ground speed carried into the air. Nothing is under them past the main stage's edge
-    (at or above its height), or above it but off its height, where no platform is: the
-    latter only on stages whose every surface the rules know (not Fountain of Dreams' moving
-    platforms, not Pokemon Stadium's transformations)."""
+    (at or above its height; below it too, but on Yoshi's Story, where Randall circles), or
+    above the main stage off its height where no platform is: the latter only on stages
+    whose every surface the rules know (not Fountain of Dreams' moving platforms, not
+    Pokemon Stadium's transformations)."""
     surface, edge, known = rules.floor[:, 1, None], rules.floor[:, 2, None], rules.floor[:, 3, None]
     x, y = players["x"], players["y"]
     platforms = rules.platforms[:, None]  # (B, 1, P, 3)
@@ -364,7 +374,9 @@ def _fall_off_edges(players: _Players, grounded: Tensor, rules: RuleState) -> No
     on &= (y[..., None] - platforms[..., 2]).abs() < PLATFORM_SNAP
     past = x.abs() > edge + EDGE_OVERHANG
     off_height = ((y - surface).abs() >= FLOOR_TOLERANCE) & (known > 0)
-    off = grounded & ~on.any(-1) & (y >= surface - FLOOR_TOLERANCE) & (past | off_height)
+    clear_below = rules.floor[:, 4, None] > 0
+    high_enough = (y >= surface - FLOOR_TOLERANCE) | clear_below
+    off = grounded & ~on.any(-1) & high_enough & (past | off_height)
     players["airborne"] = torch.where(off, 1, players["airborne"])
     players["action"] = torch.where(off, FALL, players["action"])
     players["state_age"] = torch.where(off, 0.0, players["state_age"].float()).to(

@@ -352,6 +352,8 @@ def test_a_player_run_past_the_edge_falls(stage_id):
         (2, 30.0, 20.0, False),  # Fountain of Dreams: its side platforms move, not listed
         (3, -40.0, 14.5, False),  # Pokemon Stadium: a transformation's surface
         (32, 0.0, 10.0 + 13.0, True),  # Final Destination: high above its only surface
+        (31, -94.0, -16.0, True),  # Battlefield: past the edge, below the stage
+        (8, 60.6, -13.6, False),  # Yoshi's Story: there Randall may carry them
     ],
 )
 def test_a_grounded_player_with_nothing_under_them_falls(stage_id, x, y, falls):
