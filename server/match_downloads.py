@@ -56,6 +56,12 @@ class DownloadCache:
         would wait for it."""
         return await self.get((match_id, format), partial(match_frames_body, result, format))
 
+    def forget(self, match_id: str) -> None:
+        """Drop a deleted match's bodies (one still being made is kept when it is done; the
+        cache's byte limit bounds it like any other)."""
+        for key in [key for key in self.bodies if key[0] == match_id]:
+            self.size -= len(self.bodies.pop(key)[0])
+
     def _made(self, key: tuple, future: asyncio.Future) -> None:
         del self._making[key]
         if future.cancelled() or future.exception() is not None:

@@ -37,7 +37,7 @@ from server.recorder import _write_info, write_complete_game
 from server.recordings import RECORDING_ID
 from server.recovery import match_from_recording
 from server.requests import MatchRequest, game_setup, policy, replay_start
-from server.sessions import new_id
+from server.sessions import new_id, new_token
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class MatchesFull(RuntimeError):
     """No room for another match now; the text says which limit and how to go on."""
 
 
+class MatchStillPlaying(RuntimeError):
+    """A match queued or running cannot be deleted (yet)."""
+
+
 @dataclass(kw_only=True)
 class MatchJob(Match):
     """A match submitted over REST: the `Match` the runner plays, and what the API answers
@@ -62,6 +66,7 @@ class MatchJob(Match):
     id: str
     start: Snapshot | None  # until it joins the batch
     request: dict
+    owner_token: str = field(default_factory=new_token)  # deleting it needs this (`match_token`)
     status: str = "queued"  # queued, running, done, failed
     seconds: float = 0.0
     error: str | None = None
@@ -225,6 +230,16 @@ class MatchService:
             del self.jobs[job.id]
             extra -= 1
             held -= 0 if job.result is None else len(job.result)
+
+    def delete(self, job: MatchJob) -> None:
+        """Forget a finished match now, its frames with it, rather than when room is needed
+        (its recording stays, and `GET /v1/matches/ID` answers from it). Raises
+        `MatchStillPlaying` for one queued or running."""
+        if job.status not in ("done", "failed"):
+            raise MatchStillPlaying(
+                f"match {job.id} is {job.status}; it can be deleted once it has ended"
+            )
+        self.jobs.pop(job.id, None)
 
     def stop(self) -> None:
         self._stopping = True

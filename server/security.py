@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import traceback
 
 from fastapi import HTTPException
 from pydantic import SecretStr
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
 SESSION_TOKEN_HEADER = "X-Session-Token"
+MATCH_TOKEN_HEADER = "X-Match-Token"
 
 
 def is_loopback(host: str) -> bool:
@@ -64,23 +66,36 @@ def check_api_key(settings: ServerSettings, given: str | None) -> None:
 
 def check_session_token(session, given: str | None, action: str, ports_too: bool) -> None:
     """Raise 401/403 unless `given` is the session's own token (or, with `ports_too`, one of
-    its port tokens: a player may reset its game over its websocket anyway). Every token is
-    compared, in constant time, whatever matched before."""
+    its port tokens: a player may reset its game over its websocket anyway)."""
+    tokens = [session.owner_token, *(session.tokens.values() if ports_too else ())]
+    _check_owner_token(given, tokens, f"session {session.id!r}", action)
+
+
+def check_match_token(job, given: str | None, action: str) -> None:
+    """Raise 401/403 unless `given` is the match's own token (`match_token`)."""
+    _check_owner_token(given, [job.owner_token], f"match {job.id!r}", action)
+
+
+_OWNER_TOKENS = {  # what a token belongs to: its header, and where its owner was given it
+    "session": (SESSION_TOKEN_HEADER, "session_token in the answer to POST /v1/sessions"),
+    "match": (MATCH_TOKEN_HEADER, "match_token in the answer to POST /v1/matches"),
+}
+
+
+def _check_owner_token(given: str | None, tokens: list[str], what: str, action: str) -> None:
+    """401 without a token, 403 unless it is one of `tokens`: every token is compared, in
+    constant time, whatever matched before."""
+    kind = what.split()[0]
+    header, handed_out = _OWNER_TOKENS[kind]
     if not given:
         raise HTTPException(
-            401,
-            f"{action} needs the session's token in the {SESSION_TOKEN_HEADER} header "
-            "(session_token in the answer to POST /v1/sessions)",
+            401, f"{action} needs the {kind}'s token in the {header} header ({handed_out})"
         )
-    secrets_ = [session.owner_token, *(session.tokens.values() if ports_too else ())]
     matched = False
-    for secret in secrets_:
-        matched |= hmac.compare_digest(given.encode(), secret.encode())
+    for token in tokens:
+        matched |= hmac.compare_digest(given.encode(), token.encode())
     if not matched:
-        raise HTTPException(
-            403,
-            f"{SESSION_TOKEN_HEADER} is not a token of session {session.id!r}: {action} refused",
-        )
+        raise HTTPException(403, f"{header} is not a token of {what}: {action} refused")
 
 
 class BodyTooLarge(Exception):
@@ -114,7 +129,8 @@ class BodySizeLimit:
                     await self._refuse(send, 413, self._message(declared))
                     return
         received = 0
-        exceeded = started = False
+        exceeded: BodyTooLarge | None = None
+        started = False
 
         async def counting_receive():
             nonlocal received, exceeded
@@ -122,8 +138,8 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    exceeded = True
-                    raise BodyTooLarge
+                    exceeded = BodyTooLarge()
+                    raise exceeded
             return message
 
         async def watching_send(message):
@@ -135,8 +151,14 @@ class BodySizeLimit:
 
         with contextlib.suppress(BodyTooLarge):  # answered below
             await self.app(scope, counting_receive, watching_send)
-        if exceeded and not started:
-            await self._refuse(send, 413, self._message(None))
+        if exceeded is not None:
+            # The framework wraps the error in its own (`raise ... from`), and that chain's
+            # frames hold the chunks it had read, up to the limit: cleared here, else 21 MB
+            # stayed in use after the request until a later one pushed the chain out.
+            traceback.clear_frames(exceeded.__traceback__)
+            exceeded.__traceback__ = None
+            if not started:
+                await self._refuse(send, 413, self._message(None))
 
     def _message(self, declared: int | None) -> str:
         size = "the request body" if declared is None else f"a request body of {declared:,} bytes"

@@ -14,7 +14,7 @@ from server.live_socket import LiveSockets
 from server.match_downloads import DownloadCache
 from server.match_service import MatchJob, MatchService
 from server.recordings import Recordings
-from server.security import check_api_key, check_session_token
+from server.security import check_api_key, check_match_token, check_session_token
 from server.session_service import SessionService
 from server.sessions import Session
 from server.settings import ServerSettings
@@ -93,5 +93,12 @@ def session_to_reset(session: SessionDep, x_session_token: str | None = Header(N
     return session
 
 
+def match_to_delete(job: MatchDep, x_match_token: str | None = Header(None)) -> MatchJob:
+    """The match, if the caller holds its own token (`match_token`)."""
+    check_match_token(job, x_match_token, "deleting a match")
+    return job
+
+
 SessionToDelete = Annotated[Session, Depends(session_to_delete)]
 SessionToReset = Annotated[Session, Depends(session_to_reset)]
+MatchToDelete = Annotated[MatchJob, Depends(match_to_delete)]

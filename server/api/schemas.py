@@ -56,6 +56,7 @@ class SessionCreated(SessionInfo):
 
 class MatchAccepted(BaseModel):
     match_id: str
+    match_token: str  # deleting the match needs it (X-Match-Token); handed out only here
     status: str
     url: str
 

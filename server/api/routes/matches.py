@@ -1,12 +1,13 @@
-"""Policy-vs-policy matches over REST: submit (202, run in the background), status, frames."""
+"""Policy-vs-policy matches over REST: submit (202, run in the background), status, frames,
+delete."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
-from server.api.deps import DownloadsDep, MatchDep, MatchesDep, require_api_key
+from server.api.deps import DownloadsDep, MatchDep, MatchesDep, MatchToDelete, require_api_key
 from server.api.schemas import MatchAccepted, MatchInfo
-from server.match_service import MatchesFull
+from server.match_service import MatchesFull, MatchStillPlaying
 from server.requests import MatchRequest
 
 router = APIRouter(prefix="/v1/matches", tags=["matches"], dependencies=[Depends(require_api_key)])
@@ -19,7 +20,12 @@ async def create_match(body: MatchRequest, matches: MatchesDep) -> MatchAccepted
         job = await matches.create(body)
     except MatchesFull as e:
         raise HTTPException(503, str(e), headers={"Retry-After": RETRY_FULL_S}) from None
-    return MatchAccepted(match_id=job.id, status=job.status, url=f"/v1/matches/{job.id}")
+    return MatchAccepted(
+        match_id=job.id,
+        match_token=job.owner_token,
+        status=job.status,
+        url=f"/v1/matches/{job.id}",
+    )
 
 
 @router.get("/{match_id}", response_model_exclude_unset=True)
@@ -46,3 +52,17 @@ async def match_frames(
         raise HTTPException(409, f"match {job.id} is {job.status}; its frames come when done")
     body, media_type = await downloads.match_frames(job.id, job.result, format)
     return Response(body, media_type=media_type)
+
+
+@router.delete("/{match_id}", status_code=204)
+async def delete_match(
+    job: MatchToDelete, matches: MatchesDep, downloads: DownloadsDep
+) -> Response:
+    """Forget a finished match's frames now (its recording stays): a script that has read its
+    result frees the memory it held."""
+    try:
+        matches.delete(job)
+    except MatchStillPlaying as e:
+        raise HTTPException(409, str(e)) from None
+    downloads.forget(job.id)
+    return Response(status_code=204)
