@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from core.host_memory import keep_freed_host_memory
+from core.host_memory import arrow_on_the_c_heap, keep_freed_host_memory
 from model.checkpoint import load_model
 from model.quantize import maybe_quantize
 from server.api.routes import api_router
@@ -41,6 +42,7 @@ from server.engine import Engine
 from server.live_socket import LiveSockets
 from server.match_downloads import DownloadCache
 from server.match_service import MatchService
+from server.memory_janitor import MemoryJanitor
 from server.recorder import file_sha256
 from server.recordings import Recordings
 from server.recovery import finish_interrupted_recordings
@@ -59,6 +61,7 @@ async def start_engine(settings: ServerSettings) -> Engine:
     # model's step): the allocator keeps them for reuse instead of returning them to the OS
     # and faulting them in again (core.host_memory).
     keep_freed_host_memory()
+    arrow_on_the_c_heap()  # and what one-off work freed is returned (server/memory_janitor.py)
     device = settings.resolved_device()
     threads = settings.resolved_threads(device)
     if threads:
@@ -93,6 +96,10 @@ async def start_engine(settings: ServerSettings) -> Engine:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The engine and the services for the server's life; stopped in order at its end."""
     settings: ServerSettings = app.state.settings
+    # Replays come from clients, and one the parser panics on is that client's bad file (a
+    # 400). With RUST_BACKTRACE set, the first panic would print a symbolized backtrace and load
+    # 40 MB of debug information that the process keeps for its life.
+    os.environ["RUST_BACKTRACE"] = "0"
     engine = await start_engine(settings)
     # Everything made so far (the model, torch, the app) lives as long as the server. Frozen
     # out of the collector's sight, it is not walked again by a full collection, which took
@@ -105,7 +112,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessions = SessionService(engine)
     app.state.recordings = Recordings(settings.recordings_dir)
     app.state.downloads = DownloadCache()
-    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(matches.run())]
+    tasks = [
+        asyncio.create_task(engine.run()),
+        asyncio.create_task(matches.run()),
+        asyncio.create_task(MemoryJanitor().run()),
+    ]
     log.info(
         "serving %s on %s at %.0f Hz (torch threads: %d)",
         engine.model_name,
