@@ -2,7 +2,8 @@
 
 - `app` (`playmodel play` / `python -m client play`): command line, start screen, main loop.
 - `controls`: gamepads and keyboard to Melee controller states, sampled at 60 Hz.
-- `net`: the websocket connection in a background thread, REST calls, a local server.
+- `rest`: REST calls and server URLs; `local_server`: a server in a subprocess.
+- `connection`: the websocket in background threads; `input_sender`: stamps and sends inputs.
 - `render`: stage, characters, HUD and camera drawn from the predicted frames only.
 - `figures`: each character as a figure posed by its action, its shield and its hitboxes.
 - `replay`: real or recorded games (`.slp`, parquet) played back as frames.

@@ -30,20 +30,13 @@ from pathlib import Path
 import pygame
 
 from client import assets, lan
+from client.connection import Connection
 from client.controls import ControllerState, Controls, ControlsConfig, InputClock
-from client.net import (
-    Connection,
-    InputSender,
-    LocalServer,
-    ServerError,
-    Session,
-    create_session,
-    delete_session,
-    http_base,
-    ws_url,
-)
+from client.input_sender import InputSender
+from client.local_server import LocalServer
 from client.render import PORT_COLOURS, TEXT, Renderer, event_port
 from client.replay import Recording
+from client.rest import ServerError, Session, create_session, delete_session, http_base, ws_url
 from server.protocol import Bye, Control, Error, Frame, Status
 
 log = logging.getLogger(__name__)

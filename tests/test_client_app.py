@@ -12,7 +12,8 @@ import pytest
 
 from client import app, assets
 from client.app import App, GameChoice, StartScreen, parse_args
-from client.net import LocalServer, create_session
+from client.local_server import LocalServer
+from client.rest import create_session
 from server.sessions import new_id, new_token
 
 

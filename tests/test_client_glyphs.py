@@ -17,7 +17,7 @@ import pytest
 
 from client import app
 from client.app import App, GameChoice, LiveLoop, ReplayLoop, StartScreen, parse_args
-from client.net import Connection
+from client.connection import Connection
 from server.protocol import Error, Frame, GameEvent, Status
 
 RENDERED: list[str] = []
