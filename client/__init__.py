@@ -1,6 +1,9 @@
 """The pygame client: a window where two people play the world model (docs/CLIENT.md).
 
-- `app` (`playmodel play` / `python -m client play`): command line, start screen, main loop.
+- `app` (`playmodel play` / `python -m client play`): command line and the modes (live,
+  spectating, replay), in the `window` (events, flip, the frame loop).
+- `start_screen`: stage, characters and who plays port 2, before a game.
+- `loops`: the game screens: a live session (inputs at 60 Hz up, frames down), a replay.
 - `controls`: gamepads and keyboard to Melee controller states, sampled at 60 Hz.
 - `rest`: REST calls and server URLs; `local_server`: a server in a subprocess.
 - `connection`: the websocket in background threads; `input_sender`: stamps and sends inputs.

@@ -4,7 +4,8 @@ A `ControllerState` is what one port's controller holds for one frame, already p
 way Melee processes a GameCube controller (deadzones, 1/80 stick steps), so the model sees the
 kind of values the replays it learned from recorded. `Controls` owns the devices: up to two
 gamepads, keyed by SDL instance id and assigned to local player slots as they are plugged in
-and out, and a keyboard layout per slot. The app samples it at a fixed 60 Hz.
+and out, and a keyboard layout per slot. The game loop samples it at a fixed 60 Hz
+(`client.loops.InputClock`).
 
 Mappings are data: built-in gamepad profiles below, and a user file
 (`~/.config/playmodel/controls.json`) that can override keys and add or replace profiles.
@@ -38,28 +39,6 @@ TRIGGER_THRESHOLD = 43 / 140  # 0.3071: the lightest analog press Melee register
 TILT = 0.5  # the keyboard's "tilt" modifier holds the stick half way (walks, tilts)
 
 SLOTS = 2  # local players: slot 0 drives the first local port, slot 1 the second
-
-
-class InputClock:
-    """Fixed-rate input ticks from a loop that runs at any rate (the accumulator of "Fix Your
-    Timestep!"): `due(now)` says how many ticks to sample since the last call. After a stall
-    longer than `max_catch_up` seconds the missed ticks are dropped, not replayed in a burst."""
-
-    def __init__(self, hz: float = 60.0, max_catch_up: float = 0.25):
-        self.step = 1.0 / hz
-        self.max_catch_up = max_catch_up
-        self.accumulator = 0.0
-        self.last: float | None = None
-
-    def due(self, now: float) -> int:
-        if self.last is None:
-            self.last = now
-            return 0
-        self.accumulator = min(self.accumulator + now - self.last, self.max_catch_up)
-        self.last = now
-        ticks = int(self.accumulator / self.step + 1e-9)
-        self.accumulator -= ticks * self.step
-        return ticks
 
 
 def melee_stick(x: float, y: float) -> tuple[float, float]:

@@ -13,11 +13,11 @@ from client.controls import (
     STICK_DEADZONE,
     Controls,
     ControlsConfig,
-    InputClock,
     melee_stick,
     melee_trigger,
     pick_profile,
 )
+from client.loops import InputClock
 
 
 @pytest.fixture(scope="module", autouse=True)
