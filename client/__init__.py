@@ -4,7 +4,8 @@
   spectating, replay), in the `window` (events, flip, the frame loop).
 - `start_screen`: stage, characters and who plays port 2, before a game.
 - `loops`: the game screens: a live session (inputs at 60 Hz up, frames down), a replay.
-- `controls`: gamepads and keyboard to Melee controller states, sampled at 60 Hz.
+- `controls`: local devices to player slots; `controller` (a controller state as Melee reads
+  it), `gamepads` (profiles) and `keyboard` (layouts) under it.
 - `rest`: REST calls and server URLs; `local_server`: a server in a subprocess.
 - `connection`: the websocket in background threads; `input_sender`: stamps and sends inputs.
 - `render`: stage, characters, HUD and camera drawn from the predicted frames only.

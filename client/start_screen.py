@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pygame
 
 from client import assets
-from client.controls import ControllerState
+from client.controller import ControllerState
 from client.local_server import LocalServer
 from client.render import PORT_COLOURS, TEXT
 from client.window import Window, WindowClosed

@@ -9,14 +9,9 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 import pygame
 import pytest
 
-from client.controls import (
-    STICK_DEADZONE,
-    Controls,
-    ControlsConfig,
-    melee_stick,
-    melee_trigger,
-    pick_profile,
-)
+from client.controller import STICK_DEADZONE, melee_stick, melee_trigger
+from client.controls import Controls, ControlsConfig
+from client.gamepads import pick_profile
 from client.loops import InputClock
 
 

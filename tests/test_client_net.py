@@ -9,7 +9,7 @@ import pytest
 from websockets.sync.server import serve
 
 from client.connection import Connection
-from client.controls import ControllerState
+from client.controller import ControllerState
 from client.input_sender import InputSender
 from client.local_server import LocalServer, free_port
 from client.rest import ServerError, create_session, delete_session, http_base, ws_url
