@@ -8,7 +8,8 @@
   it), `gamepads` (profiles) and `keyboard` (layouts) under it.
 - `rest`: REST calls and server URLs; `local_server`: a server in a subprocess.
 - `connection`: the websocket in background threads; `input_sender`: stamps and sends inputs.
-- `render`: stage, characters, HUD and camera drawn from the predicted frames only.
+- `render`: stage, characters and HUD drawn from the predicted frames only; `camera`: the
+  view of the stage.
 - `figures`: each character as a figure posed by its action, its shield and its hitboxes.
 - `replay`: real or recorded games (`.slp`, parquet) played back as frames.
 - `assets`: stage geometry, action and character names, character sizes and hitboxes, read
