@@ -23,6 +23,9 @@ MENU_KEYS = "Up/Down choose   Left/Right change   Enter start   Esc quit"
 
 @dataclass
 class GameChoice:
+    """The game to create: stage, characters, and the ports scripted policies play (port ->
+    policy name); `request` is its POST /v1/sessions body."""
+
     stage: int
     characters: list[int]
     policies: dict[str, str] = field(default_factory=dict)
