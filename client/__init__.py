@@ -1,9 +1,15 @@
 """The pygame client: a window where two people play the world model (docs/CLIENT.md).
 
-- `app` (`playmodel play` / `python -m client play`): command line, start screen, main loop.
-- `controls`: gamepads and keyboard to Melee controller states, sampled at 60 Hz.
-- `net`: the websocket connection in a background thread, REST calls, a local server.
-- `render`: stage, characters, HUD and camera drawn from the predicted frames only.
+- `app` (`playmodel play` / `python -m client play`): command line and the modes (live,
+  spectating, replay), in the `window` (events, flip, the frame loop).
+- `start_screen`: stage, characters and who plays port 2, before a game.
+- `loops`: the game screens: a live session (inputs at 60 Hz up, frames down), a replay.
+- `controls`: local devices to player slots; `controller` (a controller state as Melee reads
+  it), `gamepads` (profiles) and `keyboard` (layouts) under it.
+- `rest`: REST calls and server URLs; `local_server`: a server in a subprocess.
+- `connection`: the websocket in background threads; `input_sender`: stamps and sends inputs.
+- `render`: stage, characters and HUD drawn from the predicted frames only; `camera`: the
+  view of the stage.
 - `figures`: each character as a figure posed by its action, its shield and its hitboxes.
 - `replay`: real or recorded games (`.slp`, parquet) played back as frames.
 - `assets`: stage geometry, action and character names, character sizes and hitboxes, read

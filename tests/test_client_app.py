@@ -11,8 +11,10 @@ import pygame
 import pytest
 
 from client import app, assets
-from client.app import App, GameChoice, StartScreen, parse_args
-from client.net import LocalServer, create_session
+from client.app import App, parse_args
+from client.local_server import LocalServer
+from client.rest import create_session
+from client.start_screen import GameChoice, StartScreen
 from server.sessions import new_id, new_token
 
 

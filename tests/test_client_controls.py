@@ -9,15 +9,10 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 import pygame
 import pytest
 
-from client.controls import (
-    STICK_DEADZONE,
-    Controls,
-    ControlsConfig,
-    InputClock,
-    melee_stick,
-    melee_trigger,
-    pick_profile,
-)
+from client.controller import STICK_DEADZONE, melee_stick, melee_trigger
+from client.controls import Controls, ControlsConfig
+from client.gamepads import pick_profile
+from client.loops import InputClock
 
 
 @pytest.fixture(scope="module", autouse=True)

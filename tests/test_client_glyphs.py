@@ -15,9 +15,11 @@ import pygame
 import pygame.freetype
 import pytest
 
-from client import app
-from client.app import App, GameChoice, LiveLoop, ReplayLoop, StartScreen, parse_args
-from client.net import Connection
+from client import loops
+from client.app import App, parse_args
+from client.connection import Connection
+from client.loops import LiveLoop, ReplayLoop
+from client.start_screen import GameChoice, StartScreen
 from server.protocol import Error, Frame, GameEvent, Status
 
 RENDERED: list[str] = []
@@ -134,5 +136,5 @@ def test_replay_playback_and_its_pause_have_every_glyph(replays):
     recording = replay.load(replays / "dev" / "slippi-js__slp__throwGrab.slp")
     pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE))
     ReplayLoop(window, recording).run()
-    assert app.REPLAY_KEYS in RENDERED and "PAUSED" in RENDERED
+    assert loops.REPLAY_KEYS in RENDERED and "PAUSED" in RENDERED
     assert missing_glyphs(RENDERED) == {}

@@ -21,7 +21,7 @@ import pytest
 
 from client import app, lan
 from client.app import App, parse_args
-from client.net import ws_url
+from client.rest import ws_url
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,18 +8,11 @@ import time
 import pytest
 from websockets.sync.server import serve
 
-from client.controls import ControllerState
-from client.net import (
-    Connection,
-    InputSender,
-    LocalServer,
-    ServerError,
-    create_session,
-    delete_session,
-    free_port,
-    http_base,
-    ws_url,
-)
+from client.connection import Connection
+from client.controller import ControllerState
+from client.input_sender import InputSender
+from client.local_server import LocalServer, free_port
+from client.rest import ServerError, create_session, delete_session, http_base, ws_url
 from server.protocol import (
     Bye,
     Control,

@@ -13,10 +13,10 @@ import pygame
 import pytest
 
 from client import replay
+from client.camera import Camera
 from client.render import (
     HITLAG_SHAKE,
     PORT_COLOURS,
-    Camera,
     Renderer,
     is_hidden,
     is_shielding,

@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_rollback import TINY, make_engine, state
 
-from client.controls import ControllerState
-from client.net import InputSender
+from client.controller import ControllerState
+from client.input_sender import InputSender
 from model.world_model import WorldModel
 from server import protocol as P
 from server.sessions import controller_columns
