@@ -1,5 +1,5 @@
 """A match's frames while it plays, held compactly: one growing numpy array per column group
-(`recorder.Layout`: the fields of one dtype and shape), about 1 KB a frame for the 75 fields of
+(`column_groups.Layout`: the fields of one dtype and shape), about 1 KB a frame for the 75 fields of
 the game state.
 
 Kept as they came, a chunk of frames is a dict of one tensor per field, and a tensor costs
@@ -7,7 +7,7 @@ about 550 bytes of its own besides its numbers. Between live ticks a match advan
 two at a time, so its chunks were a frame or two long: 41 KB a frame, 40 times the frame's
 1,051 bytes (64 short matches took the server to 1.9 GB).
 
-A match appends each frame as it is made, as a row of the step's `recorder.BatchCopy` (one
+A match appends each frame as it is made, as a row of the step's `column_groups.BatchCopy` (one
 copy per column group, no tensor per field), and keeps its log, trimmed to what it holds, once
 it has finished.
 """
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from model.frames import Frames
-from server.recorder import GroupedRow, Layout
+from server.column_groups import GroupedRow, Layout
 
 FIRST_CAPACITY = 256  # frames; the arrays double from there up to the game's limit
 
@@ -54,7 +54,7 @@ class FrameLog:
         self._put(groups)
 
     def append(self, row: GroupedRow) -> None:
-        """One frame: a row of a `recorder.BatchCopy` (one assignment per column group)."""
+        """One frame: a row of a `column_groups.BatchCopy` (one assignment per column group)."""
         if self.layout is None:
             self.layout = row.layout
         assert row.layout.signature == self.layout.signature, "a frame of other columns"

@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from model.rules import Event
-from server.recorder import GameRecorder, GroupedRow, Layout
+from server.column_groups import GroupedRow, Layout
+from server.recorder import GameRecorder
 from server.sessions import Session
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from model.frames import Frames
 from model.policies import FrameView, Policy
 from model.rules import Event
 from model.simulation import Simulation, Snapshot
+from server.column_groups import BatchCopy
 from server.frame_log import FrameLog
 from server.policy_modules import (
     POLICY_WAIT_S,
@@ -32,7 +33,6 @@ from server.policy_modules import (
     policy_columns,
     policy_failure,
 )
-from server.recorder import BatchCopy
 
 
 @dataclass

@@ -33,7 +33,7 @@ from model.rules import Event
 from model.simulation import Snapshot
 from server.frame_log import FrameLog
 from server.match_runner import Match, MatchRunner
-from server.recorder import _write_info, write_complete_game
+from server.recorder import write_complete_game, write_info
 from server.recordings import RECORDING_ID
 from server.recovery import match_from_recording
 from server.requests import MatchRequest, game_setup, policy, replay_start
@@ -187,7 +187,7 @@ class MatchService:
             # for it after its restart (server/recovery.py) rather than not know it.
             info = {"kind": "match", "id": job.id, "created": time.time(), "request": request}
             self.engine.recordings.submit(
-                partial(_write_info, Path(folder) / job.id, info | {"status": "queued"})
+                partial(write_info, Path(folder) / job.id, info | {"status": "queued"})
             )
         return job
 
@@ -371,7 +371,7 @@ class MatchService:
         if folder and str(folder) != ".":
             info = {"kind": "match", "id": job.id, "request": job.request, "error": error}
             self.engine.recordings.submit(
-                partial(_write_info, Path(folder) / job.id, info | {"status": "failed"})
+                partial(write_info, Path(folder) / job.id, info | {"status": "failed"})
             )
 
 

@@ -30,13 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch import Tensor
 
 from core import game_state as gs
 from core.atomic_file import atomic_path
 from core.manifest import ManifestAppender
 from model.frames import Frames, frames_from_table, table_from_frames
-from model.packed_frame import PackedFrame
+from server.column_groups import GroupedRow, Layout
 
 log = logging.getLogger(__name__)
 
@@ -53,101 +52,6 @@ def file_sha256(path: Path | None) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class Layout:
-    """Frame columns grouped by dtype and shape, in a fixed order. A tick's batch is copied off
-    the device as one array per group, and a game's frame then goes into its recording with
-    one assignment per group instead of one per field (about 150): at 16 sessions that was
-    milliseconds of every tick."""
-
-    def __init__(self, signature: tuple):
-        self.signature = signature
-        groups: dict[tuple, list[str]] = {}
-        for name, dtype, shape in signature:
-            groups.setdefault((dtype, shape), []).append(name)
-        self.groups = list(groups.items())  # [((dtype, shape), names)]
-
-    @staticmethod
-    def of(frame: Mapping[str, Tensor | np.ndarray], leading: int) -> Layout:
-        """The layout of a frame whose arrays have `leading` batch axes (1: a batch, 0: one
-        game's frame), cached per distinct set of columns."""
-        if isinstance(frame, PackedFrame) and not frame.replaced and leading == 1:
-            types = frame.field_types()
-        else:
-            types = [(k, v.dtype, tuple(v.shape[leading:])) for k, v in frame.items()]
-        signature = tuple(
-            sorted((k, str(dtype).removeprefix("torch."), shape) for k, dtype, shape in types)
-        )
-        layout = _LAYOUTS.get(signature)
-        if layout is None:
-            layout = _LAYOUTS[signature] = Layout(signature)
-        return layout
-
-    def pack(self, row: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """One game's frame (name -> array) as this layout's group arrays, (n, *shape) each."""
-        return [np.stack([np.asarray(row[n]) for n in names]) for _, names in self.groups]
-
-
-_LAYOUTS: dict[tuple, Layout] = {}
-
-
-class BatchCopy:
-    """A private numpy copy of a batch of frames, taken once per tick: one (B, n, *shape)
-    array per column group of its `Layout`, and `columns`, views of it by field name. The
-    simulation later writes into its own tensors in place (on a restore), so a copy is needed;
-    rows of this one are then kept per game without copying field by field."""
-
-    def __init__(self, batch: Frames):
-        if isinstance(batch, PackedFrame) and not batch.replaced:
-            # Numpy views of the packed groups, then one gather per group: no per-field work.
-            self.layout, gathers = _packed_plan(batch)
-            arrays = [group.cpu().numpy() for group in batch.packed]
-            self.groups = [np.moveaxis(arrays[g], 0, 1)[:, rows] for g, rows in gathers]
-        else:
-            self.layout = Layout.of(batch, leading=1)
-            self.groups = [
-                torch.stack([batch[n] for n in names], 1).cpu().numpy()
-                for _, names in self.layout.groups
-            ]
-        self.columns: dict[str, np.ndarray] = {}
-        for (_, names), array in zip(self.layout.groups, self.groups, strict=True):
-            for j, name in enumerate(names):
-                self.columns[name] = array[:, j]
-
-    def row(self, index: int) -> GroupedRow:
-        return GroupedRow(self.layout, [array[index] for array in self.groups])
-
-
-def _packed_plan(batch: PackedFrame) -> tuple[Layout, list[tuple[int, np.ndarray]]]:
-    """The `Layout` of a packed batch, and for each of its groups the packed group it comes
-    from and the rows to take from it (a layout group has one dtype and shape, so one packed
-    group holds all its fields). Cached per packing: the live step returns frames of one
-    packing tick after tick, and working this out again took a quarter of a millisecond."""
-    key = (
-        tuple(map(tuple, batch.layout)),
-        tuple((group.dtype, tuple(group.shape[2:])) for group in batch.packed),
-    )
-    plan = _PACKED_PLANS.get(key)
-    if plan is None:
-        layout = Layout.of(batch, leading=1)
-        gathers = []
-        for _, names in layout.groups:
-            places = [batch.position(name) for name in names]
-            (group,) = {g for g, _ in places}
-            gathers.append((group, np.array([i for _, i in places])))
-        plan = _PACKED_PLANS[key] = (layout, gathers)
-    return plan
-
-
-_PACKED_PLANS: dict[tuple, tuple[Layout, list[tuple[int, np.ndarray]]]] = {}
-
-
-class GroupedRow:
-    """One game's frame from a `BatchCopy`: its layout's group arrays, (n, *shape) each."""
-
-    def __init__(self, layout: Layout, groups: list[np.ndarray]):
-        self.layout, self.groups = layout, groups
 
 
 class GameRecorder:
@@ -232,7 +136,7 @@ class GameRecorder:
         writes = []
         if not self.started:
             self.started = True
-            writes.append(partial(_write_info, self.folder, dict(self.info)))
+            writes.append(partial(write_info, self.folder, dict(self.info)))
         while self.count >= self.part_frames + self.hold_back or (final and self.count):
             n = min(self.part_frames, self.count)
             self.part_frames = PART_FRAMES
@@ -262,7 +166,7 @@ class GameRecorder:
                 "events": self.events,
                 "substituted": self.substituted,
             }
-            writes.append(_Finish(self.folder, info))
+            writes.append(FinishGame(self.folder, info))
         return writes
 
 
@@ -289,7 +193,7 @@ class _PartWrite:
             )
 
 
-class _Finish:
+class FinishGame:
     """All parts into `game.parquet`, a manifest row for the recordings folder, parts gone."""
 
     def __init__(self, folder: Path, info: dict):
@@ -298,15 +202,15 @@ class _Finish:
     def __call__(self) -> None:
         parts = sorted((self.folder / "parts").glob("frames-*.parquet"))
         if not parts:
-            _write_info(self.folder, self.info)
+            write_info(self.folder, self.info)
             return
         table = pa.concat_tables([pq.read_table(p) for p in parts])
         table = table.replace_schema_metadata(_metadata(self.info))
         with atomic_path(self.folder / GAME_FILE) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-        _write_info(self.folder, self.info)
+        write_info(self.folder, self.info)
         shutil.rmtree(self.folder / "parts", ignore_errors=True)
-        _add_to_manifest(self.folder, table, self.info)
+        add_to_manifest(self.folder, table, self.info)
 
 
 def write_complete_game(folder: Path, frames: Frames, info: dict) -> None:
@@ -316,8 +220,8 @@ def write_complete_game(folder: Path, frames: Frames, info: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / GAME_FILE) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    _write_info(folder, info)
-    _add_to_manifest(folder, table, info)
+    write_info(folder, info)
+    add_to_manifest(folder, table, info)
 
 
 def read_recording(folder: Path) -> pa.Table | None:
@@ -342,13 +246,13 @@ def _metadata(info: dict) -> dict[bytes, bytes]:
     }
 
 
-def _write_info(folder: Path, info: dict) -> None:
+def write_info(folder: Path, info: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / INFO_FILE) as tmp:
         Path(tmp).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
 
-def _add_to_manifest(folder: Path, table: pa.Table, info: dict) -> None:
+def add_to_manifest(folder: Path, table: pa.Table, info: dict) -> None:
     frames = frames_from_table(table.slice(0, 1))
     output = f"{folder.name}/{GAME_FILE}"
     row = {

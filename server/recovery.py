@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from core.atomic_file import TMP_SUFFIX
 from core.manifest import load_manifest
-from server.recorder import GAME_FILE, INFO_FILE, _add_to_manifest, _Finish, _write_info
+from server.recorder import GAME_FILE, INFO_FILE, FinishGame, add_to_manifest, write_info
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _finish(game: Path, manifest: dict[str, dict]) -> str | None:
             return None
         table = pq.read_table(game / GAME_FILE)
         recorded = (table.schema.metadata or {}).get(b"recording")
-        _add_to_manifest(game, table, json.loads(recorded) if recorded else info or {})
+        add_to_manifest(game, table, json.loads(recorded) if recorded else info or {})
         return "manifest rows added"
     if info is None and not parts:
         return None  # not a recording
@@ -98,7 +98,7 @@ def _finish(game: Path, manifest: dict[str, dict]) -> str | None:
             recorded = json.loads((metadata.metadata or {}).get(b"recording", b"{}"))
             events += recorded.get("events", [])
             substituted += recorded.get("substituted", [])
-        _Finish(
+        FinishGame(
             game,
             {
                 **info,
@@ -113,9 +113,9 @@ def _finish(game: Path, manifest: dict[str, dict]) -> str | None:
     if info.get("status") in ("complete", "failed", LOST, INTERRUPTED):
         return None
     if info.get("kind") == "match":
-        _write_info(game, {**info, "status": LOST, "error": LOST_MATCH})
+        write_info(game, {**info, "status": LOST, "error": LOST_MATCH})
         return "matches lost"
-    _write_info(game, {**info, "status": INTERRUPTED, "frames": 0})
+    write_info(game, {**info, "status": INTERRUPTED, "frames": 0})
     return "sessions without frames"
 
 

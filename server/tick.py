@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from model.frames import Frames
 from model.rules import Event
-from server.recorder import BatchCopy, GroupedRow
+from server.column_groups import BatchCopy, GroupedRow
 from server.sessions import FrameRecord, Session
 from server.wire_frames import batch_columns, frame_message
 

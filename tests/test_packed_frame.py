@@ -10,7 +10,7 @@ from model.frames import player_columns, stacked_columns
 from model.packed_frame import PackedFrame
 from model.simulation import GameSetup, Simulation
 from model.world_model import WorldModel
-from server.recorder import BatchCopy, Layout
+from server.column_groups import BatchCopy, Layout
 from server.wire_frames import batch_columns
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
