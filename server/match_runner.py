@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core import game_state as gs
+from core.events import Event
 from model.frames import Frames
 from model.policies import FrameView, Policy
-from model.rules import Event
-from model.simulation import Simulation, Snapshot
+from model.simulation import Simulation
+from model.snapshots import Snapshot
 from server.frame_log import FrameLog
 from server.policy_modules import (
     POLICY_WAIT_S,

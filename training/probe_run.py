@@ -5,7 +5,7 @@ character asked for (by default the six legal stages and the corpus's six most p
 characters), and holds each outcome to what real games show (`assets/probe_expectations.json`,
 mined by `playmodel probe-expectations`).
 
-Each probe is one game from a standard start on the main stage (`model.simulation.GameSetup`,
+Each probe is one game from a standard start on the main stage (`model.game_start.GameSetup`,
 `on_main_stage`: the real windows are mined per surface, and most stand on the main stage;
 on a platform some inputs do other things; P1 at least `ROOM_BEHIND` units from the edge
 behind: `probe_start_x`), where both players
@@ -37,9 +37,10 @@ from core.atomic_file import atomic_path
 from core.melee_ids import character_name_internal, parse_character, stage_name
 from core.stages import get_stage, legal_stage_ids, parse_stage
 from model.checkpoint import load_checkpoint
+from model.game_start import FIRST_FRAME, GameSetup, main_stage_x
 from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
-from model.simulation import GameSetup, Simulation, main_stage_x
+from model.simulation import Simulation
 from model.world_model import WorldModel
 from training import probes as pr
 from training.probe_expectations import DEFAULT_EXPECTATIONS
@@ -50,12 +51,11 @@ log = logging.getLogger(__name__)
 # Sheik, Ganondorf (../shared/corpus/MANIFEST.tsv).
 DEFAULT_CHARACTERS = (1, 22, 18, 2, 7, 25)
 SETTLE_FRAME = 0  # frame id at which the probes' player acts (the game clock starts at -123)
-FIRST_FRAME = -123
 MIN_REAL = 20  # fewer real windows than this: the metric is not judged
 # The real windows of a probe that moves the player back (a dash back covers up to 31 units)
 # had room for it: no real player in them left the ground. Standing where Melee puts P1, the
 # edge behind is 22-26 units away on Fountain of Dreams, Yoshi's Story and Final Destination,
-# where a dash back runs off it (rules.py) and the probe would test the start, not the model.
+# where a dash back runs off it (the rules) and the probe would test the start, not the model.
 ROOM_BEHIND = 35.0
 SITUATION_ACTIONS = {"standing": (pr.STANDING,), "shielding": pr.SHIELD_HELD}
 
