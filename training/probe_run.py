@@ -14,8 +14,8 @@ follows and the players stand by frame -9), then P1 plays the probe's setup and 
 P2, the same character, holds nothing. All games run in one batch through the `Simulation`
 the server uses, rules included. A metric passes when its value lies inside the real games'
 5th-95th percentile range for that character (all characters together where the character
-has fewer than `MIN_REAL` real windows), widened by `probes.TOLERANCE` / one frame; a probe
-passes when all its metrics with enough real data pass. The pass rate is over the (probe,
+has fewer than `MIN_REAL` real windows), widened by `probe_metrics.TOLERANCE` / one frame; a
+probe passes when all its metrics with enough real data pass. The pass rate is over the (probe,
 stage, character) games with at least one metric judged.
 """
 
@@ -42,6 +42,7 @@ from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
 from model.simulation import Simulation
 from model.world_model import WorldModel
+from training import probe_metrics
 from training import probes as pr
 from training.probe_expectations import DEFAULT_EXPECTATIONS
 
@@ -89,7 +90,10 @@ def expected(
 
 
 def within(metric: str, value: float, real: dict) -> bool:
-    tolerance = pr.TOLERANCE.get(metric, 1.0 if metric in pr.FRAME_METRICS else 0.0) + 1e-6
+    tolerance = (
+        probe_metrics.TOLERANCE.get(metric, 1.0 if metric in probe_metrics.FRAME_METRICS else 0.0)
+        + 1e-6
+    )
     return real["p5"] - tolerance <= value <= real["p95"] + tolerance
 
 
@@ -105,7 +109,7 @@ def play_probes(
     model: WorldModel,
     games: list[tuple[pr.Probe, int, int]],
     progress: bool | None = None,
-) -> list[tuple[pr.Window, int, str]]:
+) -> list[tuple[probe_metrics.Window, int, str]]:
     """Play (probe, stage, character) games in one batch; returns each game's P1 window (from
     the situation frame to the end of the script), P1's action on the situation frame and the
     surface P1 stands on then (`probes.surface`). `progress`: a bar of the frames stepped
@@ -158,7 +162,7 @@ def play_probes(
     windows = []
     for g, (probe, _, _) in enumerate(games):
         span = slice(starts[g], starts[g] + probe.length + 1)
-        window = pr.Window(
+        window = probe_metrics.Window(
             x=history["x"][span, g],
             y=history["y"][span, g],
             action=history["action"][span, g].astype(np.int64),
