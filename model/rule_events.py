@@ -14,7 +14,7 @@ from core import game_state as gs
 from core.events import Event, winner
 from model.rule_state import RuleState
 
-ZONES = ("left", "right", "bottom", "top")
+ZONES = ("left", "right", "bottom", "top")  # the blast zones, in the order of RuleState.blast
 
 # Columns of the event codes `rule_step` returns, one row per game: a respawn of each player
 # (1 or 0), a KO of each player (1 + its zone's index in ZONES, or 0), the game's end (0, or

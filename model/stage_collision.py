@@ -67,6 +67,8 @@ def keep_above_main_stage(
 
 
 def collide_with_stage(players: Players, prev: Players, rules: RuleState) -> None:
+    """Rule 4, in place, on the rules' (B, 2) view of the players (`rules.rule_step`): the
+    landing, the standing on a surface and the fall off an edge of the module docstring."""
     half_width, surface = rules.floor[:, 0, None], rules.floor[:, 1, None]  # (B, 1)
     floor = surface - FLOOR_TOLERANCE
     x, y, was_y = players["x"], players["y"], prev["y"].float()
