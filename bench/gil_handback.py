@@ -32,7 +32,8 @@ from machine import describe_machine
 
 import model.traced_step as traced_step_module
 from model.config import ModelConfig
-from model.simulation import GameSetup, Simulation
+from model.game_start import GameSetup
+from model.simulation import Simulation
 from model.world_model import WorldModel
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
 from model.config import load_config
+from model.game_start import GameSetup
 from model.policies import RandomPolicy
-from model.simulation import GameSetup, Simulation
+from model.simulation import Simulation
 from model.world_model import WorldModel
 from server.match import run_matches
 

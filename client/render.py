@@ -29,7 +29,7 @@ DIM_TEXT = (150, 152, 170)
 
 HITLAG_SHAKE = 1.2  # world units left and right, alternating each frame
 # A grounded player this far below a surface, over it, is drawn standing on it: the deepest
-# dip below the main stage on the real replays is 12.5 units (model/rules.py's
+# dip below the main stage on the real replays is 12.5 units (model/stage_collision.py's
 # FLOOR_TOLERANCE, 13); platforms, as the rules' PLATFORM_SNAP.
 SINK_LIMIT, PLATFORM_SINK_LIMIT = 13.0, 3.0
 PROJECTILE_RADIUS = 2.0  # world units
@@ -43,7 +43,7 @@ RESPAWN_EFFECT_FRAMES = 30
 
 def event_port(event: GameEvent) -> int | None:
     """The port an event is about. Events carry the rules' player index (0 = p1, 1 = p2, as in
-    model/rules.py's Event), while players carry their port (1, 2)."""
+    core/events.py's Event), while players carry their port (1, 2)."""
     return None if event.player is None else event.player + 1
 
 
@@ -229,9 +229,9 @@ class Renderer:
         """Where the figure's feet are drawn (world units): the player's position, shaken
         while in hitlag; a grounded player over the main stage or a fixed platform stands on
         its surface. Melee moves the recorded position below the surface in landings,
-        attacks and throws (by up to 12.5 units on the real replays: model/rules.py,
-        FLOOR_TOLERANCE) while the character stays on the ground; drawn at the position,
-        a landing Falco or a thrown Captain Falcon sank into the stage."""
+        attacks and throws (by up to 12.5 units on the real replays:
+        model/stage_collision.py, FLOOR_TOLERANCE) while the character stays on the ground;
+        drawn at the position, a landing Falco or a thrown Captain Falcon sank into the stage."""
         x, y = player.x, player.y
         if player.hitlag > 0:
             x += HITLAG_SHAKE if frame % 2 else -HITLAG_SHAKE

@@ -18,7 +18,7 @@ from torch import Tensor
 from model.decoding import decode
 from model.frames import Frames
 from model.packed_frame import Layout, PackedFrame, pack
-from model.rules import RuleState
+from model.rule_state import RuleState
 from model.traced_step import LiveStep
 from model.world_model import WorldModel, WorldModelCache
 

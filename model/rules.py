@@ -12,38 +12,32 @@ well-formed whatever the model predicts:
    it), then the players stand at the stage's start points until GO (frame -39); after a
    respawn, they stand still on the revival platform, which they leave when their controller
    is touched or after `HALO_MAX_FRAMES` (then falling, as in Melee).
-4. The main stage is solid from above: a player who was on or above its flat part and is
-   predicted to sink more than `FLOOR_TOLERANCE` below its surface is put back on it, with
-   no downward speed (the "falls through the stage" drift); and a player the model has on the
-   ground, standing, moving or shielding (`STANDING_STILL_ON_GROUND`), within `SURFACE_SNAP`
-   of the flat part's height or `PLATFORM_SNAP` of a platform that does not move, stands on it
-   (at its height, with no vertical self speed), as Melee's collision keeps them; one the model
-   carries more than `LANDING_DIP` through the flat part in a jump, fall or aerial lands there,
-   in the landing action Melee gives it. A player the model keeps standing, moving or
-   shielding with nothing under them (past the main stage's edge, or off its height where no
-   platform is, on stages whose surfaces the rules know) falls (FALL, airborne, the ground
-   speed carried into the air), as one who runs off an edge does in Melee; without this a run
-   off the edge hung in mid-air. A knockback speed grows only in the actions a hit puts a
+4. The stage is solid: nobody sinks through the main stage, a fall through it lands, a
+   grounded player stands on the surface under them, and one with nothing under them falls
+   (`model/stage_collision.py`). A knockback speed grows only in the actions a hit puts a
    player in (DAMAGE_*, the bounces); elsewhere it keeps at most its size of the frame before.
 5. Stocks change only through rule 2; the model's stock prediction is overwritten.
 6. The game ends when a player has no stocks left, or when the timer runs out (the player
    with more stocks, then less damage, wins; equal is a draw).
 
-Each KO, respawn and game end is reported as an `Event`.
+Each KO, respawn and game end is reported as an `Event` (`model/rule_events.py`). What the
+rules keep of each game between frames, and the stage geometry they read, is the `RuleState`
+(`model/rule_state.py`).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from core import game_state as gs
 from core.actions import CATEGORIES, ON_HALO_DESCENT, ON_HALO_WAIT, category_table
-from core.events import Event, winner
-from core.stages import Stage
+from core.events import Event
+from model.rule_events import END_BY_STOCKS, END_BY_TIME, ZONES, events_from_codes
+from model.rule_state import Players, RuleState
+from model.stage_collision import FALL_ACTION, collide_with_stage
 
 # Legal ranges, in game units. Percent and shield from the game's own limits (999%, 60 HP
 # shields); speeds are capped well above anything in the real replays (knockback reaches
@@ -83,7 +77,6 @@ HALO_MAX_FRAMES = 240
 DEAD_FRAMES = 60
 DESCENT_FRAMES = 60
 DEAD_ACTIONS = {"bottom": 0, "left": 1, "right": 2, "top": 4}  # DEAD_DOWN, _LEFT, _RIGHT, _FLY_STAR
-FALL_ACTION = 29
 # The entry animation, by frame id (the last frame of each action), as the corpus's games
 # play it: ENTRY to -119, ENTRY_START to -90, ENTRY_END to -60 (274 of 300 games; the rest
 # run 5 or 10 frames later). Then real players fall onto their start point, land by about
@@ -95,96 +88,7 @@ GO_FRAME = -39
 STANDING_ACTION = 14
 KIRBY, JIGGLYPUFF = 4, 15  # internal ids: six jumps (one from the ground, five in the air)
 STICK_DEADZONE = 0.2875  # Melee reads smaller stick values as neutral
-DEFAULT_TIMER_FRAMES = 8 * 60 * 60  # 8:00, the default versus timer, at 60 frames per second
 FIRST_TIMER_FRAME = 0  # the match clock starts at frame 0 (Slippi: -39 is the first playable)
-
-
-@dataclass
-class RuleState:
-    """Per-game rule state for a batch: (B, 2) per player, (B,) per game."""
-
-    stocks: Tensor  # (B, 2) long
-    invulnerable: Tensor  # (B, 2) long, frames of respawn invulnerability left
-    over: Tensor  # (B,) bool
-    timer_frames: Tensor  # (B,) long, the frame at which time runs out
-    blast: Tensor  # (B, 4) float: left, right, bottom, top
-    respawn: Tensor  # (B, 2, 2) float: per player x, y
-    # (B, 5) float: half-width of the main stage's flat part, its surface y, half-width of
-    # the whole main stage (to its edges, past the slopes of Yoshi's Story and Fountain), and
-    # 1.0 where the main stage and `platforms` are every surface to stand on above the main
-    # stage's height (not on Fountain of Dreams or Pokemon Stadium), else 0.0, and 1.0 where
-    # nothing is past its edges below its height either (not on Yoshi's Story), else 0.0
-    floor: Tensor
-    halo: Tensor  # (B, 2) long: frames left on the revival platform (0: not on it)
-    dead: Tensor  # (B, 2) long: frames left in the KO animation
-    descent: Tensor  # (B, 2) long: frames left of the revival platform's descent
-    dead_at: Tensor  # (B, 2, 3) float: where a KO'd player is held, x, y, DEAD_* action
-    respawn_top: Tensor  # (B,) float: y where the revival platform's descent starts
-    start: Tensor  # (B, 2, 2) float: per player y, ground id where the entry leaves them
-    # (straight below the spawn point: x stays the spawn's)
-    platforms: Tensor  # (B, MAX_PLATFORMS, 3) float: left x, right x, y (unused rows: far away)
-
-    @staticmethod
-    def new(
-        stage: Stage,
-        stocks: tuple[int, int],
-        timer_frames: int = DEFAULT_TIMER_FRAMES,
-        device: torch.device | str = "cpu",
-        on_main_stage: bool = False,
-    ) -> RuleState:
-        """One game's rule state, on the device its frames live on; `on_main_stage`: the
-        entry leaves the players on the main stage rather than at the stage's start points
-        (`simulation.GameSetup.on_main_stage`)."""
-        blast = [stage.blast_left, stage.blast_right, stage.blast_bottom, stage.blast_top]
-        starts = stage.starts[:2]
-        if on_main_stage:
-            starts = [(x, stage.main.y, stage.main_ground) for x, _, _ in starts]
-        long, f32 = (
-            {"dtype": torch.long, "device": device},
-            {"dtype": torch.float32, "device": device},
-        )
-        return RuleState(
-            stocks=torch.tensor([stocks], **long),
-            invulnerable=torch.zeros(1, 2, **long),
-            over=torch.zeros(1, dtype=torch.bool, device=device),
-            timer_frames=torch.tensor([timer_frames], **long),
-            blast=torch.tensor([blast], **f32),
-            respawn=torch.tensor([list(stage.respawns[:2])], **f32),
-            floor=torch.tensor(
-                [
-                    [
-                        stage.main_flat_x,
-                        stage.main.y,
-                        stage.main.right_x,
-                        stage.surfaces_known,
-                        stage.clear_below_edges,
-                    ]
-                ],
-                **f32,
-            ),
-            halo=torch.zeros(1, 2, **long),
-            dead=torch.zeros(1, 2, **long),
-            descent=torch.zeros(1, 2, **long),
-            dead_at=torch.zeros(1, 2, 3, **f32),
-            respawn_top=torch.tensor([stage.respawn_top_y], **f32),
-            start=torch.tensor([[(y, ground) for _, y, ground in starts]], **f32),
-            platforms=torch.tensor([_platform_rows(stage)], **f32),
-        )
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @staticmethod
-    def from_tensors(tensors: dict[str, Tensor]) -> RuleState:
-        return RuleState(**tensors)
-
-
-MAX_PLATFORMS = 3  # Battlefield's three; the other legal stages list fewer
-
-
-def _platform_rows(stage: Stage) -> list[list[float]]:
-    rows = [[p.left_x, p.right_x, p.y] for p in stage.platforms[:MAX_PLATFORMS]]
-    return rows + [[1e9, 1e9, 1e9]] * (MAX_PLATFORMS - len(rows))
 
 
 @functools.lru_cache(maxsize=8)
@@ -208,31 +112,7 @@ def _constants(device: torch.device) -> dict[str, Tensor]:
         }
 
 
-class _Players:
-    """A frame's player fields as (B, 2) tensors, stacked over the players on first read and
-    written back as per-player columns by `write_back`. The rules then make one op for both
-    players where they made one for each: the live trace's cost is its count of ops."""
-
-    def __init__(self, frame: dict[str, Tensor]):
-        self.frame, self.fields, self.changed = frame, {}, set()
-
-    def __getitem__(self, name: str) -> Tensor:
-        if name not in self.fields:
-            self.fields[name] = torch.stack([self.frame[f"{p}_{name}"] for p in gs.PLAYERS], -1)
-        return self.fields[name]
-
-    def __setitem__(self, name: str, value: Tensor) -> None:
-        self.fields[name] = value
-        self.changed.add(name)
-
-    def write_back(self) -> None:
-        for name in self.changed:
-            for index, p in enumerate(gs.PLAYERS):
-                self.frame[f"{p}_{name}"] = self.fields[name][:, index]
-        self.changed.clear()
-
-
-def _clamp(frame: dict[str, Tensor], players: _Players, rules: RuleState) -> None:
+def _clamp(frame: dict[str, Tensor], players: Players, rules: RuleState) -> None:
     """Rule 1, in place: every field of a (B,) frame within its legal range."""
     for name, (low, high) in LIMITS.items():
         players[name] = players[name].clamp(low, high)
@@ -249,155 +129,17 @@ def _clamp(frame: dict[str, Tensor], players: _Players, rules: RuleState) -> Non
         frame[f"item_{axis}"] = torch.minimum(torch.maximum(value, lo), hi)
 
 
-ZONES = ("left", "right", "bottom", "top")
-
-
-# Real players dip below the main stage's surface while over it (landings, rolls, knockdowns:
-# the position is not the feet), by at most 12.5 units on the 84 games of shared/replays (1,722
-# dips measured, 0.1% deeper than 11.1). Sinking further than this is the model's drift.
-FLOOR_TOLERANCE = 13.0
-# A grounded player this close to a surface's height, over it, stands on it (kept there
-# every frame, the model's drift never gets far).
-PLATFORM_SNAP = 3.0
-# The main stage's: Fountain of Dreams' side platforms sink to 0.375 units above it.
-SURFACE_SNAP = 0.3
-LIFTOFF_SPEED = 0.5  # units a frame; a slower rise on the ground is the model's drift
-# Landing (libmelee action ids): jumps and falls (25-34) land in LANDING, helpless falls (35-37)
-# in LANDING_SPECIAL, NAIR..DAIR (65-69) in their own landings (70-74).
-FIRST_AIRBORNE, HELPLESS = 25, (35, 36, 37)
-LANDING, LANDING_SPECIAL = 42, 43
-NAIR, DAIR, NAIR_LANDING = 65, 69, 70
-# Slippi records a landing a frame late: still falling, up to 5.9 units below the surface on the
-# dev games. Deeper than this, a player still falling has gone through the stage.
-LANDING_DIP = 7.0
-# The actions in which a grounded player's position is the surface's, to the thousandth of a
-# unit, on the dev games: standing, walking, turning, dashing, running, braking, crouching,
-# shielding. Landings, attacks and being held move the position with the animation (up to
-# 13 units below the surface), so those are left to the model.
-STANDING_STILL_ON_GROUND = (14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 39, 40, 41)
-STANDING_STILL_ON_GROUND += (178, 179, 180, 181, 182)
-# Where nothing is, nobody stands: of the 2.76M grounded frames in those actions in the 870
-# corpus games, none was more than 0.1 units past the main stage's edge or a platform's end
-# (but on Yoshi's Story's Randall, below the stage), and none off the main stage's height on
-# no platform, but on the stages whose surfaces move or change.
-EDGE_OVERHANG = 1.0
-FALL = 29
-
-
-def keep_above_main_stage(
-    frame: dict[str, Tensor], prev: dict[str, Tensor], rules: RuleState
-) -> None:
-    """Rule 3, in place: nobody falls through the flat part of the main stage from above."""
-    players = _Players(frame)
-    _keep_above_main_stage(players, _Players(prev), rules)
-    players.write_back()
-
-
-def _keep_above_main_stage(players: _Players, prev: _Players, rules: RuleState) -> None:
-    half_width, surface = rules.floor[:, 0, None], rules.floor[:, 1, None]  # (B, 1)
-    floor = surface - FLOOR_TOLERANCE
-    x, y, was_y = players["x"], players["y"], prev["y"].float()
-    over = (x.abs() < half_width) & (prev["x"].float().abs() < half_width)
-    sunk = over & (was_y >= floor) & (y < floor)
-    # An airborne player falling through the surface lands on it, as Melee's collision makes
-    # them: y at the surface, on the ground, no vertical speed, and the landing action Melee's
-    # engine gives the action they fell in (an aerial's own landing, LANDING_SPECIAL after a
-    # helpless fall, else LANDING), from its first frame; how long the landing lasts and what
-    # follows is the model's. Without this the model, which never saw a player in the air below
-    # the stage, kept falling through it in its jump.
-    # Only players the model still has jumping or falling: a tumble's bounce, a tech or a
-    # landing the model already made dip below the surface too, as real ones do.
-    action = players["action"]
-    aerial_attack = (action >= NAIR) & (action <= DAIR)
-    helpless = (action >= HELPLESS[0]) & (action <= HELPLESS[-1])
-    falling = ((action >= FIRST_AIRBORNE) & (action <= HELPLESS[-1])) | aerial_attack
-    landing = over & falling & (prev["airborne"] != 0) & (players["airborne"] != 0)
-    landing &= (was_y >= surface - LANDING_DIP) & (y < surface - LANDING_DIP)
-    landing &= players["vel_self_y"] <= 0
-    players["airborne"] = torch.where(landing, 0, players["airborne"])
-    landed_in = torch.where(aerial_attack, action + NAIR_LANDING - NAIR, LANDING)
-    landed_in = torch.where(helpless, LANDING_SPECIAL, landed_in)
-    players["action"] = torch.where(landing, landed_in, action)
-    players["state_age"] = torch.where(landing, 0.0, players["state_age"].float()).to(
-        players["state_age"].dtype
-    )
-    sunk = sunk | landing
-    # A grounded player stands on the surface under them (the collision Melee's engine
-    # computes): on the corpus's Final Destination games, 88% of grounded frames over the
-    # stage are at its height to 0.001 units (most of the rest predate the airborne field).
-    # Only near the surface, so that a wrong "grounded" high above it (or a player on
-    # Fountain of Dreams' sinking side platforms) moves nobody.
-    # Not a player the model sends upward (every character's jump leaves at well over
-    # LIFTOFF_SPEED): a jump's first frame may come before its airborne flag does.
-    grounded = (players["airborne"] == 0) & (players["vel_self_y"] < LIFTOFF_SPEED)
-    grounded &= _is_any(players["action"], STANDING_STILL_ON_GROUND)
-    standing = over & grounded & ((y - surface).abs() < SURFACE_SNAP)
-    players["y"] = torch.where(sunk | standing, surface, y)
-    for name in ("vel_self_y", "vel_knockback_y"):
-        players[name] = torch.where(sunk, players[name].clamp(min=0), players[name])
-    # The same on the platforms that do not move, a little above or below their height.
-    on = _on_platforms(players, rules) & grounded[..., None]  # (B, 2, P)
-    height = (rules.platforms[:, None, :, 2] * on).sum(-1)  # (B, 2): at most one per player
-    on_platform = on.any(-1)
-    players["y"] = torch.where(on_platform, height, players["y"])
-    players["vel_self_y"] = torch.where(standing | on_platform, 0.0, players["vel_self_y"])
-    # On the ground over the stage nobody falls: a grounded player's self speed is never
-    # downward (the landing's dip below the surface is the animation's, not a fall).
-    down = over & (players["airborne"] == 0) & ((players["y"] - surface).abs() < FLOOR_TOLERANCE)
-    players["vel_self_y"] = torch.where(
-        down, players["vel_self_y"].clamp(min=0), players["vel_self_y"]
-    )
-    _fall_off_edges(players, grounded, rules)
-
-
-def _on_platforms(players: _Players, rules: RuleState, overhang: float = 0.0) -> Tensor:
-    """(B, 2, P): whether each player is over each platform that does not move (to within
-    `overhang` past its ends) and within PLATFORM_SNAP of its height."""
-    platforms = rules.platforms[:, None]  # (B, 1, P, 3)
-    x, y = players["x"][..., None], players["y"][..., None]  # (B, 2, 1)
-    on = (x >= platforms[..., 0] - overhang) & (x <= platforms[..., 1] + overhang)
-    return on & ((y - platforms[..., 2]).abs() < PLATFORM_SNAP)
-
-
-def _fall_off_edges(players: _Players, grounded: Tensor, rules: RuleState) -> None:
-    """A grounded player with nothing under them falls: FALL from its first frame, airborne,
-    the ground speed carried into the air. Nothing is under them past the main stage's edge
-    (at or above its height; below it too, but on Yoshi's Story, where Randall circles), or
-    above the main stage off its height where no platform is: the latter only on stages
-    whose every surface the rules know (not Fountain of Dreams' moving platforms, not
-    Pokemon Stadium's transformations)."""
-    surface, edge, known = rules.floor[:, 1, None], rules.floor[:, 2, None], rules.floor[:, 3, None]
-    x, y = players["x"], players["y"]
-    platforms = rules.platforms[:, None]  # (B, 1, P, 3)
-    on = x[..., None] >= platforms[..., 0] - EDGE_OVERHANG
-    on &= x[..., None] <= platforms[..., 1] + EDGE_OVERHANG
-    on &= (y[..., None] - platforms[..., 2]).abs() < PLATFORM_SNAP
-    past = x.abs() > edge + EDGE_OVERHANG
-    off_height = ((y - surface).abs() >= FLOOR_TOLERANCE) & (known > 0)
-    clear_below = rules.floor[:, 4, None] > 0
-    high_enough = (y >= surface - FLOOR_TOLERANCE) | clear_below
-    off = grounded & ~on.any(-1) & high_enough & (past | off_height)
-    players["airborne"] = torch.where(off, 1, players["airborne"])
-    players["action"] = torch.where(off, FALL, players["action"])
-    players["state_age"] = torch.where(off, 0.0, players["state_age"].float()).to(
-        players["state_age"].dtype
-    )
-    carried = torch.where(off, players["vel_self_x_ground"], players["vel_self_x_air"])
-    players["vel_self_x_air"] = carried
-    players["vel_self_x_ground"] = torch.where(off, 0.0, players["vel_self_x_ground"])
-
-
 def hold_entry(frame: dict[str, Tensor], prev: dict[str, Tensor], rules: RuleState) -> None:
     """Rule 3a, in place: Melee's entry animation, which no input changes, played as real
     games play it, then both players standing where it leaves them until GO."""
-    players, before = _Players(frame), _Players(prev)
+    players, before = Players(frame), Players(prev)
     _hold_entry(frame, players, before, rules)
     _count_ages(players, before)
     players.write_back()
 
 
 def _hold_entry(
-    frame: dict[str, Tensor], players: _Players, prev: _Players, rules: RuleState
+    frame: dict[str, Tensor], players: Players, prev: Players, rules: RuleState
 ) -> None:
     frame_id = frame["frame"][:, None]  # (B, 1)
     action = torch.full_like(players["action"], STANDING_ACTION)
@@ -421,7 +163,7 @@ def _hold_entry(
 
 
 def _hold_on_platform(
-    players: _Players, rules: RuleState, controls: dict[str, Tensor] | None
+    players: Players, rules: RuleState, controls: dict[str, Tensor] | None
 ) -> None:
     """Rule 3b, in place: a respawned player waits on the revival platform until their
     controller is touched or `HALO_MAX_FRAMES` have passed, then falls from it."""
@@ -446,12 +188,12 @@ def _hold_on_platform(
 
 def knockback_only_from_hits(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
     """Rule 4b, in place: a knockback speed grows only in the actions a hit puts a player in."""
-    players = _Players(frame)
-    _knockback_only_from_hits(players, _Players(prev))
+    players = Players(frame)
+    _knockback_only_from_hits(players, Players(prev))
     players.write_back()
 
 
-def _knockback_only_from_hits(players: _Players, prev: _Players) -> None:
+def _knockback_only_from_hits(players: Players, prev: Players) -> None:
     """A player's knockback speed grows only in the actions a hit puts them in (DAMAGE_*,
     the bounces): Melee sets it when a hit lands and takes some off every frame after. Of
     the 2,947 frames of the corpus's validation games on which it grew, every one was in such
@@ -468,7 +210,7 @@ def _knockback_only_from_hits(players: _Players, prev: _Players) -> None:
     players["vel_knockback_y"] = y * scale
 
 
-def _count_ages(players: _Players, prev: _Players) -> None:
+def _count_ages(players: Players, prev: Players) -> None:
     """`state_age` as the simulation counts it (+1 while the action stays, else 0), for the
     action the rules left: decoding counted it for the model's, which a rule may have
     replaced. A player the revival platform let go is in FALL from its first frame, as in
@@ -478,14 +220,7 @@ def _count_ages(players: _Players, prev: _Players) -> None:
     players["state_age"] = age.to(players["state_age"].dtype)
 
 
-def _is_any(values: Tensor, ids: tuple[int, ...]) -> Tensor:
-    out = values == ids[0]
-    for other in ids[1:]:
-        out |= values == other
-    return out
-
-
-def _hold(players: _Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
+def _hold(players: Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
     """The masked players at (x, y) with no speed."""
     players["x"] = torch.where(mask, x.to(players["x"].dtype), players["x"])
     players["y"] = torch.where(mask, y.to(players["y"].dtype), players["y"])
@@ -497,13 +232,6 @@ def _hold(players: _Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
         "vel_self_x_ground",
     ):
         players[name] = torch.where(mask, torch.zeros_like(players[name]), players[name])
-
-
-# Columns of the event codes `rule_step` returns, one row per game: a respawn of each player
-# (1 or 0), a KO of each player (1 + its zone's index in ZONES, or 0), the game's end (0, or
-# END_BY_STOCKS / END_BY_TIME).
-RESPAWN_CODES, KO_CODES, END_CODE = (0, 1), (2, 3), 4
-END_BY_STOCKS, END_BY_TIME = 1, 2
 
 
 def apply_rules(
@@ -532,15 +260,15 @@ def rule_step(
     over both players at once: the live step's trace runs them after the model, and each
     game's rows get the same result whatever else is in the batch. Returns the event codes,
     (B, 5) long (see RESPAWN_CODES, KO_CODES, END_CODE), read by `events_from_codes`."""
-    players = _Players(frame)
+    players = Players(frame)
     _clamp(frame, players, rules)
     live = ~rules.over
     respawned = _way_back(players, rules)
     _hold_on_platform(players, rules, controls)
     if prev is not None:
-        before = _Players(prev)
+        before = Players(prev)
         _hold_entry(frame, players, before, rules)
-        _keep_above_main_stage(players, before, rules)
+        collide_with_stage(players, before, rules)
         _count_ages(players, before)
         _knockback_only_from_hits(players, before)
     dead_actions = _constants(rules.dead_at.device)["dead_actions"]
@@ -576,7 +304,7 @@ def rule_step(
     return torch.cat([respawned, kos, ending[:, None]], -1)
 
 
-def _way_back(players: _Players, rules: RuleState) -> Tensor:
+def _way_back(players: Players, rules: RuleState) -> Tensor:
     """Advance KO'd players: held where they died; then, with stocks left, respawned on the
     descending revival platform; then waiting on it (`_hold_on_platform`). Returns (B, 2):
     1 where a player respawned this frame, else 0."""
@@ -603,14 +331,14 @@ def _way_back(players: _Players, rules: RuleState) -> Tensor:
     return back.long()
 
 
-def _hold_dead(players: _Players, mask: Tensor, dead_at: Tensor) -> None:
+def _hold_dead(players: Players, mask: Tensor, dead_at: Tensor) -> None:
     _hold(players, mask, dead_at[..., 0], dead_at[..., 1])
     action = dead_at[..., 2].to(players["action"].dtype)
     players["action"] = torch.where(mask, action, players["action"])
     players["airborne"] = torch.where(mask, 1, players["airborne"])
 
 
-def _respawn(players: _Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
+def _respawn(players: Players, mask: Tensor, x: Tensor, y: Tensor) -> None:
     """Put the masked players on their revival platform at 0%, still, invulnerable."""
 
     def put(name: str, value: Tensor | float) -> None:
@@ -645,37 +373,3 @@ def _end_games(frame, rules: RuleState, live: Tensor) -> Tensor:
         out_of_time = torch.zeros_like(live)
     rules.over |= out_of_stocks | out_of_time
     return torch.where(out_of_stocks, END_BY_STOCKS, torch.where(out_of_time, END_BY_TIME, 0))
-
-
-def events_from_codes(
-    codes: Tensor, frame: dict[str, Tensor], rules: RuleState
-) -> list[list[Event]]:
-    """Each game's events from `rule_step`'s codes, with their details read from the frame
-    and the rule state after the step (one read of the codes; more only for a game with an
-    event, which is rare)."""
-    rows = codes.tolist()
-    if not any(any(row) for row in rows):
-        return [[] for _ in rows]
-    frame_ids = frame["frame"].tolist() if "frame" in frame else [0] * len(rows)
-    events: list[list[Event]] = []
-    for b, row in enumerate(rows):
-        game: list[Event] = []
-        events.append(game)
-        if not any(row):
-            continue
-        for index, column in enumerate(RESPAWN_CODES):
-            if row[column]:
-                game.append(Event("respawn", frame_ids[b], index))
-        for index, column in enumerate(KO_CODES):
-            if row[column]:
-                zone = ZONES[row[column] - 1]
-                stocks = int(rules.stocks[b, index])
-                game.append(Event("ko", frame_ids[b], index, {"zone": zone, "stocks": stocks}))
-        if row[END_CODE]:
-            stocks = rules.stocks[b].tolist()
-            percents = [float(frame[f"{p}_percent"][b]) for p in gs.PLAYERS]
-            method = "stocks" if row[END_CODE] == END_BY_STOCKS else "time"
-            game.append(
-                Event("game_end", frame_ids[b], winner(stocks, percents), {"method": method})
-            )
-    return events

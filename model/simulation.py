@@ -15,6 +15,10 @@ call for all games.
 Games join and leave at any frame; the other games' rows are untouched. With temperature 0
 (the default) decoding is argmax; above 0, each game samples from its own seeded generator,
 so a game's frames do not depend on which other games share its batch.
+
+This module is the batch and its step. How a game starts (`GameSetup`, frame -123) is
+`model/game_start.py`; snapshots and their copies out of and into the batch are
+`model/snapshots.py`; the rules applied after the model are `model/rules.py`.
 """
 
 from __future__ import annotations
@@ -22,48 +26,26 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import warnings
-from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from core import game_state as gs
-from core.stages import get_stage, spawn_points_for
+from core.events import Event
+from core.stages import get_stage
 from model.cuda_graph import GraphedLiveStep
 from model.decoding import decode, pick_class
 from model.frames import Frames, cast_to, controls_of, index
+from model.game_start import GameSetup, standard_start
 from model.mamba2 import Mamba2Cache
-from model.packed_frame import Layout, PackedFrame, pack
-from model.rules import (
-    DEFAULT_TIMER_FRAMES,
-    Event,
-    RuleState,
-    apply_rules,
-    events_from_codes,
-)
+from model.packed_frame import PackedFrame, pack
+from model.rule_events import events_from_codes
+from model.rule_state import RuleState
+from model.rules import apply_rules
+from model.snapshots import Snapshot, restore_rows, stack_tensor, take_snapshots
 from model.traced_step import TracedStep, copy_of_state, live_layouts, traced_step
 from model.world_model import WorldModel, WorldModelCache
-
-ENTRY_ACTION = 322  # ENTRY: every replay starts with both players in it at frame -123
-FIRST_FRAME = -123
-
-
-@dataclass(frozen=True)
-class GameSetup:
-    stage: int = 32  # external stage id (Final Destination)
-    characters: tuple[int, int] = (1, 22)  # internal character ids (Fox, Falco)
-    stocks: int = 4
-    timer_frames: int = DEFAULT_TIMER_FRAMES  # the game ends when the frame id reaches this
-    seed: int = 0
-    # After the entry both players stand on the main stage, straight below their spawn points
-    # (kept over its flat part), rather than where Melee puts them: on the side platforms on
-    # every legal stage but Final Destination. The behaviour probes start so (inputs do other
-    # things on a platform: down from a shield drops through it).
-    on_main_stage: bool = False
-    # With on_main_stage: each player's x there (None: below the spawn point, within
-    # MAIN_STAGE_START of the flat part's half width).
-    start_x: tuple[float, float] | None = None
 
 
 @dataclass
@@ -77,119 +59,6 @@ class StepResult:
     def frame(self) -> Frames:
         """This game's new frame: 0-dim tensors (item fields: (ITEM_SLOTS,))."""
         return index(self.batch, self.row)
-
-
-@dataclass
-class Snapshot:
-    """One game's full state: model cache, last frame, rule state, sampling generator.
-    `tensors` maps "cache.*", "frame.*" and "rules.*" names to the game's tensors; treat them
-    as read-only (a restore may keep them packed for the next restore: replace an entry
-    rather than change a tensor in place)."""
-
-    tensors: MutableMapping[str, Tensor]
-    generator_state: Tensor
-    setup: GameSetup
-
-    @property
-    def nbytes(self) -> int:
-        sizes = [t.numel() * t.element_size() for t in self.tensors.values()]
-        return sum(sizes) + self.generator_state.numel()
-
-    def names(self) -> list[str]:
-        """The names of `tensors`, read without making them (see `_RowTensors`)."""
-        if isinstance(self.tensors, _RowTensors):
-            return self.tensors.names()
-        return list(self.tensors)
-
-    def tensor(self, name: str) -> Tensor:
-        """One of `tensors`, read without making the others (see `_RowTensors`)."""
-        if isinstance(self.tensors, _RowTensors):
-            return self.tensors.one(name)
-        return self.tensors[name]
-
-    def frame_groups(self, layout: Layout) -> list[Tensor]:
-        """The frame packed in `layout`, (fields, ...) per group: views of the copy the
-        snapshot was taken as, or stacked once and kept (a session's start snapshot is
-        restored at every reset)."""
-        if isinstance(self.tensors, _RowTensors):
-            groups = self.tensors.frame_groups(layout)
-            if groups is not None:
-                return groups
-        names = [f"frame.{k}" for keys in layout for k in keys]
-        key = (id(layout), tuple(id(self.tensors[n]) for n in names))
-        kept = getattr(self, "_kept_frame_groups", None)
-        if kept is None or kept[0] != key:
-            groups = [torch.stack([self.tensors[f"frame.{k}"] for k in keys]) for keys in layout]
-            kept = (key, layout, groups)  # the layout held, so that its id stays its own
-            self._kept_frame_groups = kept
-        return kept[2]
-
-
-class _BatchRows:
-    """Several games' rows, copied out of a batch together by `Simulation.snapshots`:
-    (games, ...) per named tensor, and a packed frame's groups as (fields, games, ...)."""
-
-    def __init__(
-        self, tensors: dict[str, Tensor], groups: list[Tensor], layout: Layout | None
-    ) -> None:
-        self.tensors, self.groups, self.layout = tensors, groups, layout
-
-
-class _RowTensors(MutableMapping):
-    """A snapshot's tensors as views of its game's row in a `_BatchRows`, made when first
-    read: most snapshots (kept for a rollback that rarely comes) are never read, and a
-    hundred views per game were most of a server tick that snapshots every game at once."""
-
-    def __init__(self, rows: _BatchRows, index: int):
-        self._rows, self._index = rows, index
-        self._dict: dict[str, Tensor] | None = None
-        self._changed = False
-
-    def _made(self) -> dict[str, Tensor]:
-        if self._dict is None:
-            i = self._index
-            made = {name: t[i] for name, t in self._rows.tensors.items()}
-            if self._rows.layout is not None:
-                for group, keys in zip(self._rows.groups, self._rows.layout, strict=True):
-                    made |= zip([f"frame.{k}" for k in keys], group[:, i].unbind(0), strict=True)
-            self._dict = made
-        return self._dict
-
-    def names(self) -> list[str]:
-        if self._dict is not None:
-            return list(self._dict)
-        frame = [f"frame.{k}" for keys in self._rows.layout or [] for k in keys]
-        return [*self._rows.tensors, *frame]
-
-    def one(self, name: str) -> Tensor:
-        if self._dict is None and name in self._rows.tensors:
-            return self._rows.tensors[name][self._index]
-        return self._made()[name]
-
-    def frame_groups(self, layout: Layout) -> list[Tensor] | None:
-        rows = self._rows
-        if self._changed or rows.layout is None:
-            return None
-        if rows.layout is not layout and rows.layout != layout:
-            return None
-        return [group[:, self._index] for group in rows.groups]
-
-    def __getitem__(self, name: str) -> Tensor:
-        return self._made()[name]
-
-    def __setitem__(self, name: str, value: Tensor) -> None:
-        self._made()[name] = value
-        self._changed = True
-
-    def __delitem__(self, name: str) -> None:
-        del self._made()[name]
-        self._changed = True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._made())
-
-    def __len__(self) -> int:
-        return len(self._made())
 
 
 MAX_GRAPH_BATCH = 256  # larger batches step eagerly (launch overhead no longer dominates)
@@ -308,8 +177,8 @@ class Simulation:
             return []
         cache = self.model.allocate_inference_cache(len(snapshots), device=self.device)
 
-        def stacked(name: str) -> Tensor:  # read without making a lazy snapshot's views
-            return torch.stack([s.tensor(name) for s in snapshots]).to(self.device)
+        def stacked(name: str) -> Tensor:
+            return stack_tensor(snapshots, name).to(self.device)
 
         for key, tensor in cache.tensors().items():
             tensor.copy_(stacked(f"cache.{key}"))
@@ -495,41 +364,17 @@ class Simulation:
                     self.remove_game(game)
 
     # ------------------------------------------------------------------ snapshots
-    # A packed batch frame (the live step's) is copied a group of fields at a time, and many
-    # games' rows in one copy: a server resetting or snapshotting many games in one tick made
-    # a hundred small copies per game.
-
     def snapshot(self, game_id: int) -> Snapshot:
         return self.snapshots([game_id])[0]
 
     def snapshots(self, game_ids: list[int]) -> list[Snapshot]:
-        """Snapshots of several games, their rows copied out together: one copy per tensor
-        or packed group for all of them (each snapshot's tensors are views of these,
-        made when first read)."""
+        """Snapshots of several games, their rows copied out together (`model.snapshots`)."""
         if not game_ids:
             return []
         rows = torch.tensor([self._row(g) for g in game_ids], device=self.device)
-        tensors: dict[str, Tensor] = {}
-        for k, v in self._cache.tensors().items():
-            tensors[f"cache.{k}"] = v.index_select(0, rows)
-        for k, v in self._rules.tensors().items():
-            tensors[f"rules.{k}"] = v.index_select(0, rows)
-        prev = self._prev
-        if isinstance(prev, PackedFrame) and not prev.replaced:
-            copied = _BatchRows(
-                tensors, [g.index_select(1, rows) for g in prev.packed], prev.layout
-            )
-        else:
-            tensors |= {f"frame.{k}": v.index_select(0, rows) for k, v in prev.items()}
-            copied = _BatchRows(tensors, [], None)
-        return [
-            Snapshot(
-                _RowTensors(copied, i),
-                self._generators[game_id].get_state(),
-                self._setups[game_id],
-            )
-            for i, game_id in enumerate(game_ids)
-        ]
+        generators = [self._generators[g] for g in game_ids]
+        setups = [self._setups[g] for g in game_ids]
+        return take_snapshots(self._cache, self._rules, self._prev, rows, generators, setups)
 
     def restore(self, game_id: int, snapshot: Snapshot) -> None:
         self.restore_many([(game_id, snapshot)])
@@ -542,28 +387,7 @@ class Simulation:
             return
         rows = torch.tensor([self._row(g) for g, _ in games], device=self.device)
         snapshots = [snapshot for _, snapshot in games]
-
-        def stacked(name: str) -> Tensor:
-            return torch.stack([s.tensor(name) for s in snapshots])
-
-        prev = self._prev
-        names = [k for k in snapshots[0].names() if k.startswith("frame.")]
-        packed = isinstance(prev, PackedFrame) and not prev.replaced
-        if packed and len(names) == len(prev) and set(names) == {f"frame.{k}" for k in prev}:
-            per_game = [s.frame_groups(prev.layout) for s in snapshots]
-            for g, group in enumerate(prev.packed):
-                values = torch.stack([groups[g] for groups in per_game], 1)
-                group.index_copy_(1, rows, values.to(group.dtype))
-        else:
-            for name in names:
-                field = prev[name.removeprefix("frame.")]
-                field.index_copy_(0, rows, stacked(name).to(field.dtype))
-        for prefix, tensors in (
-            ("cache.", self._cache.tensors()),
-            ("rules.", self._rules.tensors()),
-        ):
-            for key, tensor in tensors.items():
-                tensor.index_copy_(0, rows, stacked(prefix + key).to(tensor.dtype))
+        restore_rows(self._cache, self._rules, self._prev, rows, snapshots)
         for game_id, snapshot in games:
             self._generators[game_id].set_state(snapshot.generator_state)
 
@@ -573,56 +397,6 @@ def graph_buckets(max_batch: int) -> list[int]:
     powers of two up to the one a batch of `max_batch` is padded to, at most MAX_GRAPH_BATCH."""
     top = min(GraphedLiveStep.bucket(max_batch), MAX_GRAPH_BATCH)
     return [1 << i for i in range(top.bit_length())]
-
-
-MAIN_STAGE_START = 0.8  # of the flat part's half width: how far out `on_main_stage` starts
-
-
-def main_stage_x(stage_id: int) -> tuple[float, float]:
-    """The players' x on the main stage with `GameSetup.on_main_stage` (and no `start_x`):
-    below their spawn points, within MAIN_STAGE_START of the flat part's half width."""
-    flat = get_stage(stage_id).main_flat_x * MAIN_STAGE_START
-    p1, p2 = (max(-flat, min(flat, x)) for x, _ in spawn_points_for(stage_id)[:2])
-    return p1, p2
-
-
-def standard_start(setup: GameSetup) -> Frames:
-    """Frame -123 of a new game: both players at their spawn points in the entry action, as
-    every real replay begins (checked on the dev replays)."""
-    spawns = spawn_points_for(setup.stage)
-    if setup.on_main_stage:
-        xs = setup.start_x if setup.start_x is not None else main_stage_x(setup.stage)
-        spawns = [(x, y) for x, (_, y) in zip(xs, spawns[:2], strict=True)]
-    frame: Frames = {
-        "frame": torch.tensor(FIRST_FRAME),
-        "stage": torch.tensor(setup.stage),
-    }
-    for index_, p in enumerate(gs.PLAYERS):
-        x, y = spawns[index_]
-        values = {
-            "x": x,
-            "y": y,
-            "action": ENTRY_ACTION,
-            "state_age": -1.0,  # the replays' value on the first frame
-            "shield": 60.0,
-            "stocks": setup.stocks,
-            "facing": 1 if x < 0 else -1,
-            "airborne": 1,
-            "jumps": 1,
-            "ground": gs.GROUND_NONE,
-            "character": setup.characters[index_],
-        }
-        for field in gs.PLAYER_FIELDS + gs.CONTROLLER_FIELDS:
-            value = values.get(field.name, field.default)
-            dtype = torch.float32 if field.dtype.startswith("float") else torch.int64
-            frame[f"{p}_{field.name}"] = torch.tensor(value, dtype=dtype)
-    for field in gs.ITEM_FIELDS:
-        if field.name == "slot":
-            continue
-        dtype = torch.float32 if field.dtype.startswith("float") else torch.int64
-        frame[f"item_{field.name}"] = torch.full((gs.ITEM_SLOTS,), field.default, dtype=dtype)
-    frame["item_exists"] = torch.zeros(gs.ITEM_SLOTS, dtype=torch.bool)
-    return frame
 
 
 CONTROL_KEYS = tuple(f"{p}_{f.name}" for p in gs.PLAYERS for f in gs.CONTROLLER_FIELDS)

@@ -38,7 +38,8 @@ from model.decoding import decode
 from model.frames import Frames, cast_to
 from model.mamba2 import Mamba2Cache
 from model.packed_frame import Layout, PackedFrame, layout_of, pack
-from model.rules import RuleState, rule_step
+from model.rule_state import RuleState
+from model.rules import rule_step
 from model.world_model import WorldModel, WorldModelCache
 
 

@@ -23,8 +23,10 @@ from functools import partial
 import torch
 
 from model.frames import Frames
+from model.game_start import GameSetup
 from model.policies import Policy
-from model.simulation import GameSetup, Simulation, Snapshot
+from model.simulation import Simulation
+from model.snapshots import Snapshot
 from server import protocol
 from server.live_batch import LiveBatch
 from server.live_recordings import LiveRecordings

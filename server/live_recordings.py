@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from model.rules import Event
+from core.events import Event
 from server.column_groups import GroupedRow, Layout
 from server.recorder import GameRecorder
 from server.sessions import Session

@@ -28,8 +28,9 @@ from core.melee_ids import character_name_internal, parse_character
 from core.stages import parse_stage
 from model.checkpoint import load_model
 from model.frames import read_replay_frames, table_from_frames
+from model.game_start import GameSetup
 from model.policies import Policy, ReplayFollower, make_policy
-from model.simulation import GameSetup, Simulation
+from model.simulation import Simulation
 from server.match_runner import Match, MatchResult, MatchRunner
 
 log = logging.getLogger(__name__)

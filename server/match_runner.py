@@ -6,7 +6,7 @@ live ticks.
 A frame of every match is made like this: the module policies are asked first, each on its own
 thread (`policy_modules.ask_policies`), then every policy's answer is taken by one shared
 deadline `POLICY_WAIT_S` later (a late one plays its previous answer); the batch is stepped;
-the frame made is copied out of it once (`recorder.BatchCopy`) and each match appends its row
+the frame made is copied out of it once (`column_groups.BatchCopy`) and each match appends its row
 to its `FrameLog` (about 1 KB a frame). A match that ends (its game is over, its frame limit
 is reached, or its policy failed) leaves the batch at once, with the others ending in the same
 frame.
@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core import game_state as gs
+from core.events import Event
 from model.frames import Frames
 from model.policies import FrameView, Policy
-from model.rules import Event
-from model.simulation import Simulation, Snapshot
+from model.simulation import Simulation
+from model.snapshots import Snapshot
 from server.column_groups import BatchCopy
 from server.frame_log import FrameLog
 from server.policy_modules import (

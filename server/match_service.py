@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from core.events import Event
 from model.frames import Frames
 from model.policies import Policy
-from model.rules import Event
-from model.simulation import Snapshot
+from model.snapshots import Snapshot
 from server.frame_log import FrameLog
 from server.match_runner import Match, MatchRunner
 from server.recorder import write_complete_game, write_info

@@ -16,8 +16,8 @@ from core.melee_ids import parse_character
 from core.replay_reader import ReplayUnreadable
 from core.stages import get_stage, parse_stage
 from model.frames import Frames, read_replay_frames
+from model.game_start import GameSetup
 from model.policies import Policy, make_policy
-from model.simulation import GameSetup
 from server.policy_modules import load_module_policy
 from server.settings import ServerSettings
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.policies import Policy, processed_controller
-from model.simulation import Snapshot
+from model.snapshots import Snapshot
 from server import protocol
 from server.recorder import GameRecorder
 

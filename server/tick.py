@@ -13,8 +13,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from core.events import Event
 from model.frames import Frames
-from model.rules import Event
 from server.column_groups import BatchCopy, GroupedRow
 from server.sessions import FrameRecord, Session
 from server.wire_frames import batch_columns, frame_message

@@ -10,11 +10,9 @@ from core.stages import get_stage
 from model.checkpoint import DEMO_CHECKPOINT  # noqa: F401 - the tests' import of it
 from model.config import ModelConfig
 from model.frames import controls_of, index, stack
-from model.rules import RuleState, apply_rules
-from model.simulation import (
-    GameSetup,
-    standard_start,
-)
+from model.game_start import GameSetup, standard_start
+from model.rule_state import RuleState
+from model.rules import apply_rules
 
 TINY = ModelConfig(d_model=32, n_layers=2, d_state=16, expand=2, headdim=16, chunk_size=16)
 

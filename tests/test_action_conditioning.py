@@ -18,10 +18,11 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ModelConfig, load_config
 from model.decoding import decode
 from model.frames import frames_from_table
+from model.game_start import GameSetup
 from model.heads import ACTION_COLUMNS
 from model.policies import Controller
 from model.quantize import quantize_int8
-from model.simulation import GameSetup, Simulation
+from model.simulation import Simulation
 from model.world_model import WorldModel
 from training.init_from import init_weights
 from training.losses import compute_losses

@@ -11,8 +11,9 @@ import torch
 
 from model import cpu_kernels, mamba2
 from model.config import ModelConfig
+from model.game_start import GameSetup
 from model.mamba2 import Mamba2, Mamba2Cache, RMSNormGated
-from model.simulation import GameSetup, Simulation
+from model.simulation import Simulation
 from model.world_model import RMSNorm, WorldModel
 
 pytestmark = pytest.mark.skipif(

@@ -1,4 +1,5 @@
-"""Tests for model/mamba2.py: chunked SSD vs recurrence, caching, mamba_ssm layout, dtypes."""
+"""Tests for model/mamba2.py and model/ssd.py: chunked SSD vs recurrence, caching, mamba_ssm
+layout, dtypes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from model.mamba2 import (
     Mamba2,
     Mamba2Cache,
     causal_conv1d_fn,
-    ssd_chunked,
 )
+from model.ssd import ssd_chunked
 
 D_MODEL, D_STATE, HEADDIM, EXPAND = 64, 16, 16, 2
 ATOL = 1e-4
@@ -367,8 +368,6 @@ def test_matches_mamba_ssm_on_gpu(fused: bool) -> None:
 def test_scan_and_step_stay_fp32_under_autocast():
     """Under bf16 autocast (GPU training) the SSD scan and the recurrent step must not run
     their products in bf16: same results as without autocast."""
-    from model.mamba2 import ssd_chunked
-
     torch.manual_seed(0)
     b, L, H, P, N = 2, 32, 4, 8, 16
     x, dt = torch.randn(b, L, H, P), torch.rand(b, L, H) * 0.1

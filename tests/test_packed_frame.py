@@ -7,8 +7,9 @@ import torch
 
 from model.config import ModelConfig
 from model.frames import player_columns, stacked_columns
+from model.game_start import GameSetup
 from model.packed_frame import PackedFrame
-from model.simulation import GameSetup, Simulation
+from model.simulation import Simulation
 from model.world_model import WorldModel
 from server.column_groups import BatchCopy, Layout
 from server.wire_frames import batch_columns

@@ -14,6 +14,7 @@ from core.replay_reader import read_replay
 from model.checkpoint import load_model
 from model.frame_spec import BUTTON_BITS
 from model.frames import frames_from_table, index
+from model.game_start import GameSetup, standard_start
 from model.policies import (
     ApproachAndAttack,
     Controller,
@@ -25,7 +26,7 @@ from model.policies import (
     make_policy,
     noop,
 )
-from model.simulation import GameSetup, Simulation, standard_start
+from model.simulation import Simulation
 from server.match import (
     main,
     parse_character,

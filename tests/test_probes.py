@@ -1,5 +1,6 @@
-"""Behaviour probes (training/probes.py, probe_expectations.py, probe_run.py), the mirror
-augmentation, the counted state_age, and controllers processed as Melee reads them."""
+"""Behaviour probes (training/probes.py, probe_inputs.py, probe_metrics.py,
+probe_expectations.py, probe_run.py), the mirror augmentation, the counted state_age, and
+controllers processed as Melee reads them."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ from training import probe_expectations as pe
 from training import probes as pr
 from training.dataset import GameDataset
 from training.mirror import ground_mirror_table, mirror_windows
+from training.probe_inputs import (
+    BACK,
+    DOWN,
+    FORWARD,
+    JUMP,
+    NEUTRAL,
+    OTHER_STICK,
+    SHIELD,
+    UP,
+    A,
+    Z,
+    button_classes,
+    stick_classes,
+)
 from training.probe_run import expected, main, run_probes, within
 
 TINY_MODEL = {"d_model": 32, "n_layers": 2, "d_state": 16, "expand": 2, "headdim": 16}
@@ -47,16 +62,16 @@ def test_stick_classes_are_relative_to_facing():
     x = np.array([0.0, 1.0, -1.0, 1.0, 0.0, 0.0, 0.5])
     y = np.array([0.0, 0.0, 0.0, 0.0, 1.0, -0.9, 0.0])
     facing = np.array([1, 1, 1, -1, 1, 1, 1])
-    classes = pr.stick_classes(x, y, facing).tolist()
-    assert classes == [pr.NEUTRAL, pr.FORWARD, pr.BACK, pr.BACK, pr.UP, pr.DOWN, pr.OTHER_STICK]
+    classes = stick_classes(x, y, facing).tolist()
+    assert classes == [NEUTRAL, FORWARD, BACK, BACK, UP, DOWN, OTHER_STICK]
 
 
 def test_button_classes_read_z_as_melee_records_it():
     # As the corpus records them: Z is 0x110 with an analog 0.35; R is 0x20 with 1.0.
     buttons = np.array([0x110, 0x20, 0x400, 0x800, 0x100, 0])
     trigger = np.array([0.35, 1.0, 0.0, 0.0, 0.0, 0.5])
-    classes = pr.button_classes(buttons, trigger).tolist()
-    assert classes == [pr.Z, pr.SHIELD, pr.JUMP, pr.JUMP, pr.A, pr.SHIELD]
+    classes = button_classes(buttons, trigger).tolist()
+    assert classes == [Z, SHIELD, JUMP, JUMP, A, SHIELD]
 
 
 def test_scripted_controllers_are_processed_like_the_replays():
@@ -69,7 +84,7 @@ def test_scripted_controllers_are_processed_like_the_replays():
     dash = pr.PROBES_BY_NAME["dash_forward"].controllers(-1)
     assert dash[0].joystick == (-1.0, 0.0) and len(dash) == 20
     shield = pr.PROBES_BY_NAME["shield"].controllers(1)[0].columns(0)
-    assert pr.button_classes(np.array([shield["p1_buttons"]]), np.array([1.0]))[0] == pr.SHIELD
+    assert button_classes(np.array([shield["p1_buttons"]]), np.array([1.0]))[0] == SHIELD
 
 
 # ---------------------------------------------------------------------- mining

@@ -100,7 +100,7 @@ def test_sessions_and_matches_are_recorded_and_read_back_as_a_dataset(tmp_path):
 def record_standard_frames(recorder, frames: int) -> None:
     """Frames -123, -122, ... of a standard start into `recorder`, its file writes run as
     they fall due (as the server's writer thread runs them)."""
-    from model.simulation import GameSetup, standard_start
+    from model.game_start import GameSetup, standard_start
 
     start = standard_start(GameSetup())
     for f in range(frames):

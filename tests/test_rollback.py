@@ -13,7 +13,7 @@ import torch
 
 from model.config import ModelConfig
 from model.frame_spec import BUTTON_BITS
-from model.simulation import GameSetup
+from model.game_start import GameSetup
 from model.world_model import WorldModel
 from server import protocol as P
 from server.engine import Engine

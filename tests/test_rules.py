@@ -1,6 +1,6 @@
-"""The game rules (`model.rules`): KOs through each blast zone, the death descent and the
-revival platform, the entry and GO, stocks and the game's end, clamping, and the stage's
-solid surface."""
+"""The game rules (`model.rules`, `model.stage_collision`): KOs through each blast zone, the
+death descent and the revival platform, the entry and GO, stocks and the game's end, clamping,
+and the stage's solid surface."""
 
 from __future__ import annotations
 
@@ -14,21 +14,19 @@ from simulation_setup import (
     beyond,
 )
 
-from core.actions import ON_HALO_WAIT
+from core.actions import ON_HALO_DESCENT, ON_HALO_WAIT
 from core.stages import get_stage, legal_stage_ids
 from model.frames import frames_from_table
-from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, RuleState, apply_rules
-from model.simulation import (
-    FIRST_FRAME,
-    GameSetup,
-    Simulation,
-)
+from model.game_start import FIRST_FRAME, GameSetup
+from model.rule_state import RuleState
+from model.rules import LIMITS, RESPAWN_INVULNERABLE_FRAMES, apply_rules
+from model.simulation import Simulation
 
 
 @pytest.mark.parametrize("stage_id", legal_stage_ids())
 @pytest.mark.parametrize("zone", ["left", "right", "bottom", "top"])
 def test_ko_through_each_blast_zone_then_death_descent_and_platform(stage_id, zone):
-    from model.rules import DEAD_ACTIONS, DEAD_FRAMES, DESCENT_FRAMES, ON_HALO_DESCENT
+    from model.rules import DEAD_ACTIONS, DEAD_FRAMES, DESCENT_FRAMES
 
     stage = get_stage(stage_id)
     frame, rules = batch_frame(stage_id)
@@ -87,7 +85,8 @@ def test_respawned_player_waits_on_the_platform_then_is_invulnerable_for_its_per
 
 
 def test_touching_the_controller_leaves_the_platform_falling():
-    from model.rules import DEAD_FRAMES, DESCENT_FRAMES, FALL_ACTION
+    from model.rules import DEAD_FRAMES, DESCENT_FRAMES
+    from model.stage_collision import FALL_ACTION
 
     frame, rules = batch_frame(31)
     frame["p1_y"][0] = get_stage(31).blast_bottom - 1
@@ -244,7 +243,7 @@ def test_clamping_keeps_every_field_legal():
 
 @pytest.mark.parametrize("stage_id", legal_stage_ids())
 def test_nobody_falls_through_the_main_stage_from_above(stage_id):
-    from model.rules import FLOOR_TOLERANCE
+    from model.stage_collision import FLOOR_TOLERANCE
 
     stage = get_stage(stage_id)
     prev, rules = batch_frame(stage_id)
@@ -265,7 +264,7 @@ def test_the_solid_stage_rule_never_moves_a_real_player(dev_dataset_dir):
     given the one before."""
     import pyarrow.parquet as pq
 
-    from model.rules import keep_above_main_stage
+    from model.stage_collision import keep_above_main_stage
 
     paths = sorted(dev_dataset_dir.glob("*.parquet"))
     assert len(paths) == 8
@@ -319,7 +318,7 @@ def test_a_player_run_past_the_edge_falls(stage_id):
     """Melee's collision: nothing under a player the model keeps running past the stage's
     edge, so they fall (FALL, airborne, the run's speed carried into the air); one still on
     the stage, or below it recovering, is left alone."""
-    from model.rules import EDGE_OVERHANG, FALL
+    from model.stage_collision import EDGE_OVERHANG, FALL_ACTION
 
     stage = get_stage(stage_id)
     prev, rules = batch_frame(stage_id)
@@ -334,7 +333,7 @@ def test_a_player_run_past_the_edge_falls(stage_id):
         frame[f"{p}_x"][0], frame[f"{p}_y"][0] = x, stage.main.y
         frame[f"{p}_vel_self_x_ground"][0] = 1.5
     apply_rules(frame, rules, prev)
-    assert int(frame["p1_action"][0]) == FALL and int(frame["p1_airborne"][0]) == 1
+    assert int(frame["p1_action"][0]) == FALL_ACTION and int(frame["p1_airborne"][0]) == 1
     assert int(frame["p1_state_age"][0]) == 0
     assert float(frame["p1_vel_self_x_air"][0]) == 1.5
     assert float(frame["p1_vel_self_x_ground"][0]) == 0.0
@@ -359,7 +358,7 @@ def test_a_player_run_past_the_edge_falls(stage_id):
 def test_a_grounded_player_with_nothing_under_them_falls(stage_id, x, y, falls):
     """Off a platform's end the same as off the stage's edge; but on the stages whose surfaces
     move or change, only past the main stage's edge (the rules do not know their surfaces)."""
-    from model.rules import FALL
+    from model.stage_collision import FALL_ACTION
 
     prev, rules = batch_frame(stage_id)
     frame = {k: v.clone() for k, v in prev.items()}
@@ -368,7 +367,7 @@ def test_a_grounded_player_with_nothing_under_them_falls(stage_id, x, y, falls):
     frame["p1_x"][0], frame["p1_y"][0] = x, y
     frame["p1_vel_self_y"][0] = 0.0
     apply_rules(frame, rules, prev)
-    assert (int(frame["p1_action"][0]) == FALL) == falls
+    assert (int(frame["p1_action"][0]) == FALL_ACTION) == falls
     assert int(frame["p1_airborne"][0]) == int(falls)
 
 

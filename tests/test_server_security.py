@@ -23,7 +23,8 @@ from websockets.sync.client import connect
 
 from core.manifest import load_manifest
 from model.config import load_config
-from model.simulation import GameSetup, Simulation
+from model.game_start import GameSetup
+from model.simulation import Simulation
 from model.world_model import WorldModel
 from server import protocol as P
 from server import serve

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from model.config import load_config
+from model.game_start import GameSetup
 from model.policies import Controller, noop
-from model.simulation import GameSetup
 from model.world_model import WorldModel
 from server.engine import Engine
 from server.match_downloads import DownloadCache

@@ -14,13 +14,11 @@ from core import game_state as gs
 from core.stages import get_stage
 from model.decoding import decode
 from model.frames import controls_of, index
+from model.game_start import GameSetup
 from model.packed_frame import PackedFrame
 from model.policies import RandomPolicy, controls_for
 from model.rules import LIMITS
-from model.simulation import (
-    GameSetup,
-    Simulation,
-)
+from model.simulation import Simulation
 from model.world_model import WorldModel
 
 

@@ -15,16 +15,12 @@ from simulation_setup import (
 
 from model.decoding import decode
 from model.frames import cast_to, controls_of, index
+from model.game_start import GameSetup, standard_start
 from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
-from model.rules import ZONES, apply_rules
-from model.simulation import (
-    MAX_GRAPH_BATCH,
-    GameSetup,
-    Simulation,
-    graph_buckets,
-    standard_start,
-)
+from model.rule_events import ZONES
+from model.rules import apply_rules
+from model.simulation import MAX_GRAPH_BATCH, Simulation, graph_buckets
 from model.world_model import WorldModel
 
 

@@ -4,13 +4,14 @@
 For every probe of `training/probes.py`, every game of a dataset folder (`playmodel parse`) on
 a legal stage is searched for the probe's situation (`probes.Probe`: for example a player
 standing, grounded, holding nothing, the opponent more than 25 units away) followed by the
-probe's inputs, frame for frame (as input classes, `probes.stick_classes` and
-`probes.button_classes`, with the c-stick neutral), with no new button pressed after the
+probe's inputs, frame for frame (as input classes, `probe_inputs.stick_classes` and
+`probe_inputs.button_classes`, with the c-stick neutral), with no new button pressed after the
 script's first segment and no damage taken. Real players rarely hold a script to its end, so
-each metric counts the windows that matched for the frames it reads (`probes.Metric`). The
-metrics' 5th, 50th and 95th percentiles are written per character (internal id) and for all
-characters together. The bundled `assets/probe_expectations.json` was mined from the training
-corpus (docs/TRAINING.md, "Behaviour probes").
+each metric counts the windows that matched for the frames it reads
+(`probe_metrics.Metric`). The metrics' 5th, 50th and 95th percentiles are written per
+character (internal id) and for all characters together. The bundled
+`assets/probe_expectations.json` was mined from the training corpus (docs/TRAINING.md,
+"Behaviour probes").
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from core import game_state as gs
 from core.atomic_file import atomic_path
 from core.manifest import MANIFEST_NAME, load_manifest
 from core.stages import get_stage, legal_stage_ids
+from model.rules import STICK_DEADZONE
+from training import probe_inputs, probe_metrics
 from training import probes as pr
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,7 @@ def read_game(path: Path) -> dict[str, np.ndarray]:
 
 def windows_in_game(
     game: dict[str, np.ndarray], probe: pr.Probe, player: int
-) -> Iterator[tuple[int, pr.Window, int, str]]:
+) -> Iterator[tuple[int, probe_metrics.Window, int, str]]:
     """(character, Window, matched, surface) for every place in `game` where `player` meets the
     probe's situation and then presses what its script presses for at least the frames its
     shortest metric reads; `matched` is how many frames in a row matched, undamaged (a metric
@@ -79,19 +82,23 @@ def windows_in_game(
     me, other = gs.PLAYERS[player], gs.PLAYERS[1 - player]
     n, length = len(game["stage"]), probe.length
     facing = np.where(game[f"{me}_facing"] > 0, 1, -1).astype(np.int8)
-    cstick_neutral = (np.abs(game[f"{me}_cstick_x"]) < pr.STICK_DEADZONE) & (
-        np.abs(game[f"{me}_cstick_y"]) < pr.STICK_DEADZONE
+    cstick_neutral = (np.abs(game[f"{me}_cstick_x"]) < STICK_DEADZONE) & (
+        np.abs(game[f"{me}_cstick_y"]) < STICK_DEADZONE
     )
-    buttons = pr.button_classes(game[f"{me}_buttons"].astype(np.int64), game[f"{me}_trigger"])
+    buttons = probe_inputs.button_classes(
+        game[f"{me}_buttons"].astype(np.int64), game[f"{me}_trigger"]
+    )
     codes_facing = {}  # the input class of every frame, for a player facing right / left
     for side in (1, -1):
-        stick = pr.stick_classes(game[f"{me}_joystick_x"], game[f"{me}_joystick_y"], side)
-        stick[~cstick_neutral] = pr.OTHER_STICK
+        stick = probe_inputs.stick_classes(game[f"{me}_joystick_x"], game[f"{me}_joystick_y"], side)
+        stick[~cstick_neutral] = probe_inputs.OTHER_STICK
         codes_facing[side] = stick.astype(np.int32) * 32 + buttons
     grounded = game[f"{me}_airborne"] == 0
     if probe.situation == "shielding":  # shield up, nothing but the shield held
         situation = grounded & np.isin(game[f"{me}_action"], pr.SHIELD_HELD)
-        situation &= codes_facing[1] == pr.input_code(pr.NEUTRAL, pr.SHIELD)
+        situation &= codes_facing[1] == probe_inputs.input_code(
+            probe_inputs.NEUTRAL, probe_inputs.SHIELD
+        )
     else:  # standing, nothing held on the situation frame: the script's presses are new
         situation = grounded & (game[f"{me}_action"] == pr.STANDING) & (codes_facing[1] == 0)
     apart = np.hypot(game[f"{me}_x"] - game[f"{other}_x"], game[f"{me}_y"] - game[f"{other}_y"])
@@ -123,7 +130,7 @@ def windows_in_game(
         starts, matched = starts[pick], matched[pick]
     for t, frames in zip(starts, matched, strict=True):
         span = slice(t, t + length + 1)
-        window = pr.Window(
+        window = probe_metrics.Window(
             x=game[f"{me}_x"][span],
             y=game[f"{me}_y"][span],
             action=game[f"{me}_action"][span],

@@ -5,7 +5,7 @@ character asked for (by default the six legal stages and the corpus's six most p
 characters), and holds each outcome to what real games show (`assets/probe_expectations.json`,
 mined by `playmodel probe-expectations`).
 
-Each probe is one game from a standard start on the main stage (`model.simulation.GameSetup`,
+Each probe is one game from a standard start on the main stage (`model.game_start.GameSetup`,
 `on_main_stage`: the real windows are mined per surface, and most stand on the main stage;
 on a platform some inputs do other things; P1 at least `ROOM_BEHIND` units from the edge
 behind: `probe_start_x`), where both players
@@ -14,8 +14,8 @@ follows and the players stand by frame -9), then P1 plays the probe's setup and 
 P2, the same character, holds nothing. All games run in one batch through the `Simulation`
 the server uses, rules included. A metric passes when its value lies inside the real games'
 5th-95th percentile range for that character (all characters together where the character
-has fewer than `MIN_REAL` real windows), widened by `probes.TOLERANCE` / one frame; a probe
-passes when all its metrics with enough real data pass. The pass rate is over the (probe,
+has fewer than `MIN_REAL` real windows), widened by `probe_metrics.TOLERANCE` / one frame; a
+probe passes when all its metrics with enough real data pass. The pass rate is over the (probe,
 stage, character) games with at least one metric judged.
 """
 
@@ -37,10 +37,12 @@ from core.atomic_file import atomic_path
 from core.melee_ids import character_name_internal, parse_character, stage_name
 from core.stages import get_stage, legal_stage_ids, parse_stage
 from model.checkpoint import load_checkpoint
+from model.game_start import FIRST_FRAME, GameSetup, main_stage_x
 from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
-from model.simulation import GameSetup, Simulation, main_stage_x
+from model.simulation import Simulation
 from model.world_model import WorldModel
+from training import probe_metrics
 from training import probes as pr
 from training.probe_expectations import DEFAULT_EXPECTATIONS
 
@@ -50,12 +52,11 @@ log = logging.getLogger(__name__)
 # Sheik, Ganondorf (../shared/corpus/MANIFEST.tsv).
 DEFAULT_CHARACTERS = (1, 22, 18, 2, 7, 25)
 SETTLE_FRAME = 0  # frame id at which the probes' player acts (the game clock starts at -123)
-FIRST_FRAME = -123
 MIN_REAL = 20  # fewer real windows than this: the metric is not judged
 # The real windows of a probe that moves the player back (a dash back covers up to 31 units)
 # had room for it: no real player in them left the ground. Standing where Melee puts P1, the
 # edge behind is 22-26 units away on Fountain of Dreams, Yoshi's Story and Final Destination,
-# where a dash back runs off it (rules.py) and the probe would test the start, not the model.
+# where a dash back runs off it (the rules) and the probe would test the start, not the model.
 ROOM_BEHIND = 35.0
 SITUATION_ACTIONS = {"standing": (pr.STANDING,), "shielding": pr.SHIELD_HELD}
 
@@ -89,7 +90,10 @@ def expected(
 
 
 def within(metric: str, value: float, real: dict) -> bool:
-    tolerance = pr.TOLERANCE.get(metric, 1.0 if metric in pr.FRAME_METRICS else 0.0) + 1e-6
+    tolerance = (
+        probe_metrics.TOLERANCE.get(metric, 1.0 if metric in probe_metrics.FRAME_METRICS else 0.0)
+        + 1e-6
+    )
     return real["p5"] - tolerance <= value <= real["p95"] + tolerance
 
 
@@ -105,7 +109,7 @@ def play_probes(
     model: WorldModel,
     games: list[tuple[pr.Probe, int, int]],
     progress: bool | None = None,
-) -> list[tuple[pr.Window, int, str]]:
+) -> list[tuple[probe_metrics.Window, int, str]]:
     """Play (probe, stage, character) games in one batch; returns each game's P1 window (from
     the situation frame to the end of the script), P1's action on the situation frame and the
     surface P1 stands on then (`probes.surface`). `progress`: a bar of the frames stepped
@@ -158,7 +162,7 @@ def play_probes(
     windows = []
     for g, (probe, _, _) in enumerate(games):
         span = slice(starts[g], starts[g] + probe.length + 1)
-        window = pr.Window(
+        window = probe_metrics.Window(
             x=history["x"][span, g],
             y=history["y"][span, g],
             action=history["action"][span, g].astype(np.int64),

@@ -7,33 +7,53 @@ metric's expectation is mined from real games (`training/probe_expectations.py`)
 situation, the same inputs frame for frame, the same metric; the model passes a probe when
 every metric falls inside the real games' 5th-95th percentile range
 (`training/probe_run.py`). One `measure` function reads both the real frames and the model's,
-so the two are compared like for like.
+so the two are compared like for like (`training/probe_metrics.py`).
 
-Inputs are classes, not exact values: the stick is neutral, or held fully forward / back
-(relative to the way the player faces when the probe starts), up or down; buttons are A, B,
-jump (X or Y), Z and shield (L or R, digital or analog). A real window matches a script when
-every frame's class is the script's (or one of its `also` classes: holding a button that
-does nothing more, like A after a jab has started).
+Inputs are classes, not exact values (`training/probe_inputs.py`). A real window matches a
+script when every frame's class is the script's (or one of its `also` classes: holding a
+button that does nothing more, like A after a jab has started). This module holds the probes
+themselves: the situations they start from and the table of probes, `PROBES`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from model.policies import Controller
-from model.rules import STICK_DEADZONE
-
-# Stick classes, relative to the way the player faces at the probe's start.
-NEUTRAL, FORWARD, BACK, UP, DOWN, OTHER_STICK = range(6)
-FULL_TILT = 0.8  # a "held" direction: Melee's dash needs the stick past about 0.8
-# Button classes (bit flags).
-A, B, JUMP, Z, SHIELD = 1, 2, 4, 8, 16
-ANALOG_SHIELD = 0.3  # an analog press past this shields in Melee
-# Processed button bits (Slippi spec, pre-frame buttons; model/frame_spec.py BUTTON_BITS).
-_BITS = {A: 0x100, B: 0x200, JUMP: 0x400 | 0x800, Z: 0x10, SHIELD: 0x20 | 0x40}
+from training.probe_inputs import (
+    BACK,
+    DOWN,
+    FORWARD,
+    JUMP,
+    NEUTRAL,
+    OTHER_STICK,
+    SHIELD,
+    UP,
+    A,
+    B,
+    Segment,
+    Z,
+)
+from training.probe_metrics import (
+    Metric,
+    Window,
+    apex,
+    comes_down,
+    drift,
+    duration,
+    end_speed,
+    fell,
+    grounded,
+    in_action_at_end,
+    lands,
+    left_ground,
+    liftoff,
+    moved_forward,
+    reaches,
+    reaches_special,
+    shield_loss,
+    stop_distance,
+)
 
 STANDING = 14  # libmelee Action.STANDING (Melee's Wait)
 KNEE_BEND = 24
@@ -47,176 +67,6 @@ SHIELD_ACTIONS = (178, 179, 180, 181, 182)
 SHIELD_HELD = (179, 182)
 ROLL_FORWARD, ROLL_BACKWARD, SPOTDODGE = 233, 234, 235
 GRAB = 212
-FIRST_SPECIAL = 341  # character-specific action ids (core/actions.py)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """`frames` frames of one input: the stick class and buttons the model is given. A real
-    game matches with the stick in any of `sticks` (default: the scripted one) and the
-    buttons, or one of `also` (buttons still held: after the first segment a real window may
-    release buttons but never press a new one, `probe_expectations.no_new_presses`)."""
-
-    frames: int
-    stick: int = NEUTRAL
-    buttons: int = 0
-    also: tuple[int, ...] = ()
-    sticks: tuple[int, ...] = ()
-
-    def allowed(self) -> tuple[int, ...]:
-        sticks = self.sticks or (self.stick,)
-        return tuple(input_code(s, b) for s in sticks for b in (self.buttons, *self.also))
-
-    def controller(self, facing: int) -> Controller:
-        """What the scripted player presses, for a player facing `facing` (+1 right)."""
-        stick = {
-            NEUTRAL: (0.0, 0.0),
-            FORWARD: (float(facing), 0.0),
-            BACK: (-float(facing), 0.0),
-            UP: (0.0, 1.0),
-            DOWN: (0.0, -1.0),
-        }[self.stick]
-        names = {A: "A", B: "B", JUMP: "X", Z: "Z", SHIELD: "R"}
-        buttons = frozenset(name for bit, name in names.items() if self.buttons & bit)
-        return Controller(
-            joystick=stick, r_trigger=1.0 if self.buttons & SHIELD else 0.0, buttons=buttons
-        )
-
-
-def input_code(stick: int, buttons: int) -> int:
-    return stick * 32 + buttons
-
-
-@dataclass(frozen=True)
-class Window:
-    """One player's frames from the situation frame (index 0) to the probe's last frame,
-    as numpy arrays, plus what the probe needs to read them."""
-
-    x: np.ndarray
-    y: np.ndarray
-    action: np.ndarray
-    airborne: np.ndarray
-    shield: np.ndarray
-    facing: int  # +1 right, -1 left, at index 0
-    release: int  # index of the last frame of the script's first segment
-
-    def moved_forward(self, start: int = 0) -> float:
-        return float((self.x[-1] - self.x[start]) * self.facing)
-
-    def head(self, length: int) -> Window:
-        """The first `length` frames."""
-        part = slice(0, length)
-        return Window(
-            self.x[part],
-            self.y[part],
-            self.action[part],
-            self.airborne[part],
-            self.shield[part],
-            self.facing,
-            self.release,
-        )
-
-
-MetricFn = Callable[[Window], float]
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A number read from the first `frames` frames after the situation frame (the window
-    it reads holds frames + 1 frames, the situation frame first). A real window counts for
-    a metric when it matched the script for those frames."""
-
-    fn: MetricFn
-    frames: int
-
-    def __call__(self, window: Window) -> float:
-        return self.fn(window.head(self.frames + 1))
-
-
-def _first(mask: np.ndarray) -> int:
-    """Index of the first True (len(mask) when none)."""
-    hits = np.flatnonzero(mask)
-    return int(hits[0]) if len(hits) else len(mask)
-
-
-def reaches(actions: tuple[int, ...], within: int) -> Metric:
-    """1 when the player is in one of `actions` within `within` frames of the first input."""
-    return Metric(lambda w: float(np.isin(w.action[1:], actions).any()), within)
-
-
-def reaches_special(within: int) -> Metric:
-    return Metric(lambda w: float((w.action[1:] >= FIRST_SPECIAL).any()), within)
-
-
-def duration(actions: tuple[int, ...], frames: int) -> Metric:
-    """Frames spent in `actions` from the first frame in them (0 when never)."""
-
-    def metric(w: Window) -> float:
-        inside = np.isin(w.action, actions)
-        start = _first(inside[1:]) + 1
-        if start >= len(inside):
-            return 0.0
-        return float(_first(~inside[start:]))
-
-    return Metric(metric, frames)
-
-
-def liftoff(w: Window) -> float:
-    """Frames from the first input to the first airborne frame (the jump squat + 1)."""
-    return float(_first(w.airborne[1:] != 0) + 1)
-
-
-def apex(w: Window) -> float:
-    return float(w.y.max() - w.y[0])
-
-
-def lands(w: Window) -> float:
-    """1 when the player left the ground and is back on it at the end."""
-    return float((w.airborne != 0).any() and w.airborne[-1] == 0)
-
-
-def comes_down(w: Window) -> float:
-    """1 when the player is more than 5 units below the highest point at the end."""
-    return float(w.y[-1] < w.y.max() - 5.0)
-
-
-def left_ground(w: Window) -> float:
-    return float((w.airborne[1:] != 0).any())
-
-
-def grounded(w: Window) -> float:
-    return float((w.airborne == 0).mean())
-
-
-def drift(w: Window) -> float:
-    return float(np.abs(w.x - w.x[0]).max())
-
-
-def in_action_at_end(actions: tuple[int, ...], frames: int) -> Metric:
-    return Metric(lambda w: float(w.action[-1] in actions), frames)
-
-
-def moved_forward(w: Window) -> float:
-    return w.moved_forward()
-
-
-def end_speed(w: Window) -> float:
-    """Mean horizontal speed over the last 5 frames, units per frame."""
-    return float(np.abs(np.diff(w.x[-6:])).mean())
-
-
-def stop_distance(w: Window) -> float:
-    """How far the player slid after the stick was let go."""
-    return float(abs(w.x[-1] - w.x[w.release]))
-
-
-def shield_loss(w: Window) -> float:
-    return float(w.shield[0] - w.shield[-1])
-
-
-def fell(w: Window) -> float:
-    """1 when the player ends more than 20 units below where they stood (off the stage)."""
-    return float(w.y[-1] < w.y[0] - 20.0)
 
 
 def surface(stage_main_y: float, y: float) -> str:
@@ -227,22 +77,6 @@ def surface(stage_main_y: float, y: float) -> str:
 
 
 PLATFORM_HEIGHT = 1.0  # units above the main stage; the lowest platform (FoD's) sinks to 0.375
-
-
-# How close a model's value must come to the real range to count as inside it: differences
-# a player cannot see (a unit is about a fifth of Fox's width; a frame is 1/60 s). Metrics
-# not listed are counts of frames, or 0/1 outcomes, and get no tolerance beyond a frame. A
-# speed gets the precision the motion prior keeps its changes in (fp16: 0.002 units a frame at
-# a run's speed, a few of them summed): Fox's top run speed, 2.2 in the real range's p95 to
-# the millionth, is the same speed 0.0004 faster.
-TOLERANCE = {
-    "drift": 1.0,
-    "moved_forward": 1.0,
-    "stop_distance": 1.0,
-    "apex": 1.0,
-    "end_speed": 0.005,
-}
-FRAME_METRICS = {"liftoff", "duration"}
 
 
 @dataclass(frozen=True)
@@ -290,15 +124,8 @@ EDGE_RANGE = (10.0, 50.0)  # units from the main stage's edge for `near_edge` pr
 # Real players drift the stick while a jump plays out; it changes where they land, not how
 # high they go or whether they land, which is what the metrics read.
 DRIFTING = (NEUTRAL, FORWARD, BACK, OTHER_STICK)
-SHIELD_UP = (Segment(10, buttons=SHIELD),)
-ANY = (
-    NEUTRAL,
-    FORWARD,
-    BACK,
-    UP,
-    DOWN,
-    OTHER_STICK,
-)  # a roll plays out whatever the stick  # the model's way from standing to "shielding"
+SHIELD_UP = (Segment(10, buttons=SHIELD),)  # the model's way from standing to "shielding"
+ANY = (NEUTRAL, FORWARD, BACK, UP, DOWN, OTHER_STICK)  # a roll plays out whatever the stick
 M = Metric
 PROBES: tuple[Probe, ...] = (
     Probe(
@@ -453,31 +280,3 @@ def parse_probe_names(text: str) -> list[str]:
 
 def measure(probe: Probe, window: Window) -> dict[str, float]:
     return {name: metric(window) for name, metric in probe.metrics.items()}
-
-
-# ---------------------------------------------------------------------- input classes
-def stick_classes(x: np.ndarray, y: np.ndarray, facing: np.ndarray) -> np.ndarray:
-    """The stick class of each frame (int8), relative to `facing` (+1 / -1 per frame)."""
-    rel = x * facing
-    ax, ay = np.abs(x), np.abs(y)
-    out = np.full(x.shape, OTHER_STICK, dtype=np.int8)
-    out[(ax < STICK_DEADZONE) & (ay < STICK_DEADZONE)] = NEUTRAL
-    horizontal = (ax >= FULL_TILT) & (ay < STICK_DEADZONE)
-    out[horizontal & (rel > 0)] = FORWARD
-    out[horizontal & (rel < 0)] = BACK
-    vertical = (ay >= FULL_TILT) & (ax < STICK_DEADZONE)
-    out[vertical & (y > 0)] = UP
-    out[vertical & (y < 0)] = DOWN
-    return out
-
-
-def button_classes(buttons: np.ndarray, trigger: np.ndarray) -> np.ndarray:
-    out = np.zeros(buttons.shape, dtype=np.int16)
-    for flag, bits in _BITS.items():
-        out[(buttons & bits) != 0] |= flag
-    # Melee reads Z as A plus a light shield press (model.policies.processed_controller):
-    # with Z held, the A bit and the analog 0.35 are Z's own.
-    z = (out & Z) != 0
-    out[z] &= ~A
-    out[(trigger >= ANALOG_SHIELD) & ~z] |= SHIELD
-    return out
