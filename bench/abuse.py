@@ -83,20 +83,20 @@ REPLAYS = Path(os.environ.get("PLAYMODEL_REPLAYS", ROOT.parent / "shared" / "rep
 POLICIES = """
 import time
 from os import getcwd  # imported here: not a policy of this module
-from model.policies import Controller
+from core.controller import Controller
 
 def explode(frame, player):
     raise RuntimeError("boom")
 
 def wild(frame, player):
-    return Controller(joystick=(float("nan"), 0.0))
+    return Controller(stick_x=float("nan"))
 
 def sleepy(frame, player):
     time.sleep(0.2)
     return Controller()
 
 def fine(frame, player):
-    return Controller(joystick=(1.0, 0.0))
+    return Controller(stick_x=1.0)
 """
 
 

@@ -1,15 +1,12 @@
-"""One port's controller for one frame, processed the way Melee processes a GameCube
-controller (deadzones, 1/80 stick steps), so that the model sees the kind of values the replays
-it learned from recorded. Gamepads (`client.gamepads`) and the keyboard (`client.keyboard`)
-both produce a `ControllerState`; `InputSender` sends it as the wire protocol's `Input`.
+"""A raw stick and trigger read the way Melee reads a GameCube controller (deadzones, 1/80
+stick steps), so that the model sees the kind of values the replays it learned from recorded.
+Gamepads (`client.gamepads`) and the keyboard (`client.keyboard`) quantise with these and
+produce a `core.controller.Controller`; `InputSender` sends it as the wire protocol's `Input`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
-from server.protocol import Controller, Input
 
 # Melee reads the sticks in steps of 1/80 and zeroes an axis whose magnitude is 22 steps or
 # less; a trigger in steps of 1/140 with nothing below 43 steps. Measured on every replay in
@@ -39,30 +36,3 @@ def melee_trigger(v: float) -> float:
     """A raw analog trigger (0..1) as Melee would read it."""
     v = round(max(0.0, min(1.0, v)) / TRIGGER_STEP) * TRIGGER_STEP
     return 0.0 if v < TRIGGER_THRESHOLD - 1e-9 else min(1.0, v)
-
-
-@dataclass(frozen=True)
-class ControllerState:
-    stick_x: float = 0.0
-    stick_y: float = 0.0
-    cstick_x: float = 0.0
-    cstick_y: float = 0.0
-    trigger_l: float = 0.0
-    trigger_r: float = 0.0
-    buttons: frozenset[str] = frozenset()
-
-    def to_controller(self) -> Controller:
-        return Controller(
-            stick_x=self.stick_x,
-            stick_y=self.stick_y,
-            cstick_x=self.cstick_x,
-            cstick_y=self.cstick_y,
-            trigger_l=self.trigger_l,
-            trigger_r=self.trigger_r,
-            buttons=sorted(self.buttons),
-        )
-
-    def to_input(self, frame: int, port: int, previous: list[Controller] = ()) -> Input:
-        """The input for `frame`; `previous`: the controllers sent for the frames before it,
-        newest first (docs/PROTOCOL.md)."""
-        return Input(frame=frame, port=port, previous=list(previous), **dict(self.to_controller()))

@@ -3,7 +3,7 @@ the keymaps).
 
 `Controls` owns the devices: up to two gamepads, keyed by SDL instance id and assigned to local
 player slots as they are plugged in and out, and a keyboard layout per slot; `state(slot)` is
-that slot's `ControllerState`. The game loop samples it at a fixed 60 Hz.
+that slot's `Controller`. The game loop samples it at a fixed 60 Hz.
 
 Mappings are data: the built-in gamepad profiles (`client.gamepads`) and keyboard layouts
 (`client.keyboard`), overridden by a user file (`~/.config/playmodel/controls.json`) that can
@@ -21,9 +21,9 @@ from typing import Any
 
 import pygame
 
-from client.controller import ControllerState
 from client.gamepads import ANALOG, BUILTIN_PROFILES, Gamepad, pick_profile
 from client.keyboard import DEFAULT_KEYS, KeyboardLayout
+from core.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Controls:
                 return self.pads[instance_id]
         return None
 
-    def state(self, slot: int) -> ControllerState:
+    def state(self, slot: int) -> Controller:
         keys = self.keyboard[slot].state(self.pressed)
         pad = self.pad_for(slot)
         if pad is None:
@@ -148,7 +148,7 @@ class Controls:
             if keys.cstick_x or keys.cstick_y
             else (p.cstick_x, p.cstick_y)
         )
-        return ControllerState(
+        return Controller(
             sx,
             sy,
             cx,

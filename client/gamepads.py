@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.controller import ControllerState, melee_stick, melee_trigger
+from client.controller import melee_stick, melee_trigger
+from core.controller import Controller
 
 ANALOG = ("stick_x", "stick_y", "cstick_x", "cstick_y", "trigger_l", "trigger_r")
 
@@ -124,7 +125,7 @@ class Gamepad:
             return 0.0
         return (raw + 1.0) / 2.0
 
-    def state(self) -> ControllerState:
+    def state(self) -> Controller:
         sx, sy = melee_stick(self._axis("stick_x"), self._axis("stick_y"))
         cx, cy = melee_stick(self._axis("cstick_x"), self._axis("cstick_y"))
         tl, tr = (
@@ -147,4 +148,4 @@ class Gamepad:
             if self._button(self.profile["buttons"].get(digital)):
                 buttons.add(digital)
                 tl, tr = (1.0, tr) if analog == "trigger_l" else (tl, 1.0)
-        return ControllerState(sx, sy, cx, cy, tl, tr, frozenset(buttons))
+        return Controller(sx, sy, cx, cy, tl, tr, frozenset(buttons))

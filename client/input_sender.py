@@ -50,8 +50,8 @@ class InputSender:
         return frame if frame <= target + self.MAX_AHEAD else None
 
     def tick(self, states: dict) -> int | None:
-        """Send `states` (port -> ControllerState) for the next free frame, after any samples
-        still waiting for one; returns the last frame sent, None if none was free."""
+        """Send `states` (port -> `core.controller.Controller`) for the next free frame, after
+        any samples still waiting for one; returns the last frame sent, None if none was free."""
         if self.connection.last_frame is None:
             return None
         newest = self._waiting[-1] if self._waiting else self._held
@@ -73,13 +73,10 @@ class InputSender:
                 for history in self._history.values():
                     history.append(history[-1])
         for port in self.ports:
-            controller: Controller = states[port].to_controller()
             history = self._history[port]
             previous = list(reversed(history))  # newest first: frame - 1, frame - 2, ...
-            self.connection.send(
-                Input(frame=frame, port=port, previous=previous, **dict(controller))
-            )
-            history.append(controller)
+            self.connection.send(Input.stamped(states[port], frame, port, previous))
+            history.append(Controller.of(states[port]))
         self._held = states
         self.last_sent = frame
         self.sent += 1

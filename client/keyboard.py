@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pygame
 
-from client.controller import ControllerState, melee_stick
+from client.controller import melee_stick
+from core.controller import Controller
 
 TILT = 0.5  # the keyboard's "tilt" modifier holds the stick half way (walks, tilts)
 
@@ -84,7 +85,7 @@ class KeyboardLayout:
             raise ValueError(f"{where}: unknown controls {sorted(unknown)}; known: {KEY_CONTROLS}")
         self.codes = {control: key_code(name, where) for control, name in keys.items() if name}
 
-    def state(self, pressed: set[int]) -> ControllerState:
+    def state(self, pressed: set[int]) -> Controller:
         def down(control: str) -> bool:
             code = self.codes.get(control)
             return code is not None and code in pressed
@@ -95,7 +96,7 @@ class KeyboardLayout:
         sx, sy = melee_stick(x, y)
         cx, cy = melee_stick(down("c_right") - down("c_left"), down("c_up") - down("c_down"))
         buttons = {b for b in ("A", "B", "X", "Y", "Z", "L", "R", "START") if down(b)}
-        return ControllerState(
+        return Controller(
             sx,
             sy,
             cx,

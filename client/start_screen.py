@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import pygame
 
 from client import assets
-from client.controller import ControllerState
 from client.local_server import LocalServer
 from client.render import PORT_COLOURS, TEXT
 from client.window import Window, WindowClosed
+from core.controller import Controller
 
 MENU_POLICIES = ("human", "cpu: approach", "cpu: random", "cpu: noop")
 # Key hints in words: pygame's default font (freesansbold) has no arrow glyphs, which it
@@ -59,7 +59,7 @@ class StartScreen:
             _menu_policy_index(choice.policies.get("2")),
         ]
         self.row = 0
-        self._previous: ControllerState = ControllerState()
+        self._previous: Controller = Controller()
 
     def choice(self) -> GameChoice:
         stage = self.stages[self.values[0]]

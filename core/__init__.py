@@ -4,6 +4,9 @@
 - `melee_ids`, `stages`, `actions`: Melee's ids, the legal stages (geometry, aliases) and the
   action states' names and categories, read from `assets/*.json`.
 - `events`: KO, respawn and game end, and how a recorded game shows them.
+- `controller`: the one `Controller` (sticks, triggers, buttons by name) that policies, the
+  wire protocol and the client share, the buttons' bits, and Melee's processing of it into
+  the dataset's controller columns.
 - `wire_frame`: a frame as the wire protocol sends it.
 - `replay_reader`: a Slippi replay to a table in the dataset's schema; `manifest`: the
   dataset's manifest; `atomic_file`: writes a reader never sees half done; `host_memory`:

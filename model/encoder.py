@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from core import game_state as gs
+from core.controller import BUTTON_BITS
 from model import frame_spec as fs
 from model.config import ModelConfig
 from model.frames import player_columns, stacked_columns
@@ -41,7 +42,7 @@ class FrameEncoder(nn.Module):
         self.register_buffer("player_class_max", torch.tensor(class_max), persistent=False)
         item_scales = [1.0] + [fs.ITEM_FIELD[n].scale for n in fs.ITEM_FLOAT_INPUTS[1:]]
         self.register_buffer("item_scales", torch.tensor(item_scales), persistent=False)
-        bits = torch.tensor(list(fs.BUTTON_BITS.values()), dtype=torch.long)
+        bits = torch.tensor(list(BUTTON_BITS.values()), dtype=torch.long)
         self.register_buffer("button_bits", bits, persistent=False)
 
         per_player = (
@@ -49,7 +50,7 @@ class FrameEncoder(nn.Module):
             + len(fs.PLAYER_BINARY_INPUTS)
             + len(self.player_categoricals) * config.embed_dim
             + len(fs.CONTROLLER_FLOAT_INPUTS)
-            + len(fs.BUTTON_BITS)
+            + len(BUTTON_BITS)
         )
         per_item = (
             len(fs.ITEM_FLOAT_INPUTS) + len(fs.ITEM_CATEGORICAL_INPUTS) * config.item_embed_dim

@@ -132,21 +132,6 @@ CONTROLLER_FLOAT_INPUTS = (
     "trigger_l",
     "trigger_r",
 )
-# Buttons the game reads from the processed bitmask (Slippi spec, pre-frame buttons).
-BUTTON_BITS = {
-    "A": 0x100,
-    "B": 0x200,
-    "X": 0x400,
-    "Y": 0x800,
-    "Z": 0x10,
-    "R": 0x20,
-    "L": 0x40,
-    "START": 0x1000,
-    "DPAD_UP": 0x8,
-    "DPAD_DOWN": 0x4,
-    "DPAD_LEFT": 0x1,
-    "DPAD_RIGHT": 0x2,
-}
 ITEM_FLOAT_INPUTS = ("exists", "x", "y", "vel_x", "vel_y", "timer")
 ITEM_CATEGORICAL_INPUTS = ("type", "state", "owner")
 STATE_AGE_CAP = 300.0  # frames; a long idle adds nothing beyond this

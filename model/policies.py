@@ -1,8 +1,8 @@
 """Scripted policies: given the current frame and a player, return that player's controller.
 
 The shape is the one Melee bots use (libmelee): a callable `policy(frame, player) -> Controller`
-called once per frame. `frame` is a `FrameView` (read fields as floats, `frame["p1_x"]`, or
-`frame.player(player, "x")`), `player` is 0 for p1 and 1 for p2.
+(`core.controller.Controller`) called once per frame. `frame` is a `FrameView` (read fields as
+floats, `frame["p1_x"]`, or `frame.player(player, "x")`), `player` is 0 for p1 and 1 for p2.
 
 Built in (`make_policy(spec)`):
 - `noop`: nothing pressed;
@@ -18,78 +18,10 @@ from __future__ import annotations
 import importlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from core import game_state as gs
-from model.frame_spec import BUTTON_BITS
+from core.controller import BUTTON_BITS, Controller
 from model.frames import Frames
-
-
-@dataclass(frozen=True)
-class Controller:
-    """One player's controller for one frame, in the replay's processed units."""
-
-    joystick: tuple[float, float] = (0.0, 0.0)  # main stick, -1..1
-    cstick: tuple[float, float] = (0.0, 0.0)  # c-stick, -1..1
-    l_trigger: float = 0.0  # analog L, 0..1
-    r_trigger: float = 0.0  # analog R, 0..1
-    buttons: frozenset[str] = field(default_factory=frozenset)  # names from BUTTON_BITS
-
-    def __post_init__(self):
-        unknown = set(self.buttons) - set(BUTTON_BITS)
-        if unknown:
-            raise ValueError(f"unknown buttons {sorted(unknown)}; known: {sorted(BUTTON_BITS)}")
-
-    def columns(self, player: int) -> dict[str, float | int]:
-        """The dataset's controller columns for this player (`p1_joystick_x`, ...)."""
-        p = gs.PLAYERS[player]
-        values = processed_controller(
-            self.joystick, self.cstick, self.l_trigger, self.r_trigger, self.buttons
-        )
-        return {f"{p}_{name}": value for name, value in values.items()}
-
-
-# What Melee's engine makes of the physical controller, as Slippi records it (pre-frame
-# `buttons` and `triggers`; checked on the corpus): Z is read as A plus a light shield press, so
-# a Z press sets the A bit too and an analog trigger of 0.35 (446 of 446 Z frames in 40 games);
-# a digital L or R press is a full analog press (1.0 on every such frame). The model learned
-# from those values, so a scripted or live controller must produce them too.
-Z_ANALOG = 0.35
-
-
-def processed_controller(
-    joystick: tuple[float, float],
-    cstick: tuple[float, float],
-    l_trigger: float,
-    r_trigger: float,
-    buttons,
-) -> dict[str, float | int]:
-    """One player's controller columns (without the `pN_` prefix) from physical sticks,
-    triggers and button names (from BUTTON_BITS), as the replays record them."""
-    physical = 0
-    for name in buttons:
-        physical |= BUTTON_BITS[name]
-    processed, analog = physical, max(_clip(l_trigger, 0, 1), _clip(r_trigger, 0, 1))
-    if physical & BUTTON_BITS["Z"]:
-        processed |= BUTTON_BITS["A"]
-        analog = max(analog, Z_ANALOG)
-    if physical & (BUTTON_BITS["L"] | BUTTON_BITS["R"]):
-        analog = 1.0
-    return {
-        "joystick_x": _clip(joystick[0], -1, 1),
-        "joystick_y": _clip(joystick[1], -1, 1),
-        "cstick_x": _clip(cstick[0], -1, 1),
-        "cstick_y": _clip(cstick[1], -1, 1),
-        "trigger": analog,
-        "buttons": processed,
-        "buttons_physical": physical & 0xFFFF,
-        "trigger_l": _clip(l_trigger, 0, 1),
-        "trigger_r": _clip(r_trigger, 0, 1),
-    }
-
-
-def _clip(value: float, low: float, high: float) -> float:
-    return min(max(float(value), low), high)
 
 
 class FrameView:
@@ -126,7 +58,8 @@ DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, 1.0), "down"
 def hold(direction: str) -> Policy:
     if direction not in DIRECTIONS:
         raise ValueError(f"hold: unknown direction {direction!r} (one of {', '.join(DIRECTIONS)})")
-    held = Controller(joystick=DIRECTIONS[direction])
+    x, y = DIRECTIONS[direction]
+    held = Controller(stick_x=x, stick_y=y)
     return lambda frame, player: held
 
 
@@ -145,9 +78,10 @@ class RandomPolicy:
             rng = self.rng
             buttons = frozenset(b for b in ("A", "B", "X", "Z", "L") if rng.random() < 0.12)
             self.current = Controller(
-                joystick=(rng.uniform(-1, 1), rng.uniform(-1, 1)),
-                cstick=(rng.choice((-1.0, 0.0, 0.0, 0.0, 1.0)), 0.0),
-                l_trigger=1.0 if "L" in buttons else 0.0,
+                stick_x=rng.uniform(-1, 1),
+                stick_y=rng.uniform(-1, 1),
+                cstick_x=rng.choice((-1.0, 0.0, 0.0, 0.0, 1.0)),
+                trigger_l=1.0 if "L" in buttons else 0.0,
                 buttons=buttons,
             )
             self.left = rng.randint(1, self.HOLD_FRAMES)
@@ -170,7 +104,7 @@ class ApproachAndAttack:
             attack = self.rng.random() < 0.5
             return Controller(buttons=frozenset({"A"}) if attack else frozenset())
         buttons = frozenset({"X"}) if dy > 30 and self.rng.random() < 0.1 else frozenset()
-        return Controller(joystick=(1.0 if dx > 0 else -1.0, 0.0), buttons=buttons)
+        return Controller(stick_x=1.0 if dx > 0 else -1.0, buttons=buttons)
 
 
 class ReplayFollower:
@@ -190,10 +124,12 @@ class ReplayFollower:
 
         bits = int(value("buttons"))
         return Controller(
-            joystick=(value("joystick_x"), value("joystick_y")),
-            cstick=(value("cstick_x"), value("cstick_y")),
-            l_trigger=value("trigger_l"),
-            r_trigger=value("trigger_r"),
+            stick_x=value("joystick_x"),
+            stick_y=value("joystick_y"),
+            cstick_x=value("cstick_x"),
+            cstick_y=value("cstick_y"),
+            trigger_l=value("trigger_l"),
+            trigger_r=value("trigger_r"),
             buttons=frozenset(n for n, bit in BUTTON_BITS.items() if bits & bit),
         )
 

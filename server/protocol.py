@@ -17,6 +17,9 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
+from core import controller as core_controller
+from core.controller import BUTTON_NAMES
+
 PROTOCOL_VERSION = 1
 MAX_CLIENT_MESSAGE_BYTES = 4096  # the largest client message is an input with 8 copies, ~1 KB
 # An input carries the controllers of up to this many frames before its own, as netplay clients
@@ -31,25 +34,9 @@ MAX_ERROR_PROBLEMS = 3
 QUOTE_CHARS = 40
 PORTS = (1, 2)
 
-# Melee's buttons as the replays record them (the bits are in model/frame_spec.py, which this
-# module must not import; a test checks the two agree).
-BUTTON_NAMES = (
-    "A",
-    "B",
-    "X",
-    "Y",
-    "Z",
-    "L",
-    "R",
-    "START",
-    "DPAD_UP",
-    "DPAD_DOWN",
-    "DPAD_LEFT",
-    "DPAD_RIGHT",
-)
-Button = Literal[
-    "A", "B", "X", "Y", "Z", "L", "R", "START", "DPAD_UP", "DPAD_DOWN", "DPAD_LEFT", "DPAD_RIGHT"
-]
+# The buttons by name, as `core.controller` defines them: a name outside them is refused here,
+# with the list of names in the error.
+Button = Literal[BUTTON_NAMES]
 
 # RFC 6455 close codes the server uses.
 CLOSE_NORMAL = 1000
@@ -87,7 +74,9 @@ class Hello(StrictMessage):
 
 
 class Controller(StrictMessage):
-    """One controller's state: sticks in -1..1, analog triggers in 0..1, buttons by name."""
+    """One controller's state on the wire: sticks in -1..1, analog triggers in 0..1, buttons by
+    name. The fields are `core.controller.Controller`'s; this message checks them as the wire
+    must (strictly, each problem named in the error) and converts to and from it."""
 
     stick_x: Unit = 0.0
     stick_y: Unit = 0.0
@@ -96,6 +85,35 @@ class Controller(StrictMessage):
     trigger_l: Trigger = 0.0
     trigger_r: Trigger = 0.0
     buttons: list[Button] = Field(default_factory=list, max_length=len(BUTTON_NAMES))
+
+    @classmethod
+    def of(cls, controller: core_controller.Controller) -> Controller:
+        return cls(**_fields(controller))
+
+    def to_controller(self) -> core_controller.Controller:
+        return core_controller.Controller(
+            self.stick_x,
+            self.stick_y,
+            self.cstick_x,
+            self.cstick_y,
+            self.trigger_l,
+            self.trigger_r,
+            frozenset(self.buttons),
+        )
+
+
+def _fields(controller: core_controller.Controller) -> dict[str, Any]:
+    """A controller's fields as the wire message takes them (the buttons sorted, so the same
+    controller always makes the same bytes)."""
+    return {
+        "stick_x": controller.stick_x,
+        "stick_y": controller.stick_y,
+        "cstick_x": controller.cstick_x,
+        "cstick_y": controller.cstick_y,
+        "trigger_l": controller.trigger_l,
+        "trigger_r": controller.trigger_r,
+        "buttons": sorted(controller.buttons),
+    }
 
 
 class Input(Controller):
@@ -107,6 +125,18 @@ class Input(Controller):
     frame: int
     port: Port
     previous: list[Controller] = Field(default_factory=list, max_length=REDUNDANT_INPUTS)
+
+    @classmethod
+    def stamped(
+        cls,
+        controller: core_controller.Controller,
+        frame: int,
+        port: int,
+        previous: list[Controller] = (),
+    ) -> Input:
+        """`controller` as the input for `frame`; `previous`: the controllers sent for the
+        frames before it, newest first."""
+        return cls(frame=frame, port=port, previous=list(previous), **_fields(controller))
 
     def controllers(self) -> list[tuple[int, Controller]]:
         """(frame, controller) of the redundant copies, oldest first."""

@@ -12,24 +12,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.policies import Policy, processed_controller
+from core.controller import Controller
+from model.policies import Policy
 from model.snapshots import Snapshot
 from server import protocol
 from server.recorder import GameRecorder
 
 log = logging.getLogger(__name__)
 
-NEUTRAL: dict[str, float | int] = {
-    "joystick_x": 0.0,
-    "joystick_y": 0.0,
-    "cstick_x": 0.0,
-    "cstick_y": 0.0,
-    "trigger": 0.0,
-    "buttons": 0,
-    "buttons_physical": 0,
-    "trigger_l": 0.0,
-    "trigger_r": 0.0,
-}
+NEUTRAL: dict[str, float | int] = Controller().processed()
 
 
 # Each reset finishes the game's recording and starts a new folder: unlimited, one client made
@@ -78,15 +69,9 @@ def new_token() -> str:
 
 def controller_columns(message: protocol.Controller) -> dict[str, float | int]:
     """An input message (or one of its redundant copies) as one player's controller columns
-    (without the `pN_` prefix), as Melee processes them (`model.policies.processed_controller`:
+    (without the `pN_` prefix), as Melee processes them (`core.controller.Controller.processed`:
     Z also presses A, ...)."""
-    return processed_controller(
-        (message.stick_x, message.stick_y),
-        (message.cstick_x, message.cstick_y),
-        message.trigger_l,
-        message.trigger_r,
-        message.buttons,
-    )
+    return message.to_controller().processed()
 
 
 SPECTATOR_QUEUE_MESSAGES = 32  # a spectator's messages other than frames (welcome, errors, ...)

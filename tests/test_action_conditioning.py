@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from core import game_state as gs
+from core.controller import Controller
 from core.replay_reader import read_replay
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ModelConfig, load_config
@@ -20,7 +21,6 @@ from model.decoding import decode
 from model.frames import frames_from_table
 from model.game_start import GameSetup
 from model.heads import ACTION_COLUMNS
-from model.policies import Controller
 from model.quantize import quantize_int8
 from model.simulation import Simulation
 from model.world_model import WorldModel
@@ -175,7 +175,7 @@ def run(sim: Simulation, frames: int, seed: int = 0) -> list[dict]:
         pressed = torch.rand(3, generator=generator) < 0.3
         stick = (torch.rand(2, generator=generator) * 2 - 1).tolist()
         buttons = frozenset(b for b, on in zip("AXR", pressed.tolist(), strict=True) if on)
-        controls = Controller(joystick=tuple(stick), buttons=buttons).columns(0)
+        controls = Controller(stick_x=stick[0], stick_y=stick[1], buttons=buttons).columns(0)
         out.append(dict(sim.step({game: controls})[game].frame))
     return out
 

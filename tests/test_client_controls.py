@@ -13,6 +13,7 @@ from client.controller import STICK_DEADZONE, melee_stick, melee_trigger
 from client.controls import Controls, ControlsConfig
 from client.gamepads import pick_profile
 from client.loops import InputClock
+from server.protocol import Input
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -225,7 +226,7 @@ def test_broken_controls_file_names_the_file(tmp_path):
 def test_state_becomes_a_protocol_input():
     controls = Controls()
     controls.handle_event(key(pygame.KEYDOWN, "w"))
-    message = controls.state(0).to_input(frame=42, port=2)
+    message = Input.stamped(controls.state(0), frame=42, port=2)
     assert (message.frame, message.port, message.stick_y) == (42, 2, 1.0)
 
 

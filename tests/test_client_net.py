@@ -9,10 +9,10 @@ import pytest
 from websockets.sync.server import serve
 
 from client.connection import Connection
-from client.controller import ControllerState
 from client.input_sender import InputSender
 from client.local_server import LocalServer, free_port
 from client.rest import ServerError, create_session, delete_session, http_base, ws_url
+from core.controller import Controller
 from server.protocol import (
     Bye,
     Control,
@@ -113,7 +113,7 @@ def run_inputs(connection: Connection, frames: int, timeout: float = 10.0) -> li
     while len(received) < frames and time.perf_counter() - start < timeout:
         if time.perf_counter() >= next_tick:
             next_tick += 1 / 60
-            sender.tick({1: ControllerState(stick_x=1.0), 2: ControllerState()})
+            sender.tick({1: Controller(stick_x=1.0), 2: Controller()})
         received += [m for m in connection.poll() if isinstance(m, Frame)]
         time.sleep(0.001)
     return received
@@ -145,7 +145,7 @@ def test_input_sender_stays_within_reach_of_the_last_frame():
 
     stub = Stub()
     sender = InputSender(stub, [1], input_delay=3)
-    state = {1: ControllerState()}
+    state = {1: Controller()}
     assert [sender.tick(state) for _ in range(4)] == [13, 14, 15, None]  # at most 2 ahead
     stub.last_frame = 20  # the client fell behind: jump to the target
     assert sender.tick(state) == 23
@@ -218,7 +218,7 @@ def test_end_to_end_with_a_local_server():
         while sum(map(len, segments)) < 120 and time.perf_counter() - start < 25:
             if time.perf_counter() >= next_tick:
                 next_tick += 1 / 60
-                sender.tick({1: ControllerState(stick_x=1.0), 2: ControllerState(stick_x=-1.0)})
+                sender.tick({1: Controller(stick_x=1.0), 2: Controller(stick_x=-1.0)})
             for message in connection.poll():
                 if isinstance(message, Frame) and message.corrected:
                     # A rollback re-made a frame already received (an input arrived late).

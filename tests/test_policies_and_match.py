@@ -10,14 +10,13 @@ import torch
 import yaml
 
 from core import game_state as gs
+from core.controller import BUTTON_BITS, Controller
 from core.replay_reader import read_replay
 from model.checkpoint import load_model
-from model.frame_spec import BUTTON_BITS
 from model.frames import frames_from_table, index
 from model.game_start import GameSetup, standard_start
 from model.policies import (
     ApproachAndAttack,
-    Controller,
     FrameView,
     RandomPolicy,
     ReplayFollower,
@@ -53,24 +52,17 @@ def start_view(stage=31):
     return FrameView(standard_start(GameSetup(stage=stage)))
 
 
-def test_controller_columns_use_the_replay_bitmask():
-    columns = Controller(joystick=(2.0, -0.5), buttons=frozenset({"A", "Z"})).columns(1)
-    assert columns["p2_joystick_x"] == 1.0 and columns["p2_joystick_y"] == -0.5
-    assert columns["p2_buttons"] == BUTTON_BITS["A"] | BUTTON_BITS["Z"]
-    with pytest.raises(ValueError, match="unknown buttons"):
-        Controller(buttons=frozenset({"TURBO"}))
-
-
 def test_builtin_policies():
     view = start_view()
     assert noop(view, 0) == Controller()
-    assert hold("left")(view, 0).joystick == (-1.0, 0.0)
+    held = hold("left")(view, 0)
+    assert (held.stick_x, held.stick_y) == (-1.0, 0.0)
     a, b = RandomPolicy(3), RandomPolicy(3)
     assert [a(view, 0) for _ in range(50)] == [b(view, 0) for _ in range(50)]
-    assert RandomPolicy(3)(view, 0).joystick != RandomPolicy(4)(view, 0).joystick
+    assert RandomPolicy(3)(view, 0).stick_x != RandomPolicy(4)(view, 0).stick_x
     # p1 spawns left of p2, so approaching means pushing right, and p2 pushes left.
-    assert ApproachAndAttack()(view, 0).joystick[0] == 1.0
-    assert ApproachAndAttack()(view, 1).joystick[0] == -1.0
+    assert ApproachAndAttack()(view, 0).stick_x == 1.0
+    assert ApproachAndAttack()(view, 1).stick_x == -1.0
 
 
 def test_replay_follower_plays_the_recorded_inputs(replay_frames):

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
+from core.controller import Controller
 from core.stages import get_stage
 from model.config import load_config
 from model.frame_spec import count_state_age
 from model.frames import frames_from_table
-from model.policies import Controller
 from model.world_model import WorldModel
 from training import probe_expectations as pe
 from training import probes as pr
@@ -82,7 +82,7 @@ def test_scripted_controllers_are_processed_like_the_replays():
     assert r["p2_buttons"] == 0x20 and r["p2_trigger"] == 1.0
     # A probe's script, for a player facing left: forward is left.
     dash = pr.PROBES_BY_NAME["dash_forward"].controllers(-1)
-    assert dash[0].joystick == (-1.0, 0.0) and len(dash) == 20
+    assert (dash[0].stick_x, dash[0].stick_y) == (-1.0, 0.0) and len(dash) == 20
     shield = pr.PROBES_BY_NAME["shield"].controllers(1)[0].columns(0)
     assert button_classes(np.array([shield["p1_buttons"]]), np.array([1.0]))[0] == SHIELD
 

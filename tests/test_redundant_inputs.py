@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_rollback import TINY, make_engine, state
 
-from client.controller import ControllerState
 from client.input_sender import InputSender
+from core.controller import Controller
 from model.world_model import WorldModel
 from server import protocol as P
 from server.sessions import controller_columns
@@ -164,7 +164,7 @@ class Stub:
 
 
 def held(stick_x: float) -> dict:
-    return {1: ControllerState(stick_x=stick_x)}
+    return {1: Controller(stick_x=stick_x)}
 
 
 def test_each_input_carries_the_frames_before_it_newest_first():

@@ -11,8 +11,8 @@ import random
 
 import torch
 
+from core.controller import BUTTON_BITS
 from model.config import ModelConfig
-from model.frame_spec import BUTTON_BITS
 from model.game_start import GameSetup
 from model.world_model import WorldModel
 from server import protocol as P

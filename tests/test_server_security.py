@@ -41,7 +41,7 @@ MATCH_FRAMES_HELD = 500
 POLICIES = """
 import time
 from os import getcwd  # imported: not a policy of this module
-from model.policies import Controller
+from core.controller import Controller
 
 def explode(frame, player):
     raise RuntimeError("boom")
@@ -51,10 +51,10 @@ def sleepy(frame, player):
     return Controller()
 
 def wild(frame, player):
-    return Controller(joystick=(float("nan"), 0.0))
+    return Controller(stick_x=float("nan"))
 
 def fine(frame, player):
-    return Controller(joystick=(1.0, 0.0))
+    return Controller(stick_x=1.0)
 
 def slowish(frame, player):  # well under the time limit: a match that takes a while
     time.sleep(0.01)
@@ -437,7 +437,7 @@ def test_module_policies_outside_the_allow_list_are_never_imported(server):
     [
         ("bad:explode", "raised RuntimeError: boom"),
         ("bad:sleepy", "over the limit of 50 ms"),
-        ("bad:wild", "returned joystick nan"),
+        ("bad:wild", "raised ValueError: stick_x nan is outside -1..1"),
     ],
 )
 def test_a_failing_policy_ends_only_its_own_session(server, spec, reason):

@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
+from core.controller import Controller
 from model.config import load_config
 from model.game_start import GameSetup
-from model.policies import Controller, noop
+from model.policies import noop
 from model.world_model import WorldModel
 from server.engine import Engine
 from server.match_downloads import DownloadCache
@@ -30,7 +31,7 @@ TINY = {"d_model": 32, "n_layers": 2, "d_state": 16, "expand": 2, "headdim": 16}
 
 def sleepy(frame, player):
     time.sleep(SLEEP_S)
-    return Controller(joystick=(1.0, 0.0))
+    return Controller(stick_x=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_a_late_answer_is_played_until_the_next_one_comes():
 
     def slowish(frame, player):  # under the limit, over the tick's wait
         time.sleep(0.03)
-        return Controller(joystick=(next(answers) / 100, 0.0))
+        return Controller(stick_x=next(answers) / 100)
 
     policy = GuardedPolicy(slowish, "ok:slowish", time_limit_ms=2000, wait_s=0.0)
     assert policy(None, 0) == Controller()  # the first call is still running
@@ -99,8 +100,8 @@ def test_a_late_answer_is_played_until_the_next_one_comes():
 
     # Each answer is played from when it comes, while the next call (asked then) runs.
     first = next_answer(Controller())
-    assert first.joystick == (0.01, 0.0)
-    assert next_answer(first).joystick == (0.02, 0.0)
+    assert first == Controller(stick_x=0.01)
+    assert next_answer(first) == Controller(stick_x=0.02)
     assert policy.failure is None
 
 

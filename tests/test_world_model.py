@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core import game_state as gs
+from core.controller import BUTTON_BITS
 from core.replay_reader import read_replay
 from model import frame_spec as fs
 from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
@@ -82,7 +83,7 @@ def test_jump_input_acts_in_the_same_frame(replays):
         frames = frames_from_table(read_replay(replays / "dev" / name).table)
         for p in gs.PLAYERS:
             buttons = frames[f"{p}_buttons"]
-            jump = (buttons & (fs.BUTTON_BITS["X"] | fs.BUTTON_BITS["Y"])) != 0
+            jump = (buttons & (BUTTON_BITS["X"] | BUTTON_BITS["Y"])) != 0
             pressed = jump[1:] & ~jump[:-1]
             standing = frames[f"{p}_action"][:-1] == 14  # WAIT
             t = torch.nonzero(pressed & standing).flatten() + 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.policies import Controller
+from core.controller import Controller
 from model.rules import STICK_DEADZONE
 
 # Stick classes, relative to the way the player faces at the probe's start.
@@ -22,7 +22,7 @@ FULL_TILT = 0.8  # a "held" direction: Melee's dash needs the stick past about 0
 # Button classes (bit flags).
 A, B, JUMP, Z, SHIELD = 1, 2, 4, 8, 16
 ANALOG_SHIELD = 0.3  # an analog press past this shields in Melee
-# Processed button bits (Slippi spec, pre-frame buttons; model/frame_spec.py BUTTON_BITS).
+# Processed button bits (Slippi spec, pre-frame buttons; core/controller.py BUTTON_BITS).
 _BITS = {A: 0x100, B: 0x200, JUMP: 0x400 | 0x800, Z: 0x10, SHIELD: 0x20 | 0x40}
 
 
@@ -45,7 +45,7 @@ class Segment:
 
     def controller(self, facing: int) -> Controller:
         """What the scripted player presses, for a player facing `facing` (+1 right)."""
-        stick = {
+        x, y = {
             NEUTRAL: (0.0, 0.0),
             FORWARD: (float(facing), 0.0),
             BACK: (-float(facing), 0.0),
@@ -55,7 +55,10 @@ class Segment:
         names = {A: "A", B: "B", JUMP: "X", Z: "Z", SHIELD: "R"}
         buttons = frozenset(name for bit, name in names.items() if self.buttons & bit)
         return Controller(
-            joystick=stick, r_trigger=1.0 if self.buttons & SHIELD else 0.0, buttons=buttons
+            stick_x=x,
+            stick_y=y,
+            trigger_r=1.0 if self.buttons & SHIELD else 0.0,
+            buttons=buttons,
         )
 
 
@@ -82,7 +85,7 @@ def button_classes(buttons: np.ndarray, trigger: np.ndarray) -> np.ndarray:
     out = np.zeros(buttons.shape, dtype=np.int16)
     for flag, bits in _BITS.items():
         out[(buttons & bits) != 0] |= flag
-    # Melee reads Z as A plus a light shield press (model.policies.processed_controller):
+    # Melee reads Z as A plus a light shield press (core.controller.Controller.processed):
     # with Z held, the A bit and the analog 0.35 are Z's own.
     z = (out & Z) != 0
     out[z] &= ~A

@@ -34,11 +34,11 @@ import torch
 from tqdm import tqdm
 
 from core.atomic_file import atomic_path
+from core.controller import Controller
 from core.melee_ids import character_name_internal, parse_character, stage_name
 from core.stages import get_stage, legal_stage_ids, parse_stage
 from model.checkpoint import load_checkpoint
 from model.game_start import FIRST_FRAME, GameSetup, main_stage_x
-from model.policies import Controller
 from model.quantize import QUANTIZE_CHOICES, maybe_quantize
 from model.simulation import Simulation
 from model.world_model import WorldModel

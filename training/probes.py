@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.policies import Controller
+from core.controller import Controller
 from training.probe_inputs import (
     BACK,
     DOWN,
