@@ -38,8 +38,10 @@ def quantize_int8(model: WorldModel) -> WorldModel:
     try:
         with warnings.catch_warnings():
             # torch.ao.quantization is deprecated in favour of torchao, which this project
-            # does not depend on; it is there and works in torch 2.13. Should a later torch
-            # drop it, the error below says so.
+            # does not depend on: torchao's dynamic int8 cannot be traced and is 4-5x slower
+            # eager, its weight-only int8 6-28% slower traced (BENCHMARKS.md, "Kept parts").
+            # torch.ao is there and works in torch 2.13; should a later torch drop it, the
+            # error below says so.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig

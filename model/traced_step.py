@@ -23,8 +23,10 @@ device thread that releases it a few hundred times a tick waits, each time, for 
 loop's thread to hand it back.
 
 torch.jit.trace is deprecated in favour of torch.compile and torch.export; its deprecation
-warning is silenced here on purpose. If tracing fails (a future torch without it), callers get
-None and step eagerly.
+warning is silenced here on purpose. Measured against them (BENCHMARKS.md, "Kept parts"):
+torch.compile is 3x slower per step and compiles for ~45 s per batch size; torch.export with
+AOTInductor is two to three times as fast but takes 36-60 s to compile; not wired in yet. If
+tracing fails (a future torch without it), callers get None and step eagerly.
 """
 
 from __future__ import annotations

@@ -78,8 +78,8 @@ def test_a_lost_input_is_filled_in_from_the_next_inputs_copy(model):
     assert session.recovered == {1: 0, 2: 3}
     assert session.lost == {1: 0, 2: 0}
     assert session.rollbacks == 0
-    assert engine.metrics.recovered_inputs.value == 3
-    assert engine.metrics.substituted_inputs.value == 0
+    assert engine.metrics.value("playmodel_recovered_inputs_total") == 3
+    assert engine.metrics.value("playmodel_substituted_inputs_total") == 0
     for key, value in reference.items():
         assert torch.equal(state(engine, session)[key], value), key
 
@@ -104,7 +104,7 @@ def test_copies_of_inputs_already_used_change_nothing(model):
     engine, session = play(model, lost=set(), frames=20)
     assert session.recovered == {1: 0, 2: 0}
     assert session.rollbacks == 0 and session.late_inputs == 0
-    assert engine.metrics.rollback_inputs.value == 0
+    assert engine.metrics.value("playmodel_rollback_inputs_total") == 0
 
 
 def test_an_input_lost_past_the_rollback_window_is_counted_as_lost(model):
@@ -115,7 +115,7 @@ def test_an_input_lost_past_the_rollback_window_is_counted_as_lost(model):
     engine, session = play(model, lost=set(range(first + 2, first + 11)), frames=20)
     assert session.lost == {1: 0, 2: 1}
     assert session.recovered[2] == 8
-    assert engine.metrics.lost_inputs.value == session.lost[2]
+    assert engine.metrics.value("playmodel_lost_inputs_total") == session.lost[2]
     assert session.late_inputs == 0, "a copy too old to use is not a late input"
 
 

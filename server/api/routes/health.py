@@ -7,6 +7,7 @@ from fastapi.responses import PlainTextResponse
 
 from server.api.deps import EngineDep, MatchesDep
 from server.api.schemas import Health
+from server.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])
 
@@ -24,6 +25,6 @@ async def healthz(engine: EngineDep, matches: MatchesDep) -> Health:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(engine: EngineDep, matches: MatchesDep) -> PlainTextResponse:
-    """Prometheus' text exposition format."""
+    """Prometheus' text exposition format (version 0.0.4), written by prometheus_client."""
     text = engine.metrics.render(len(engine.sessions), matches.active())
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(text, media_type=CONTENT_TYPE)
