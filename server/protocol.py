@@ -48,8 +48,14 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013  # IANA-registered: the server is at a limit (spectators)
 
-Unit = Annotated[float, Field(ge=-1.0, le=1.0)]
-Trigger = Annotated[float, Field(ge=0.0, le=1.0)]
+
+def _in_range(field: str):
+    """A float field checked against the core controller's range for `field`."""
+    low, high = core_controller.RANGES[field]
+    return Annotated[float, Field(ge=low, le=high)]
+
+
+Unit, Trigger = _in_range("stick_x"), _in_range("trigger_l")  # -1..1 and 0..1, as core says
 # An int field, not Literal[1, 2]: a Literal compares by value, so it would take true and 1.0.
 Port = Annotated[int, Field(ge=1, le=2)]
 
