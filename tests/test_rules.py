@@ -371,6 +371,32 @@ def test_a_grounded_player_with_nothing_under_them_falls(stage_id, x, y, falls):
     assert int(frame["p1_airborne"][0]) == int(falls)
 
 
+@pytest.mark.parametrize(
+    "stage_id, x, y, falls",
+    [
+        (31, -94.0, -16.0, True),  # Battlefield: a landing in mid-air past the edge (in play)
+        (31, 30.0, -5.0, False),  # a landing's dip below the surface, over the stage
+        (32, 0.0, 10.0 + 13.0, False),  # off the surface's height: a landing's animation may be
+        (8, 60.6, -13.6, False),  # Yoshi's Story: Randall, below the edge
+    ],
+)
+def test_a_landing_past_the_edge_falls(stage_id, x, y, falls):
+    """A landing the model makes where nothing is, past the main stage's edge, is a fall;
+    elsewhere its position is the animation's, and the model's."""
+    from model.stage_collision import FALL_ACTION, LANDING
+
+    prev, rules = batch_frame(stage_id)
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    frame["p1_action"][0], frame["p1_airborne"][0] = LANDING, 0
+    frame["p1_x"][0], frame["p1_y"][0] = x, y
+    frame["p1_vel_self_y"][0] = -2.7
+    prev["p1_x"][0], prev["p1_y"][0] = x, y + 0.8
+    apply_rules(frame, rules, prev)
+    assert (int(frame["p1_action"][0]) == FALL_ACTION) == falls
+    assert int(frame["p1_airborne"][0]) == int(falls)
+
+
 def test_knockback_grows_only_from_a_hit():
     """Outside the actions a hit puts a player in, a knockback speed keeps at most its size:
     a standing player the model gives knockback from nothing stays put; one flying from a hit
