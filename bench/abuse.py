@@ -366,8 +366,7 @@ class Context:
         self.sessions: list[dict] = []
         self.sockets: list = []
         self.tasks: list[asyncio.Task] = []
-        self.matches: list[str] = []
-        self.match_tokens: dict[str, str] = {}
+        self.matches: dict[str, str] = {}  # this class's matches: id -> match_token
         self.after_matches: list[Callable[[], Awaitable[None]]] = []  # checks once they end
         self._match: tuple[str, int] | None = None
 
@@ -385,8 +384,7 @@ class Context:
         response = await self.http.post("/v1/matches", json=body)
         if response.status_code == 202:
             accepted = response.json()
-            self.matches.append(accepted["match_id"])
-            self.match_tokens[accepted["match_id"]] = accepted["match_token"]
+            self.matches[accepted["match_id"]] = accepted["match_token"]
         return response
 
     async def wait_matches(self, seconds: float) -> list[str]:
@@ -464,10 +462,10 @@ class Context:
                 f"/v1/sessions/{session['session_id']}",
                 headers={"X-Session-Token": session["session_token"]},
             )
-        for match_id, token in self.match_tokens.items():
+        for match_id, token in self.matches.items():
             await self.http.delete(f"/v1/matches/{match_id}", headers={"X-Match-Token": token})
         self.tasks, self.sockets, self.sessions = [], [], []
-        self.matches, self.match_tokens, self.after_matches = [], {}, []
+        self.matches, self.after_matches = {}, []
 
 
 async def next_of(ws, kinds: tuple[str, ...], timeout: float = 15.0) -> dict:
