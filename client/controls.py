@@ -92,6 +92,7 @@ class Controls:
             for slot in range(SLOTS)
         ]
         self.pressed: set[int] = set()
+        self.tapped: set[int] = set()  # keys pressed since the last `sample`, released or not
         self.pads: dict[int, Gamepad] = {}  # instance id -> pad
         self.slot_of: dict[int, int] = {}  # instance id -> slot
         self._joystick_factory = joystick_factory or pygame.joystick.Joystick
@@ -99,6 +100,7 @@ class Controls:
     def handle_event(self, event: pygame.event.Event) -> None:
         if event.type == pygame.KEYDOWN:
             self.pressed.add(event.key)
+            self.tapped.add(event.key)
         elif event.type == pygame.KEYUP:
             self.pressed.discard(event.key)
         elif event.type == pygame.JOYDEVICEADDED:
@@ -107,6 +109,7 @@ class Controls:
             self.remove_joystick(event.instance_id)
         elif event.type == pygame.WINDOWFOCUSLOST:
             self.pressed.clear()  # keys released while unfocused never send KEYUP
+            self.tapped.clear()
 
     def add_joystick(self, joystick: Any) -> Gamepad | None:
         if joystick.get_instance_id() in self.pads:
@@ -134,7 +137,19 @@ class Controls:
         return None
 
     def state(self, slot: int) -> Controller:
-        keys = self.keyboard[slot].state(self.pressed)
+        """What drives `slot` now: the keys held and its gamepad."""
+        return self._state(slot, self.pressed)
+
+    def sample(self) -> list[Controller]:
+        """Every slot's controller for one input frame. A key pressed and released since the
+        last sample counts as held in this one: on a loaded machine two samples may be 30 ms
+        apart, and a quick tap of A or jump between them was lost (seen in play)."""
+        held = self.pressed | self.tapped
+        self.tapped.clear()
+        return [self._state(slot, held) for slot in range(SLOTS)]
+
+    def _state(self, slot: int, pressed: set[int]) -> Controller:
+        keys = self.keyboard[slot].state(pressed)
         pad = self.pad_for(slot)
         if pad is None:
             return keys

@@ -104,9 +104,8 @@ class LiveLoop:
     def _input_tick(self) -> None:
         if self.welcome.role != "player":
             return
-        states = {
-            port: self.app.controls.state(slot) for slot, port in enumerate(self.welcome.ports)
-        }
+        sampled = self.app.controls.sample()
+        states = {port: sampled[slot] for slot, port in enumerate(self.welcome.ports)}
         # Start pauses a local game, like Melee's (on the press, not while held).
         start_down = {port for port, state in states.items() if "START" in state.buttons}
         if start_down - self._start_down:

@@ -175,6 +175,17 @@ def test_keyboard_two_players_on_one_keyboard():
     assert controls.state(0).trigger_l == 1.0 and "L" in controls.state(0).buttons
 
 
+def test_a_key_tapped_between_two_samples_counts_in_the_next():
+    controls = Controls()
+    controls.handle_event(key(pygame.KEYDOWN, "f"))  # A, down and up before the input frame
+    controls.handle_event(key(pygame.KEYUP, "f"))
+    assert controls.state(0).buttons == frozenset()  # not held now...
+    assert controls.sample()[0].buttons == {"A"}  # ...but pressed since the last sample
+    assert controls.sample()[0].buttons == frozenset()  # once
+    controls.handle_event(key(pygame.KEYDOWN, "d"))  # held across samples: in every one
+    assert [s.stick_x for s in (controls.sample()[0], controls.sample()[0])] == [1.0, 1.0]
+
+
 def test_keyboard_adds_to_a_gamepad_in_the_same_slot():
     controls = Controls()
     pad = FakeJoystick(5, "Xbox 360 Controller")
