@@ -148,6 +148,10 @@ class Controls:
         self.tapped.clear()
         return [self._state(slot, held) for slot in range(SLOTS)]
 
+    def forget_taps(self) -> None:
+        """Start sampling afresh: keys tapped before now (on a menu) count in no sample."""
+        self.tapped.clear()
+
     def _state(self, slot: int, pressed: set[int]) -> Controller:
         keys = self.keyboard[slot].state(pressed)
         pad = self.pad_for(slot)

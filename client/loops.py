@@ -71,6 +71,9 @@ class LiveLoop:
         self.game_over = ""
         self.notice, self.notice_until = "", 0.0
         self._start_down: set[int] = set()
+        # The Return that started the game (Start on the keyboard) is no tap for its frames:
+        # counted, it paused the game on its first sample.
+        app.controls.forget_taps()
         self._input_clock = InputClock(INPUT_HZ, MAX_CATCH_UP)
         self._last_ping = 0.0
 

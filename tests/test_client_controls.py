@@ -184,6 +184,10 @@ def test_a_key_tapped_between_two_samples_counts_in_the_next():
     assert controls.sample()[0].buttons == frozenset()  # once
     controls.handle_event(key(pygame.KEYDOWN, "d"))  # held across samples: in every one
     assert [s.stick_x for s in (controls.sample()[0], controls.sample()[0])] == [1.0, 1.0]
+    controls.handle_event(key(pygame.KEYDOWN, "return"))  # Start, tapped on a menu
+    controls.handle_event(key(pygame.KEYUP, "return"))
+    controls.forget_taps()  # the game starts sampling
+    assert "START" not in controls.sample()[0].buttons
 
 
 def test_keyboard_adds_to_a_gamepad_in_the_same_slot():
