@@ -397,6 +397,24 @@ def test_a_landing_past_the_edge_falls(stage_id, x, y, falls):
     assert int(frame["p1_airborne"][0]) == int(falls)
 
 
+@pytest.mark.parametrize("stage_id, stands", [(31, True), (32, True), (3, False)])
+def test_a_grounded_player_inside_the_stage_stands_on_it(stage_id, stands):
+    """A player the model keeps running a few units inside the main stage stands on its
+    surface; not on Pokemon Stadium, whose transformations have lower ground."""
+    stage = get_stage(stage_id)
+    prev, rules = batch_frame(stage_id)
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    for f in (prev, frame):
+        f["p1_action"][0], f["p1_airborne"][0] = 21, 0  # RUN
+        f["p1_x"][0], f["p1_y"][0] = 10.0, stage.main.y - 5.9
+    frame["p1_vel_self_y"][0] = 0.0
+    apply_rules(frame, rules, prev)
+    expected = stage.main.y if stands else stage.main.y - 5.9
+    assert float(frame["p1_y"][0]) == pytest.approx(expected, abs=1e-3)
+    assert int(frame["p1_airborne"][0]) == 0
+
+
 def test_knockback_grows_only_from_a_hit():
     """Outside the actions a hit puts a player in, a knockback speed keeps at most its size:
     a standing player the model gives knockback from nothing stays put; one flying from a hit
