@@ -10,7 +10,8 @@ trace made at batch 1, the export made once at batch 13 with a dynamic batch dim
 compile times, then at batch 1 and 8: how far the frames of 100 steps (each fed back in the
 first frame's dtypes, as the rules' cast does) drift from the trace's, and p50 / p99 ms over
 --frames steps, the two paths taking turns. The fused CPU kernels (`model/cpu_kernels.py`)
-get shapes for export's fake tensors here; PLAYMODEL_CPU_KERNELS=0 runs both without them.
+get shapes for export's fake tensors where they load; PLAYMODEL_CPU_KERNELS=0 runs both
+without them.
 --rules: the step `Simulation` runs, with the cast back to the frame's dtypes and Melee's
 rules (`rules.rule_step`) in the trace and in the export; the event codes are compared too.
 --int8: the trace of model/quantize.py's torch.ao int8 model against the export of torchao's
@@ -45,17 +46,6 @@ from model.traced_step import LiveStep, TracedStep, copy_of_state, live_layouts,
 
 EXAMPLE_BATCH = 13  # no field count or width of the demo model is 13: its dim is the batch
 CPU = torch.device("cpu")
-
-
-def register_fake_kernels() -> bool:
-    """Output shapes of the fused kernels for export's fake tensors (model/csrc)."""
-    if fused_step_ops() is None:
-        return False
-    fake = torch.library.register_fake
-    fake("playmodel::ssm_step_")(lambda state, x, *rest: x.new_empty(x.shape))
-    fake("playmodel::conv_step_")(lambda state, x, weight, bias: x.new_empty(x.shape))
-    fake("playmodel::rms_norm")(lambda x, z, weight, group, eps: x.new_empty(x.shape))
-    return True
 
 
 def torchao_int8(model):
@@ -147,7 +137,7 @@ def main() -> None:
 
         model, exported_model = quantize_int8(model), torchao_int8(model)
     frames = load_frames(DEFAULT_REPLAY)
-    kernels = register_fake_kernels()
+    kernels = fused_step_ops() is not None  # with their shapes for export's fake tensors
     print(f"machine: {describe_machine()}, torch {torch.__version__}, fused kernels {kernels}")
     with torch.inference_mode():
         prev, controls = live_inputs(frames, 1, 1, CPU)

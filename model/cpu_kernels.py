@@ -35,7 +35,8 @@ DISABLE_ENV = "PLAYMODEL_CPU_KERNELS"  # "0": PyTorch ops only
 _BUILD_LOCK = threading.Lock()
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """This CPU's instruction-set flags (/proc/cpuinfo); empty where unreadable."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -49,7 +50,7 @@ def _cpu_flags() -> set[str]:
 def _vector_flags() -> list[str]:
     """AVX2 and FMA where this CPU has them (not -march=native: the build cache may be shared
     with other machines, so its name says which instructions it was built for)."""
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= _cpu_flags() else []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags() else []
 
 
 @functools.cache
@@ -72,7 +73,17 @@ def fused_step_ops():
                     stacklevel=3,
                 )
                 return None
+            _register_fakes()
     return torch.ops.playmodel
+
+
+def _register_fakes() -> None:
+    """The kernels' output shapes, for torch.export's fake tensors (`model/compiled_step.py`
+    exports the live step through them)."""
+    fake = torch.library.register_fake
+    fake("playmodel::ssm_step_")(lambda state, x, *rest: x.new_empty(x.shape))
+    fake("playmodel::conv_step_")(lambda state, x, weight, bias: x.new_empty(x.shape))
+    fake("playmodel::rms_norm")(lambda x, z, weight, group, eps: x.new_empty(x.shape))
 
 
 def _build() -> None:

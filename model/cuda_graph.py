@@ -86,6 +86,8 @@ class GraphedLiveStep:
     batch hold what was last there (copies of the first game at capture, games that left
     since): they are stepped too and never read, as every op treats games independently."""
 
+    path = "cuda graph"  # what runs the step, as `Simulation.last_step_path` says
+
     def __init__(
         self,
         model: WorldModel,

@@ -25,7 +25,8 @@ loop's thread to hand it back.
 torch.jit.trace is deprecated in favour of torch.compile and torch.export; its deprecation
 warning is silenced here on purpose. Measured against them (BENCHMARKS.md, "Kept parts"):
 torch.compile is 3x slower per step and compiles for ~45 s per batch size; torch.export with
-AOTInductor is two to three times as fast but takes 36-60 s to compile; not wired in yet. If
+AOTInductor is two to three times as fast but takes 36-60 s to compile, so a server runs the
+trace until that compile, made in the background, is ready (`model/compiled_step.py`). If
 tracing fails (a future torch without it), callers get None and step eagerly.
 """
 
@@ -107,10 +108,12 @@ class TracedStep:
         module: torch.jit.ScriptModule,
         layouts: tuple[Layout, Layout, Layout],
         order: list[str],
+        path: str = "trace",
     ):
         self.module = module
         self.layouts = layouts
         self.order = order  # the output's fields in the order of the eager step's
+        self.path = path  # what runs it, as `Simulation.last_step_path` says
 
     def __call__(
         self,
@@ -183,7 +186,7 @@ def traced_step(
     )
     kept = getattr(model, _ATTRIBUTE, None)  # a plain attribute: not a submodule, not saved
     if kept is None:
-        kept = {}
+        kept = _KeptSteps()
         setattr(model, _ATTRIBUTE, kept)
     if signature in kept:
         return kept[signature]
@@ -241,6 +244,14 @@ def live_layouts(
     if sorted(map(sorted, layouts[2])) == sorted(map(sorted, layouts[0])):
         layouts = layouts[0], layouts[1], layouts[0]
     return layouts, list(frame)
+
+
+class _KeptSteps(dict):
+    """A model's steps by signature. A copy of the model (`quantize_int8` makes one) starts
+    with none: they hold the original's weights, and a compiled one cannot be copied."""
+
+    def __deepcopy__(self, memo) -> _KeptSteps:
+        return _KeptSteps()
 
 
 _ATTRIBUTE = "_traced_live_steps"

@@ -80,10 +80,16 @@ class Engine:
     def new_simulation(self, cuda_graphs: bool = False) -> Simulation:
         """A simulation of the served model with the server's settings (the live batch, the
         rollback scratch, a session's start, the matches). On CPU they share one trace of the
-        step, made when the live batch is warmed up at start-up."""
+        step, made when the live batch is warmed up at start-up, and the compiled step once
+        it is ready (`model.compiled_step`)."""
         settings = self.settings
         return Simulation(
-            self.model, settings.temperature, self.device, cuda_graphs, settings.trace_step
+            self.model,
+            settings.temperature,
+            self.device,
+            cuda_graphs,
+            settings.trace_step,
+            compiled=settings.compiled_step,
         )
 
     async def on_device(self, fn, *args):

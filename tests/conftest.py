@@ -11,6 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # The real Slippi replays live beside the repository (../shared/replays), never inside it.
 REPLAYS = Path(os.environ.get("PLAYMODEL_REPLAYS", REPO.parent / "shared" / "replays"))
+# No test compiles the live step ahead of time behind its back (a minute of CPU per model, in a
+# background process): tests/test_compiled_step.py turns it on where it tests it.
+os.environ["PLAYMODEL_COMPILED_STEP"] = "0"
 
 
 def pytest_collection_modifyitems(config, items):
