@@ -7,7 +7,7 @@
 - `controls`: local devices to player slots; `controller` (a controller state as Melee reads
   it), `gamepads` (profiles) and `keyboard` (layouts) under it.
 - `rest`: REST calls and server URLs; `local_server`: a server in a subprocess.
-- `connection`: the websocket in background threads; `input_sender`: stamps and sends inputs.
+- `connection`: the websocket in background threads, and the inputs stamped and sent on it.
 - `render`: stage, characters and HUD drawn from the predicted frames only; `camera`: the
   view of the stage.
 - `figures`: each character as a figure posed by its action, its shield and its hitboxes.

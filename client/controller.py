@@ -1,7 +1,8 @@
 """A raw stick and trigger read the way Melee reads a GameCube controller (deadzones, 1/80
 stick steps), so that the model sees the kind of values the replays it learned from recorded.
 Gamepads (`client.gamepads`) and the keyboard (`client.keyboard`) quantise with these and
-produce a `core.controller.Controller`; `InputSender` sends it as the wire protocol's `Input`.
+produce a `core.controller.Controller`; `InputSender` (`client.connection`) sends it as the
+wire protocol's `Input`.
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pygame
 
-from client.connection import Connection
-from client.input_sender import InputSender
+from client.connection import Connection, InputSender
 from client.render import Renderer, event_port
 from client.replay import Recording
 from client.window import Window

@@ -20,9 +20,11 @@ well-formed whatever the model predicts:
 6. The game ends when a player has no stocks left, or when the timer runs out (the player
    with more stocks, then less damage, wins; equal is a draw).
 
-Each KO, respawn and game end is reported as an `Event` (`model/rule_events.py`). What the
-rules keep of each game between frames, and the stage geometry they read, is the `RuleState`
-(`model/rule_state.py`).
+`rule_step` reports each KO, respawn and game end as a code in a (B, 5) tensor, made without a
+branch on the data so that the step can run from a trace or a CUDA graph; `events_from_codes`
+turns the codes into each game's `Event`s, reading the tensor once and the details only for a
+game that has one. What the rules keep of each game between frames, and the stage geometry
+they read, is the `RuleState` (`model/rule_state.py`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ from torch import Tensor
 
 from core import game_state as gs
 from core.actions import CATEGORIES, ON_HALO_DESCENT, ON_HALO_WAIT, category_table
-from core.events import Event
-from model.rule_events import END_BY_STOCKS, END_BY_TIME, ZONES, events_from_codes
+from core.events import Event, winner
 from model.rule_state import Players, RuleState
 from model.stage_collision import FALL_ACTION, collide_with_stage
 
@@ -89,6 +90,14 @@ STANDING_ACTION = 14
 KIRBY, JIGGLYPUFF = 4, 15  # internal ids: six jumps (one from the ground, five in the air)
 STICK_DEADZONE = 0.2875  # Melee reads smaller stick values as neutral
 FIRST_TIMER_FRAME = 0  # the match clock starts at frame 0 (Slippi: -39 is the first playable)
+
+ZONES = ("left", "right", "bottom", "top")  # the blast zones, in the order of RuleState.blast
+
+# Columns of the event codes `rule_step` returns, one row per game: a respawn of each player
+# (1 or 0), a KO of each player (1 + its zone's index in ZONES, or 0), the game's end (0, or
+# END_BY_STOCKS / END_BY_TIME).
+RESPAWN_CODES, KO_CODES, END_CODE = (0, 1), (2, 3), 4
+END_BY_STOCKS, END_BY_TIME = 1, 2
 
 
 @functools.lru_cache(maxsize=8)
@@ -302,6 +311,40 @@ def rule_step(
 
     ending = _end_games(frame, rules, live)
     return torch.cat([respawned, kos, ending[:, None]], -1)
+
+
+def events_from_codes(
+    codes: Tensor, frame: dict[str, Tensor], rules: RuleState
+) -> list[list[Event]]:
+    """Each game's events from `rule_step`'s codes, with their details read from the frame
+    and the rule state after the step (one read of the codes; more only for a game with an
+    event, which is rare)."""
+    rows = codes.tolist()
+    if not any(any(row) for row in rows):
+        return [[] for _ in rows]
+    frame_ids = frame["frame"].tolist() if "frame" in frame else [0] * len(rows)
+    events: list[list[Event]] = []
+    for b, row in enumerate(rows):
+        game: list[Event] = []
+        events.append(game)
+        if not any(row):
+            continue
+        for index, column in enumerate(RESPAWN_CODES):
+            if row[column]:
+                game.append(Event("respawn", frame_ids[b], index))
+        for index, column in enumerate(KO_CODES):
+            if row[column]:
+                zone = ZONES[row[column] - 1]
+                stocks = int(rules.stocks[b, index])
+                game.append(Event("ko", frame_ids[b], index, {"zone": zone, "stocks": stocks}))
+        if row[END_CODE]:
+            stocks = rules.stocks[b].tolist()
+            percents = [float(frame[f"{p}_percent"][b]) for p in gs.PLAYERS]
+            method = "stocks" if row[END_CODE] == END_BY_STOCKS else "time"
+            game.append(
+                Event("game_end", frame_ids[b], winner(stocks, percents), {"method": method})
+            )
+    return events
 
 
 def _way_back(players: Players, rules: RuleState) -> Tensor:

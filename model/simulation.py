@@ -41,9 +41,8 @@ from model.frames import Frames, cast_to, controls_of, index
 from model.game_start import GameSetup, standard_start
 from model.mamba2 import Mamba2Cache
 from model.packed_frame import PackedFrame, pack
-from model.rule_events import events_from_codes
 from model.rule_state import RuleState
-from model.rules import apply_rules
+from model.rules import apply_rules, events_from_codes
 from model.snapshots import Snapshot, restore_rows, stack_tensor, take_snapshots
 from model.traced_step import TracedStep, copy_of_state, live_layouts, traced_step
 from model.world_model import WorldModel, WorldModelCache

@@ -7,7 +7,7 @@ cache (`WorldModelCache`, one `Mamba2Cache` per layer):
 - `forward(prev, controls)`: a whole sequence (training); with `cache=`, it starts from and
   updates that cache (prefill of a live game from a real replay);
 - `step(prev, controls, cache)`: one frame for a batch of games, updating the cache in place;
-- `heads.decode(preds, prev, controls)`: predictions -> the next frame.
+- `decoding.decode(preds, prev, controls)`: predictions -> the next frame.
 
 An action-conditioned model (`ModelConfig.action_conditioned`) also takes `teacher`, the real
 action id and facing of each player in the predicted frames, (B, T, 2, 2) or (B, 2, 2), in

@@ -14,10 +14,11 @@ from functools import partial
 import pyarrow.parquet as pq
 
 from core import game_state as gs
+from core.wire_frame import frame_message
 from model.frames import table_from_frames
 from server.match_service import FinishedMatch
 from server.recordings import PARQUET
-from server.wire_frames import batch_columns, frame_message
+from server.wire_frames import batch_columns
 
 # Bodies of match downloads kept for the next asks. A 1,740-frame match is 1.4 MB of JSON and
 # 133 KB of parquet; the cache holds the most recently asked ones up to this many bytes.

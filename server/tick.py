@@ -14,10 +14,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from core.events import Event
+from core.wire_frame import frame_message
 from model.frames import Frames
 from server.column_groups import BatchCopy, GroupedRow
 from server.sessions import FrameRecord, Session
-from server.wire_frames import batch_columns, frame_message
+from server.wire_frames import batch_columns
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from core.wire_frame import WIRE_COLUMNS, frame_message
+from core.wire_frame import WIRE_COLUMNS
 from model.packed_frame import PackedFrame
-
-__all__ = ["WIRE_COLUMNS", "batch_columns", "frame_message"]
 
 
 def batch_columns(frames: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, list]:

@@ -8,8 +8,7 @@ import time
 import pytest
 from websockets.sync.server import serve
 
-from client.connection import Connection
-from client.input_sender import InputSender
+from client.connection import Connection, InputSender
 from client.local_server import LocalServer, free_port
 from client.rest import ServerError, create_session, delete_session, http_base, ws_url
 from core.controller import Controller

@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_rollback import TINY, make_engine, state
 
-from client.input_sender import InputSender
+from client.connection import InputSender
 from core.controller import Controller
 from model.world_model import WorldModel
 from server import protocol as P

@@ -18,8 +18,7 @@ from model.frames import cast_to, controls_of, index
 from model.game_start import GameSetup, standard_start
 from model.packed_frame import PackedFrame, pack
 from model.policies import RandomPolicy, controls_for
-from model.rule_events import ZONES
-from model.rules import apply_rules
+from model.rules import ZONES, apply_rules
 from model.simulation import MAX_GRAPH_BATCH, Simulation, graph_buckets
 from model.world_model import WorldModel
 
