@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "match": ("server", "server.match", "play a headless policy-vs-policy match"),
     "serve": ("server", "server.serve", "run the live game server (websockets + REST)"),
+    "compile-step": (
+        "server",
+        "server.compile_step",
+        "compile a model's CPU step ahead of time (serve otherwise does it in the background)",
+    ),
     "play": ("client", "client.app", "open the pygame window and play (starts a local server)"),
 }
 

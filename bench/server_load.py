@@ -3,6 +3,7 @@
     python bench/server_load.py [--sessions 1,8,16] [--seconds 60] [--config mamba2-large]
                                 [--checkpoint CKPT] [--delay 2] [--jitter 6] [--json OUT]
                                 [--threads N] [--quantize int8] [--no-record] [--copies 8]
+                                [--step compiled|trace]
 
 Starts `python -m server serve` in its own process, then for each N opens N sessions and two
 play connections per session (one per port, as two people on two machines would), each
@@ -264,6 +265,13 @@ def main() -> int:
         "--threads", type=int, help="torch threads in the server (default: its own, cores less one)"
     )
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="the server's --quantize")
+    parser.add_argument(
+        "--step",
+        choices=("compiled", "trace"),
+        default="compiled",
+        help="the CPU step the server runs: compiled ahead of time (first made with `playmodel "
+        "compile-step` if not cached) or the trace (COMPILED_STEP=false)",
+    )
     parser.add_argument("--no-record", action="store_true", help="server records nothing")
     parser.add_argument(
         "--copies",
@@ -297,6 +305,13 @@ def main() -> int:
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
     env = os.environ.copy()
+    if args.step == "trace":
+        env["PLAYMODEL_COMPILED_STEP"] = "0"
+    elif not args.quantize:  # compiled before the server starts, so that it serves from tick 1
+        model_args = ["--checkpoint", args.checkpoint] if args.checkpoint else []
+        model_args += ["--config", args.config] if args.config else []
+        compile_step = [sys.executable, "-m", "server", "compile-step", *model_args]
+        subprocess.run(compile_step, cwd=ROOT, env=env, check=True)
     if args.no_record:
         env["PLAYMODEL_RECORDINGS_DIR"] = ""
     server = subprocess.Popen(command, cwd=ROOT, env=env)
@@ -311,10 +326,14 @@ def main() -> int:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the server did not start") from None
                 time.sleep(0.3)
-        print(f"# {describe_machine()}; model {health['model']} on {health['device']}")
+        print(
+            f"# {describe_machine()}; model {health['model']} on {health['device']}, "
+            f"step {health['step']}"
+        )
         results = []
         for n in [int(x) for x in args.sessions.split(",")]:
             result = run(run_load(base, n, args.seconds, args.delay, args.jitter, args.copies))
+            result["step"] = httpx.get(f"{base}/healthz", timeout=5).json()["step"]
             results.append(result)
             holds = result["tick_p99_ms"] <= 16.7 and result["late_tick_share"] < 0.001
             print(json.dumps(result), "HOLDS" if holds else "does not hold", flush=True)

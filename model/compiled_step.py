@@ -25,6 +25,7 @@ removed. PLAYMODEL_COMPILED_STEP=0 turns all of this off (the test suite does).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -280,7 +281,22 @@ def _key(payload: dict) -> str:
     digest.update(
         f"{torch.__version__} {sorted(cpu_flags())} {fused_step_ops() is not None}".encode()
     )
+    digest.update(_code_digest())
     return digest.hexdigest()[:24]
+
+
+@functools.cache
+def _code_digest() -> bytes:
+    """The code the step is compiled from (the model, its decoding and rules, and the core's
+    game facts they read): a package made before a change to any of it is not this step."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in ("model", "core"):
+        for path in sorted((root / package).rglob("*")):
+            if path.suffix in (".py", ".cpp", ".h", ".csv", ".json"):
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+    return digest.digest()
 
 
 def compile_package(job_file: Path, package: Path) -> None:

@@ -229,6 +229,8 @@ def test_eight_concurrent_sessions(server):
     assert all(len(results[i]) == 120 for i in range(8))
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "playmodel_tick_seconds_count" in metrics
+    # The tests' server runs the trace (conftest turns the compiled step off).
+    assert httpx.get(f"{server.url}/healthz").json()["step"] == "trace"
     for s in sessions:
         delete_session(server.url, s)
 

@@ -17,6 +17,7 @@ class Health(BaseModel):
     device: str
     sessions: int
     matches_active: int
+    step: str  # what made the live batch's last frames: compiled, trace, cuda graph or eager
 
 
 class SessionInfo(BaseModel):

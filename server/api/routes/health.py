@@ -20,6 +20,7 @@ async def healthz(engine: EngineDep, matches: MatchesDep) -> Health:
         device=engine.device,
         sessions=len(engine.sessions),
         matches_active=matches.active(),
+        step=engine.sim.last_step_path,
     )
 
 
