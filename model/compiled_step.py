@@ -337,6 +337,8 @@ def _batch_dim(tensor: Tensor) -> int:
 
 def main(argv: list[str]) -> int:
     job_file, package = Path(argv[0]), Path(argv[1])
+    # torch.export's own deprecation notices, of no use in this log.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         compile_package(job_file, package)
     except BaseException:

@@ -118,11 +118,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(MemoryJanitor().run()),
     ]
     log.info(
-        "serving %s on %s at %.0f Hz (torch threads: %d)",
+        "serving %s on %s at %.0f Hz (torch threads: %d; step: %s)",
         engine.model_name,
         engine.device,
         settings.tick_rate,
         torch.get_num_threads(),
+        engine.sim.last_step_path,  # after the warm-up: the path the first ticks take
     )
     try:
         yield
