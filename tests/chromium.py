@@ -5,9 +5,12 @@ docs/make_spectator_screenshots.py use it. Callers check `shutil.which("chromium
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -43,6 +46,7 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helper processes too are stopped by `close`
         )
         try:
             self._attach(size)
@@ -120,10 +124,22 @@ class Browser:
     def close(self) -> None:
         if self.ws is not None:
             self.ws.close()
-        self.process.terminate()
+        # The whole group: Chromium's helpers (crashpad, the GPU and utility processes) can
+        # outlive the browser by a moment and still write to the profile while it is removed.
+        self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+        for _ in range(50):
+            try:
+                self.profile.cleanup()
+                return
+            except OSError:  # a helper still finishing a write: it is gone within moments
+                time.sleep(0.1)
         self.profile.cleanup()
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
