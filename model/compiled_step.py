@@ -5,14 +5,16 @@ runs two to three times as fast compiled: 0.74 instead of 2.43 ms at batch 1 on 
 model, 1.42 instead of 3.56 at batch 8 (BENCHMARKS.md, "Kept parts"). Inductor fuses the
 thousand small ops whose per-op cost bounds a small model's step on a CPU.
 
-The compile takes 30-60 s of CPU, so it never runs on the tick path. A server asks for it
+The compile takes a minute or more of CPU (70-90 s of one core on a 2-core AMD EPYC), so it
+never runs on the tick path. A server asks for it
 (`Simulation(..., compiled=True)`): it plays on the trace at once, and if no package of this
 model is cached, a background process (`python -m model.compiled_step JOB`, at nice 19 and on
 one thread, so that the live games keep the CPU) exports and compiles the step. Once the
 package is on disk, the next step loads it, checks it against the trace on copies of the
 state, and every later step runs it; the next start loads it at once. A package is keyed by
-everything it was compiled from: the weights, the frames' fields and dtypes, the torch
-version and the CPU's instruction sets (the cache may be shared by machines). It lives under
+everything it was compiled from: the weights, the frames' fields and dtypes, the source of
+`model/` and `core/`, the torch version and the CPU's instruction sets (the cache may be
+shared by machines). It lives under
 $PLAYMODEL_CACHE (default ~/.cache/playmodel)/compiled_steps.
 
 Its frames agree with the trace's to about 1e-4 over 100 steps, not bit for bit (Inductor
@@ -21,6 +23,10 @@ runs, stay on the trace. A package serves batches of 1 to 256 games; larger ones
 models (torch.ao's quantized linears do not export), run the trace. A failed compile leaves
 its log and a `.failed` marker beside the package, and is not retried until the marker is
 removed. PLAYMODEL_COMPILED_STEP=0 turns all of this off (the test suite does).
+
+Unlike the trace, a package's call keeps the GIL while it runs (`boxed_run`): a server's event
+loop waits out each step instead of running beside it, which at 2-3 ms a tick still costs less
+than the trace's longer step (bench/gil_compiled.py, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ CHECK_TOLERANCE = 1e-3
 
 
 def enabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "1") != "0"
+    return os.environ.get(DISABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def cache_dir() -> Path:
