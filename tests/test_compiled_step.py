@@ -77,6 +77,25 @@ def test_a_cached_package_serves_from_the_first_step(package, model, monkeypatch
     assert sim.last_step_path == "compiled"
 
 
+def test_compile_step_command_finds_a_cached_package_ready(package, model, tmp_path, capsys):
+    """`playmodel compile-step --checkpoint CKPT` of a model whose step is cached says so at
+    once (a model without one would compile for a minute, as the fixture did)."""
+    from model.checkpoint import save_checkpoint
+    from server.compile_step import main
+
+    save_checkpoint(tmp_path / "tiny.safetensors", model)
+    assert main(["--checkpoint", str(tmp_path / "tiny.safetensors")]) == 0
+    assert "the compiled step is ready" in capsys.readouterr().out
+
+
+def test_compile_step_command_says_when_it_is_turned_off(monkeypatch, capsys):
+    from server.compile_step import main
+
+    monkeypatch.setenv(compiled_step.DISABLE_ENV, "off")
+    assert main([]) == 2
+    assert "nothing to compile" in capsys.readouterr().err
+
+
 def test_batches_beyond_the_package_run_the_trace(package, model, monkeypatch):
     monkeypatch.setattr(compiled_step, "MAX_BATCH", 2)
     sim = Simulation(model, compiled=True)
