@@ -50,12 +50,15 @@ def _constants(device: torch.device) -> dict[str, Tensor]:
     per device (a CUDA graph capture refuses a host-to-device copy; a trace keeps constants),
     outside inference mode as `model.rules._constants` are."""
     size = gs.CHARACTER_VOCAB * gs.ACTION_VOCAB
-    last_age, following = torch.full((size,), NO_END), torch.zeros(size, dtype=torch.long)
+    ages, ends = [NO_END] * size, [0] * size
     for (character, action), (age, next_action) in action_end_table().items():
-        last_age[character * gs.ACTION_VOCAB + action] = float(age)
-        following[character * gs.ACTION_VOCAB + action] = next_action
+        ages[character * gs.ACTION_VOCAB + action] = float(age)
+        ends[character * gs.ACTION_VOCAB + action] = next_action
     with torch.inference_mode(False):
-        return {"last_age": last_age.to(device), "next": following.to(device)}
+        return {
+            "last_age": torch.tensor(ages, device=device),
+            "next": torch.tensor(ends, dtype=torch.long, device=device),
+        }
 
 
 def end_overlong_actions(frame: dict[str, Tensor], prev: dict[str, Tensor]) -> None:
