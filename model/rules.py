@@ -19,6 +19,9 @@ well-formed whatever the model predicts:
 5. Stocks change only through rule 2; the model's stock prediction is overwritten.
 6. The game ends when a player has no stocks left, or when the timer runs out (the player
    with more stocks, then less damage, wins; equal is a draw).
+7. A finite grounded action (a jab, a landing, a shield's release, a run's brake...) ends
+   when it has lasted longer than any real run of it for that character, into STANDING
+   (`model/action_ends.py`).
 
 `rule_step` reports each KO, respawn and game end as a code in a (B, 5) tensor, made without a
 branch on the data so that the step can run from a trace or a CUDA graph; `events_from_codes`
@@ -37,6 +40,7 @@ from torch import Tensor
 from core import game_state as gs
 from core.actions import CATEGORIES, ON_HALO_DESCENT, ON_HALO_WAIT, category_table
 from core.events import Event, winner
+from model.action_ends import end_overlong
 from model.rule_state import Players, RuleState
 from model.stage_collision import FALL_ACTION, collide_with_stage
 
@@ -250,8 +254,8 @@ def apply_rules(
     controls: dict[str, Tensor] | None = None,
 ) -> list[list[Event]]:
     """Clamp, KO and the way back (death, platform descent, platform wait: given this frame's
-    controls), standing still in the entry, the solid stage (given the previous frame), stocks
-    and game end for a (B,) batch of frames, in place.
+    controls), standing still in the entry, the end of an over-long action and the solid stage
+    (given the previous frame), stocks and game end for a (B,) batch of frames, in place.
 
     Games already over are left as they are. Returns each game's events.
     """
@@ -277,6 +281,7 @@ def rule_step(
     if prev is not None:
         before = Players(prev)
         _hold_entry(frame, players, before, rules)
+        end_overlong(players, before)
         collide_with_stage(players, before, rules)
         _count_ages(players, before)
         _knockback_only_from_hits(players, before)

@@ -451,3 +451,73 @@ def test_the_knockback_rule_never_changes_a_real_player(dev_dataset_dir):
         for key, value in before.items():
             changed = (new[key] - value).abs().max()
             assert changed < 1e-4, f"{path.name}: the rule changed {key} by {changed}"
+
+
+def _on_main_stage_in(action: int, age: float, stage_id: int = 32):
+    """A frame and the one before, both players grounded on the main stage in `action`, the
+    previous frame `age` frames into it, and the rule state (Fox vs Falco)."""
+    stage = get_stage(stage_id)
+    prev, rules = batch_frame(stage_id)
+    for index, p in enumerate(("p1", "p2")):
+        prev[f"{p}_action"][0], prev[f"{p}_airborne"][0] = action, 0
+        prev[f"{p}_x"][0], prev[f"{p}_y"][0] = (-20.0, 20.0)[index], stage.main.y
+        prev[f"{p}_ground"][0] = stage.main_ground
+        prev[f"{p}_state_age"][0] = age
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    return frame, prev, rules
+
+
+def test_a_jab_held_longer_than_real_games_allow_ends_in_standing():
+    """Fox's and Falco's real jabs last at most 20 frames (ages 0-19, model/action_ends.csv,
+    from the corpus): a jab the model keeps past that becomes STANDING, its age counted from 0;
+    one a frame younger stays."""
+    from model.action_ends import action_end_table
+
+    jab, standing = 44, 14
+    assert action_end_table()[(1, jab)] == (19, standing)  # Fox
+    assert action_end_table()[(22, jab)] == (19, standing)  # Falco
+    frame, prev, rules = _on_main_stage_in(jab, 19.0)
+    prev["p2_state_age"][0] = 17.0
+    apply_rules(frame, rules, prev)
+    assert [int(frame[f"{p}_action"][0]) for p in ("p1", "p2")] == [standing, jab]
+    assert [float(frame[f"{p}_state_age"][0]) for p in ("p1", "p2")] == [0.0, 18.0]
+    # The model keeps p2's jab for two frames more: its last real age (19), then one past it.
+    for age, action in ((19.0, jab), (0.0, standing)):
+        prev = frame
+        frame = {k: v.clone() for k, v in prev.items()}
+        frame["frame"] = prev["frame"] + 1
+        frame["p2_action"][0] = jab
+        apply_rules(frame, rules, prev)
+        assert int(frame["p2_action"][0]) == action
+        assert float(frame["p2_state_age"][0]) == age
+        assert int(frame["p1_action"][0]) == standing  # p1 stays where the rule put it
+
+
+@pytest.mark.parametrize("action", [14, 179, 21])  # STANDING, SHIELD, RUNNING
+def test_held_actions_have_no_end(action):
+    """Standing, a held shield and a run last as long as the input: the rule never ends them."""
+    frame, prev, rules = _on_main_stage_in(action, 5000.0)
+    apply_rules(frame, rules, prev)
+    assert int(frame["p1_action"][0]) == action
+    assert float(frame["p1_state_age"][0]) == 5001.0
+
+
+def test_the_action_end_rule_never_changes_a_real_player(dev_dataset_dir):
+    """The dev games are not in the corpus the limits were mined from: no real action in them
+    lasts longer than the table lets it."""
+    import pyarrow.parquet as pq
+
+    from model.action_ends import end_overlong_actions
+    from model.frame_spec import count_state_age
+
+    for path in sorted(dev_dataset_dir.glob("*.parquet")):
+        frames = frames_from_table(pq.read_table(path))
+        count_state_age(frames)  # as the model reads it and the simulation counts it
+        prev = {k: v[:-1] for k, v in frames.items()}
+        new = {k: v[1:].clone() for k, v in frames.items()}
+        before = {k: new[k].clone() for k in ("p1_action", "p2_action")}
+        end_overlong_actions(new, prev)
+        for key, value in before.items():
+            changed = int((new[key] != value).sum())
+            assert changed == 0, f"{path.name}: the rule changed {key} on {changed} frames"
