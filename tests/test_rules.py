@@ -397,16 +397,17 @@ def test_a_landing_past_the_edge_falls(stage_id, x, y, falls):
     assert int(frame["p1_airborne"][0]) == int(falls)
 
 
+@pytest.mark.parametrize("action", [21, 42, 70], ids=["RUN", "LANDING", "NAIR_LANDING"])
 @pytest.mark.parametrize("stage_id, stands", [(31, True), (32, True), (3, False)])
-def test_a_grounded_player_inside_the_stage_stands_on_it(stage_id, stands):
-    """A player the model keeps running a few units inside the main stage stands on its
-    surface; not on Pokemon Stadium, whose transformations have lower ground."""
+def test_a_grounded_player_inside_the_stage_stands_on_it(stage_id, stands, action):
+    """A player the model keeps running, or landing, a few units inside the main stage
+    stands on its surface; not on Pokemon Stadium, whose transformations have lower ground."""
     stage = get_stage(stage_id)
     prev, rules = batch_frame(stage_id)
     frame = {k: v.clone() for k, v in prev.items()}
     frame["frame"] = prev["frame"] + 1
     for f in (prev, frame):
-        f["p1_action"][0], f["p1_airborne"][0] = 21, 0  # RUN
+        f["p1_action"][0], f["p1_airborne"][0] = action, 0
         f["p1_x"][0], f["p1_y"][0] = 10.0, stage.main.y - 5.9
     frame["p1_vel_self_y"][0] = 0.0
     apply_rules(frame, rules, prev)
