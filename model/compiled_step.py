@@ -81,7 +81,6 @@ def fastest_cpu_step(
     traced: TracedStep,
     prev: Frames,
     controls: Frames,
-    cache: WorldModelCache,
     rules: RuleState,
 ) -> TracedStep | FastestCpuStep:
     """`traced`, or the step that runs the compiled package of it when it is cached, and
@@ -91,7 +90,8 @@ def fastest_cpu_step(
         return traced
     kept = getattr(traced, "fastest", None)
     if kept is None:
-        kept = traced.fastest = FastestCpuStep(model, traced, prev, controls, cache, rules)
+        job = _Job.of(model, prev, controls, rules)
+        kept = traced.fastest = FastestCpuStep(traced, job)
     return kept
 
 
@@ -100,19 +100,11 @@ class FastestCpuStep:
     and checked (batches up to MAX_BATCH), the trace before and beyond. `path` says which
     ran the last call."""
 
-    def __init__(
-        self,
-        model: WorldModel,
-        traced: TracedStep,
-        prev: Frames,
-        controls: Frames,
-        cache: WorldModelCache,
-        rules: RuleState,
-    ):
+    def __init__(self, traced: TracedStep, job: _Job):
+        """Loads the package of `job` at the first call if it is cached, else compiles it."""
         self.traced = traced
         self.compiled: TracedStep | None = None
         self.path = traced.path
-        job = _Job.of(model, prev, controls, rules)
         self.package = cache_dir() / f"{job.key}.pt2"
         self.waiting = True  # for the package: until it is used, or known unusable
         self._process: subprocess.Popen | None = None

@@ -317,7 +317,7 @@ class Simulation:
                 self.trace = self._traced is not None
                 if self._traced is not None and self.compiled:
                     self._traced = fastest_cpu_step(
-                        self.model, self._traced, prev, ctrl, self._cache, self._rules
+                        self.model, self._traced, prev, ctrl, self._rules
                     )
             return self._traced
         if not self.cuda_graphs or len(self.game_ids) > MAX_GRAPH_BATCH:
