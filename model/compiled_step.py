@@ -90,8 +90,12 @@ def fastest_cpu_step(
         return traced
     kept = getattr(traced, "fastest", None)
     if kept is None:
-        job = _Job.of(model, prev, controls, rules)
-        kept = traced.fastest = FastestCpuStep(traced, job)
+        try:
+            kept = FastestCpuStep(traced, _Job.of(model, prev, controls, rules))
+        except Exception as e:  # noqa: BLE001 - a speed-up that cannot be had: the trace serves
+            warnings.warn(f"no compiled CPU step ({e!r:.300}); the trace serves", stacklevel=3)
+            kept = traced
+        traced.fastest = kept
     return kept
 
 
@@ -111,6 +115,7 @@ class FastestCpuStep:
         self._next_look = 0.0
         if not self.package.exists() and not _marker(self.package, "failed").exists():
             self._process = job.start(self.package)
+            self.waiting = self._process is not None  # else it said why it could not start
 
     def __call__(self, prev: Frames, controls: Frames, cache: WorldModelCache, rules: RuleState):
         if self.waiting and time.monotonic() >= self._next_look:
@@ -228,27 +233,22 @@ class _Job:
         )
 
     def start(self, package: Path) -> subprocess.Popen | None:
-        """Starts the compile in the background; None (with a warning) if it cannot start."""
-        package.parent.mkdir(parents=True, exist_ok=True)
-        job_file = package.with_name(f"{package.stem}.{os.getpid()}.job")
-        temporary = job_file.with_name(f"{job_file.name}.{os.getpid()}.tmp")
-        torch.save(self.payload, temporary)
-        os.replace(temporary, job_file)
+        """Starts the compile in the background; None (with a warning) if it cannot start
+        (a cache folder that cannot be written, no process to be had)."""
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
         env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
-        print(
-            f"playmodel: compiling the CPU step ahead of time in the background (once per "
-            f"model and machine, about a minute); the trace serves meanwhile. Log: "
-            f"{_marker(package, 'log')}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log = _marker(package, "log")
         try:
-            with open(_marker(package, "log"), "w") as log:
-                return subprocess.Popen(
+            package.parent.mkdir(parents=True, exist_ok=True)
+            job_file = package.with_name(f"{package.stem}.{os.getpid()}.job")
+            temporary = job_file.with_name(f"{job_file.name}.tmp")
+            torch.save(self.payload, temporary)
+            os.replace(temporary, job_file)
+            with open(log, "w") as output:
+                process = subprocess.Popen(
                     [sys.executable, "-m", "model.compiled_step", str(job_file), str(package)],
-                    stdout=log,
+                    stdout=output,
                     stderr=subprocess.STDOUT,
                     env=env,
                     preexec_fn=_idle_priority,
@@ -256,9 +256,17 @@ class _Job:
                 )
         except OSError as e:
             warnings.warn(
-                f"could not start the step's compile ({e}); the trace serves", stacklevel=4
+                f"could not start compiling the CPU step ahead of time ({e}); the trace serves",
+                stacklevel=4,
             )
             return None
+        print(
+            "playmodel: compiling the CPU step ahead of time in the background (once per model "
+            f"and machine, a minute or two); the trace serves meanwhile. Log: {log}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return process
 
 
 def _idle_priority() -> None:

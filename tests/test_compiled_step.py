@@ -145,6 +145,20 @@ def test_a_failed_compile_is_reported_and_not_retried(package, monkeypatch):
     assert again.last_step_path == "trace"
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_trace_serving(tmp_path, monkeypatch):
+    """A read-only home, a file where the folder should be: a warning, and the game plays."""
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    monkeypatch.setenv(compiled_step.DISABLE_ENV, "1")
+    monkeypatch.setenv(compiled_step.CACHE_ENV, str(not_a_folder))
+    sim = Simulation(_other_model(9), compiled=True)
+    sim.new_game(GameSetup(seed=8))
+    with pytest.warns(UserWarning, match="could not start compiling"):
+        sim.step({})
+    sim.step({})
+    assert sim.last_step_path == "trace"
+
+
 def test_the_compile_process_marks_its_failure_and_removes_its_job(cache, tmp_path):
     job, package = tmp_path / "broken.job", cache / "broken.pt2"
     job.write_bytes(b"not a job")
