@@ -45,6 +45,9 @@ class RuleState:
     start: Tensor  # (B, 2, 2) float: per player y, ground id where the entry leaves them
     # (straight below the spawn point: x stays the spawn's)
     platforms: Tensor  # (B, MAX_PLATFORMS, 3) float: left x, right x, y (unused rows: far away)
+    # (B, 2) long: DASHING frames in a row, facing one way, with the stick held forward (the
+    # held-dash rule, `model.action_ends.run_after_held_dash`; 0 when not dashing so)
+    dash_held: Tensor
 
     @staticmethod
     def new(
@@ -91,6 +94,7 @@ class RuleState:
             respawn_top=torch.tensor([stage.respawn_top_y], **f32),
             start=torch.tensor([[(y, ground) for _, y, ground in starts]], **f32),
             platforms=torch.tensor([_platform_rows(stage)], **f32),
+            dash_held=torch.zeros(1, 2, **long),
         )
 
     def tensors(self) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ well-formed whatever the model predicts:
    with more stocks, then less damage, wins; equal is a draw).
 7. A finite grounded action (a jab, a landing, a shield's release, a run's brake...) ends
    when it has lasted longer than any real run of it for that character, into STANDING
-   (`model/action_ends.py`).
+   (`model/action_ends.py`); a dash held forward longer than any real one becomes a run.
 
 `rule_step` reports each KO, respawn and game end as a code in a (B, 5) tensor, made without a
 branch on the data so that the step can run from a trace or a CUDA graph; `events_from_codes`
@@ -40,7 +40,7 @@ from torch import Tensor
 from core import game_state as gs
 from core.actions import CATEGORIES, ON_HALO_DESCENT, ON_HALO_WAIT, category_table
 from core.events import Event, winner
-from model.action_ends import end_overlong
+from model.action_ends import end_overlong, run_after_held_dash
 from model.rule_state import Players, RuleState
 from model.stage_collision import FALL_ACTION, collide_with_stage
 
@@ -282,6 +282,7 @@ def rule_step(
         before = Players(prev)
         _hold_entry(frame, players, before, rules)
         end_overlong(players, before)
+        run_after_held_dash(players, before, rules, controls)
         collide_with_stage(players, before, rules)
         _count_ages(players, before)
         _knockback_only_from_hits(players, before)

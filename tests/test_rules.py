@@ -522,3 +522,102 @@ def test_the_action_end_rule_never_changes_a_real_player(dev_dataset_dir):
         for key, value in before.items():
             changed = int((new[key] != value).sum())
             assert changed == 0, f"{path.name}: the rule changed {key} on {changed} frames"
+
+
+def _stick(p1_x: float, p2_x: float) -> dict[str, torch.Tensor]:
+    controls = {}
+    for p, x in (("p1", p1_x), ("p2", p2_x)):
+        controls[f"{p}_joystick_x"] = torch.tensor([x])
+        controls[f"{p}_joystick_y"] = torch.tensor([0.0])
+        controls[f"{p}_buttons"] = torch.tensor([0])
+    return controls
+
+
+def test_a_dash_held_forward_past_the_real_ones_becomes_a_run():
+    """Fox's real dashes, held forward, last 11 frames (model/dash_runs.csv, from the corpus),
+    then he runs. A dash the model keeps with the stick held becomes RUNNING on the 12th frame,
+    age 0, at the speed of the dash's last frame; Falco's, the stick let go, stays a dash."""
+    from model.action_ends import dash_run_table
+
+    dash, run = 20, 21
+    assert dash_run_table()[1] == 11  # Fox
+    assert dash_run_table()[22] == 11  # Falco
+    frame, prev, rules = _on_main_stage_in(14, 30.0)  # standing
+    for p in ("p1", "p2"):
+        prev[f"{p}_facing"][0] = 1
+    controls = _stick(1.0, 0.0)
+    for held in range(1, 13):
+        prev = frame
+        frame = {k: v.clone() for k, v in prev.items()}
+        frame["frame"] = prev["frame"] + 1
+        for p in ("p1", "p2"):
+            frame[f"{p}_action"][0] = dash  # the model keeps the dash...
+            frame[f"{p}_vel_self_x_ground"][0] = 2.2 - 0.1 * max(0, held - 11)  # ...slowing
+            frame[f"{p}_x"][0] = prev[f"{p}_x"][0] + frame[f"{p}_vel_self_x_ground"][0]
+        apply_rules(frame, rules, prev, controls)
+        expected = dash if held <= 11 else run
+        assert int(frame["p1_action"][0]) == expected, held
+        assert int(frame["p2_action"][0]) == dash
+    assert float(frame["p1_state_age"][0]) == 0.0
+    assert float(frame["p1_vel_self_x_ground"][0]) == pytest.approx(2.2)
+    assert float(frame["p1_x"][0] - prev["p1_x"][0]) == pytest.approx(2.2)
+    assert float(frame["p2_state_age"][0]) == 11.0
+
+
+def test_a_dash_held_back_or_without_a_stick_stays_a_dash():
+    """The stick held away from where the player faces, or no stick in the controls, holds
+    nothing: the dash stays the model's."""
+    frame, prev, rules = _on_main_stage_in(20, 40.0)
+    for p in ("p1", "p2"):
+        frame[f"{p}_facing"][0] = prev[f"{p}_facing"][0] = 1
+    rules.dash_held.fill_(40)
+    apply_rules(frame, rules, prev, _stick(-1.0, 0.5))
+    assert [int(frame[f"{p}_action"][0]) for p in ("p1", "p2")] == [20, 20]
+    assert rules.dash_held.tolist() == [[0, 0]]
+    apply_rules(frame, rules, prev)
+    assert [int(frame[f"{p}_action"][0]) for p in ("p1", "p2")] == [20, 20]
+
+
+def test_the_held_dash_rule_never_changes_a_real_player(dev_dataset_dir):
+    """The dev games are not in the corpus the limits were mined from: no real dash in them is
+    held forward longer than the table lets it, and the rule counts held frames as the mining
+    script does."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from core import game_state as gs
+    from model.action_ends import run_after_held_dash
+    from model.frame_spec import count_state_age
+    from model.rule_state import Players
+    from training.mine_dash_runs import held_dash
+
+    for path in sorted(dev_dataset_dir.glob("*.parquet")):
+        frames = frames_from_table(pq.read_table(path))
+        count_state_age(frames)
+        held = torch.stack(
+            [
+                torch.from_numpy(
+                    held_dash(
+                        frames[f"{p}_action"].numpy(),
+                        frames[f"{p}_facing"].numpy(),
+                        frames[f"{p}_joystick_x"].numpy(),
+                    )
+                )
+                for p in gs.PLAYERS
+            ],
+            -1,
+        )  # (T, 2)
+        prev = {k: v[:-1] for k, v in frames.items()}
+        new = {k: v[1:].clone() for k, v in frames.items()}
+        controls = {k: v for k, v in new.items() if "joystick" in k}
+        rules = RuleState.new(get_stage(int(frames["stage"][0])), (4, 4))
+        rules = RuleState.from_tensors(
+            {k: v.expand(len(held) - 1, *v.shape[1:]).clone() for k, v in rules.tensors().items()}
+        )
+        rules.dash_held.copy_(held[:-1])
+        players = Players(new)
+        before = players["action"].clone()
+        run_after_held_dash(players, Players(prev), rules, controls)
+        changed = int((players["action"] != before).sum())
+        assert changed == 0, f"{path.name}: the rule changed an action on {changed} frames"
+        assert np.array_equal(rules.dash_held.numpy(), held[1:].numpy()), path.name
