@@ -416,6 +416,37 @@ def test_a_grounded_player_inside_the_stage_stands_on_it(stage_id, stands, actio
     assert int(frame["p1_airborne"][0]) == 0
 
 
+@pytest.mark.parametrize(
+    "stage_id, height, drops",
+    [(8, "main", False), (31, "main", False), (31, "platform", True), (3, "main", True)],
+    ids=["yoshis-main", "battlefield-main", "battlefield-platform", "stadium-main"],
+)
+def test_nobody_drops_through_the_main_stage(stage_id, height, drops):
+    """A crouch the model drops through the main stage (PLATFORM_DROP) stays a crouch on it;
+    a drop from a platform is left alone, as is one on Pokemon Stadium, whose surfaces move."""
+    from model.stage_collision import PLATFORM_DROP
+
+    stage = get_stage(stage_id)
+    x, y = (0.0, stage.main.y)
+    if height == "platform":
+        platform = stage.platforms[0]
+        x, y = (platform.left_x + platform.right_x) / 2, platform.y
+    prev, rules = batch_frame(stage_id)
+    frame = {k: v.clone() for k, v in prev.items()}
+    frame["frame"] = prev["frame"] + 1
+    prev["p1_action"][0], prev["p1_airborne"][0] = 40, 0  # SQUAT_WAIT
+    prev["p1_x"][0], prev["p1_y"][0] = x, y
+    frame["p1_action"][0], frame["p1_airborne"][0] = PLATFORM_DROP, 1
+    frame["p1_x"][0], frame["p1_y"][0] = x, y - 1.5
+    frame["p1_vel_self_y"][0] = -1.5
+    apply_rules(frame, rules, prev)
+    assert (int(frame["p1_action"][0]) == PLATFORM_DROP) == drops
+    if not drops:
+        assert int(frame["p1_action"][0]) == 40 and int(frame["p1_airborne"][0]) == 0
+        assert float(frame["p1_y"][0]) == pytest.approx(stage.main.y, abs=1e-3)
+        assert float(frame["p1_vel_self_y"][0]) == 0.0
+
+
 def test_knockback_grows_only_from_a_hit():
     """Outside the actions a hit puts a player in, a knockback speed keeps at most its size:
     a standing player the model gives knockback from nothing stays put; one flying from a hit
