@@ -246,7 +246,7 @@ class _Job:
             torch.save(self.payload, temporary)
             os.replace(temporary, job_file)
             with open(log, "w") as output:
-                process = subprocess.Popen(
+                process = _spawn(
                     [sys.executable, "-m", "model.compiled_step", str(job_file), str(package)],
                     stdout=output,
                     stderr=subprocess.STDOUT,
@@ -267,6 +267,12 @@ class _Job:
             flush=True,
         )
         return process
+
+
+def _spawn(command: list[str], **options) -> subprocess.Popen:
+    """The compile's process (its own name, so that a test can stand in for it without
+    replacing `subprocess.Popen` for the torch code that runs compilers too)."""
+    return subprocess.Popen(command, **options)
 
 
 def _idle_priority() -> None:
@@ -345,6 +351,21 @@ def compile_package(job_file: Path, package: Path) -> None:
         f"compiled in {time.perf_counter() - exported:.1f} s: {package}",
         flush=True,
     )
+    forget_old_packages(package.parent)
+
+
+KEEP_PACKAGES = 8  # a package is 4-16 MB, and each change of weights or code makes a new one
+
+
+def forget_old_packages(folder: Path, keep: int = KEEP_PACKAGES) -> list[Path]:
+    """Removes all but the `keep` packages last written in `folder`, with their logs and
+    markers; returns the packages removed."""
+    packages = sorted(folder.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    old = [p for p in packages if not p.name.endswith(".tmp.pt2")][keep:]
+    for package in old:
+        for path in (package, _marker(package, "log"), _marker(package, "failed")):
+            path.unlink(missing_ok=True)
+    return old
 
 
 def _batch_dim(tensor: Tensor) -> int:
@@ -361,6 +382,7 @@ def main(argv: list[str]) -> int:
     try:
         compile_package(job_file, package)
     except BaseException:
+        package.parent.mkdir(parents=True, exist_ok=True)
         _marker(package, "failed").touch()
         raise
     finally:

@@ -7,6 +7,7 @@ One compile of the tiny model (about a minute on a 2-core machine) serves the mo
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_the_compiled_step_plays_as_the_trace_through_kos_respawns_and_a_game_en
 
 def test_a_cached_package_serves_from_the_first_step(package, model, monkeypatch):
     """A later start (a new model object, the same weights) loads it and starts no compile."""
-    monkeypatch.setattr(compiled_step.subprocess, "Popen", _no_process)
+    monkeypatch.setattr(compiled_step, "_spawn", _no_process)
     same = WorldModel(TINY).eval()
     same.load_state_dict(model.state_dict())
     sim = Simulation(same, compiled=True)
@@ -137,7 +138,7 @@ def test_a_failed_compile_is_reported_and_not_retried(package, monkeypatch):
     with pytest.warns(UserWarning, match="failed.*Remove .*failed to try again"):
         sim.step({})
     assert sim.last_step_path == "trace"
-    monkeypatch.setattr(compiled_step.subprocess, "Popen", _no_process)
+    monkeypatch.setattr(compiled_step, "_spawn", _no_process)
     again = Simulation(_other_model(8), compiled=True)  # a later start
     again.new_game(GameSetup(seed=7))
     with pytest.warns(UserWarning, match="failed"):
@@ -159,8 +160,21 @@ def test_a_cache_that_cannot_be_written_leaves_the_trace_serving(tmp_path, monke
     assert sim.last_step_path == "trace"
 
 
-def test_the_compile_process_marks_its_failure_and_removes_its_job(cache, tmp_path):
-    job, package = tmp_path / "broken.job", cache / "broken.pt2"
+def test_only_the_last_packages_are_kept(tmp_path):
+    for i in range(5):
+        for suffix in (".pt2", ".log"):
+            path = tmp_path / f"key{i}{suffix}"
+            path.write_text("")
+            os.utime(path, (1000 + i, 1000 + i))
+    removed = compiled_step.forget_old_packages(tmp_path, keep=3)
+    assert sorted(p.name for p in removed) == ["key0.pt2", "key1.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"key{i}{suffix}" for i in (2, 3, 4) for suffix in (".log", ".pt2")
+    ]
+
+
+def test_the_compile_process_marks_its_failure_and_removes_its_job(tmp_path):
+    job, package = tmp_path / "broken.job", tmp_path / "steps" / "broken.pt2"
     job.write_bytes(b"not a job")
     with pytest.raises(Exception):  # noqa: B017 - whatever torch.load raises
         compiled_step.main([str(job), str(package)])
@@ -171,7 +185,7 @@ def test_the_compile_process_marks_its_failure_and_removes_its_job(cache, tmp_pa
 def test_off_when_disabled_and_for_int8_models(model, monkeypatch):
     from model.quantize import quantize_int8
 
-    monkeypatch.setattr(compiled_step.subprocess, "Popen", _no_process)
+    monkeypatch.setattr(compiled_step, "_spawn", _no_process)
     monkeypatch.setenv(compiled_step.DISABLE_ENV, "0")
     for served in (model, quantize_int8(model)):
         sim = Simulation(served, compiled=True)
@@ -196,7 +210,7 @@ class _Process:
     def __init__(self, monkeypatch):
         self.package: Path | None = None
         self.exit_code: int | None = None
-        monkeypatch.setattr(compiled_step.subprocess, "Popen", self._start)
+        monkeypatch.setattr(compiled_step, "_spawn", self._start)
         monkeypatch.setattr(compiled_step, "LOOK_EVERY_S", 0.0)  # each step looks
 
     def _start(self, command, **kwargs):
