@@ -39,17 +39,16 @@ Made from the 870 games of shared/corpus/dataset (2026-12-02 parse), 1.32M runs.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from core import game_state as gs
 from core.actions import COMMON_ACTIONS, action_category, action_name
-from core.manifest import load_manifest
+from model.rules import STICK_DEADZONE
+from training.mined_tables import parsed_games, write_table
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ GROUNDED_SHARE = 0.99
 BOUNDED_RATIO = 1.5
 STANDING = 14  # libmelee Action.STANDING (Melee's Wait)
 HELD_BY_THE_STICK = (15, 16, 17, 20, 21)  # WALK_SLOW, WALK_MIDDLE, WALK_FAST, DASHING, RUNNING
-STICK_DEADZONE = 0.2875  # model.rules.STICK_DEADZONE (Melee's)
 TRIGGER_UP = 0.3  # below an analog press that shields (training/probe_inputs.ANALOG_SHIELD)
 COLUMNS = ("action", "character", "airborne", "joystick_x", "joystick_y", "cstick_x", "cstick_y")
 
@@ -97,13 +95,9 @@ def player_runs(table, p: str) -> dict[str, np.ndarray]:
 
 def corpus_runs(folder: Path) -> dict[str, np.ndarray]:
     """Every player's runs in every ok game of a dataset folder."""
-    rows = load_manifest(folder).values()
     names = [f"{p}_{c}" for p in gs.PLAYERS for c in (*COLUMNS, "buttons", "trigger")]
     parts = []
-    for row in rows:
-        if row.get("status") != "ok":
-            continue
-        table = pq.read_table(folder / row["output"], columns=names)
+    for table in parsed_games(folder, names):
         parts += [player_runs(table, p) for p in gs.PLAYERS]
     log.info("%s: %d games, %d runs", folder, len(parts) // 2, sum(len(r["length"]) for r in parts))
     return {k: np.concatenate([r[k] for r in parts]) for k in parts[0]}
@@ -155,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rows = action_ends(corpus_runs(args.dataset))
-    with open(args.out, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_table(rows, args.out)
     log.info("%d (character, action) rows -> %s", len(rows), args.out)
     return 0
 

@@ -25,27 +25,20 @@ Made from the 870 games of shared/corpus/dataset (2026-12-02 parse).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from core import game_state as gs
-from core.manifest import load_manifest
 from core.melee_ids import character_name_internal
+from model.action_ends import DASHING, RUN_STICK, RUNNING
+from training.mined_tables import parsed_games, write_table
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "model" / "dash_runs.csv"
-DASHING, RUNNING = 20, 21  # libmelee Action.DASHING, Action.RUNNING
-# The stick a dash needs held forward on the frame after it to become a run: after a full
-# dash, a stick at 0.62-0.65 gave RUNNING on 38 of 45 (the rest jumped, shielded...), at
-# 0.6-0.62 on none of 22, past 0.8 on 11,278 of 12,278 (the six characters of
-# training.probe_run, 870 games).
-RUN_STICK = 0.62
 MIN_HELD = 10
 COLUMNS = ("action", "character", "facing", "joystick_x")
 
@@ -65,14 +58,10 @@ def dash_runs(folder: Path) -> list[dict]:
     """The table's rows (see the module docstring), by character."""
     longest: dict[int, int] = defaultdict(int)
     ends: dict[int, list[tuple[int, int]]] = defaultdict(list)  # (held frames, next action)
-    rows = load_manifest(folder).values()
     games = 0
-    for row in rows:
-        if row.get("status") != "ok":
-            continue
+    names = [f"{p}_{c}" for p in gs.PLAYERS for c in COLUMNS]
+    for table in parsed_games(folder, names):
         games += 1
-        names = [f"{p}_{c}" for p in gs.PLAYERS for c in COLUMNS]
-        table = pq.read_table(folder / row["output"], columns=names)
         for p in gs.PLAYERS:
             col = {c: table[f"{p}_{c}"].to_numpy(zero_copy_only=False) for c in COLUMNS}
             action = col["action"].astype(np.int64)
@@ -109,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rows = dash_runs(args.dataset)
-    with open(args.out, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_table(rows, args.out)
     log.info("%d characters -> %s", len(rows), args.out)
     return 0
 
